@@ -1,0 +1,45 @@
+"""Flags and output shared by every subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..io import _json_default
+from ..progress import write
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples' line breaks and show defaults."""
+
+
+def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help, description=f"{help}\n\nExample:\n  {example}",
+                                 formatter_class=Formatter)
+
+
+def add_common(parser: argparse.ArgumentParser, out_help: str = "output directory") -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout (progress goes to stderr)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--out", default=None, help=out_help)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with dataset files (searched first; then $ADVLAB_DATA, ~/.cache/advlab, "
+                             "/usr/share/datasets)")
+
+
+def log(message: str) -> None:
+    """Human-readable progress: always stderr, so --json output stays clean."""
+    write(message)
+
+
+def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(record, default=_json_default))
+    else:
+        print(text)

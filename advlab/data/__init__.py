@@ -1,0 +1,8 @@
+"""Datasets with train/test tensors, class names and input bounds."""
+
+from .datasets import LOADERS, Dataset, load_dataset
+from .splits import Split, holdout_split
+
+DATASET_NAMES = tuple(LOADERS)
+
+__all__ = ["DATASET_NAMES", "Dataset", "Split", "holdout_split", "load_dataset"]

@@ -1,0 +1,272 @@
+"""The training loop every defense uses: seeded, resumable, with progress and early stopping.
+
+A defense is an *objective*: `objective(model, x, y, generator) -> (loss, logits)`. Plain
+training uses `clean_objective`; adversarial training plugs in an objective that crafts
+adversarial examples first. The loop itself knows nothing about attacks.
+
+Checkpoints go to `RUN/checkpoint/state.safetensors` after every epoch: one atomic file holding
+model, optimizer and best-so-far weights as tensors, and the rest (epoch, history, config) as JSON
+metadata. Every epoch draws its randomness from generators derived from (seed, epoch), so a run
+resumed from the last completed epoch ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import rng
+from ..errors import AdvlabError
+from ..io import flatten_state, load_tensors, save_tensors, unflatten_state
+from ..predict import accuracy, model_device
+from ..progress import progress as progress_bar
+from ..progress import write
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+ValMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
+
+CHECKPOINT = Path("checkpoint") / "state.safetensors"
+
+
+def clean_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"        # adam | sgd
+    lr: float = 1e-3               # peak learning rate for the one-cycle schedule
+    momentum: float = 0.9          # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"     # onecycle | step | constant
+    warmup: float = 0.3            # onecycle: fraction of steps spent rising to lr
+    step_epochs: int = 10          # step: multiply lr by gamma every step_epochs epochs
+    gamma: float = 0.1
+    patience: Optional[int] = None  # early stopping: epochs without a better validation metric
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "optimizer": self.optimizer in ("adam", "sgd"),
+            "schedule": self.schedule in ("onecycle", "step", "constant"),
+            "warmup": 0 <= self.warmup < 1, "weight_decay": self.weight_decay >= 0,
+            "patience": self.patience is None or self.patience >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            k = bad[0]
+            allowed = {"optimizer": "adam or sgd", "schedule": "onecycle, step or constant"}.get(k, "a valid value")
+            raise AdvlabError(f"training option {k}={getattr(self, k)!r} is invalid; use {allowed}")
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The schedule as a pure function of the global step (nothing to save on resume)."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "step":
+        epoch = step * config.epochs // max(total_steps, 1)
+        return config.lr * config.gamma ** (epoch // config.step_epochs)
+    # One cycle: linear rise from lr/25 to lr, then cosine decay to ~0.
+    rise = max(int(config.warmup * total_steps), 1)
+    if step < rise:
+        return config.lr * (0.04 + 0.96 * step / rise)
+    t = (step - rise) / max(total_steps - rise, 1)
+    return config.lr * (0.5 * (1 + math.cos(math.pi * min(t, 1.0))) * (1 - 1e-4) + 1e-4)
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Fits `model` on (x_train, y_train), validating on (x_val, y_val) after each epoch."""
+
+    def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                 x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+                 config: TrainConfig | None = None, objective: Objective = clean_objective,
+                 val_metric: ValMetric | None = None, run_dir: str | Path | None = None,
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 identity: dict[str, Any] | None = None):
+        self.model = model
+        self.x_train, self.y_train = x_train, y_train
+        self.x_val, self.y_val = x_val, y_val
+        self.config = config or TrainConfig()
+        self.objective = objective
+        self.val_metric = val_metric or accuracy
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress
+        self.log = log or write
+        # What must match for a checkpoint to be resumed: the config plus whatever the caller adds
+        # (model spec, dataset, defense).
+        self.identity = {"config": dataclasses.asdict(self.config), **(identity or {})}
+        self.device = model_device(model)
+        self.optimizer = self._make_optimizer()
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs completed
+        self.best_metric = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # -- public -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        start = time.perf_counter()
+        if resume:
+            self.load_checkpoint()
+        stopped_early = False
+        try:
+            while self.epoch < self.config.epochs:
+                metrics = self.train_epoch(self.epoch)
+                metrics.update(self.validate())
+                self.epoch += 1
+                metrics["epoch"] = self.epoch
+                self.history.append(metrics)
+                improved = self._track_best(metrics)
+                self.log(self._summary(metrics, improved))
+                self.save_checkpoint()
+                if self._should_stop():
+                    stopped_early = True
+                    self.log(f"early stopping: no better validation metric for {self.config.patience} epochs; "
+                             f"keeping epoch {self.best_epoch}")
+                    break
+        finally:
+            self.model.eval()
+        if self.config.patience is not None and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return TrainResult(self.epoch, self.best_epoch, list(self.history), stopped_early,
+                           time.perf_counter() - start)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        n = len(self.y_train)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        order = torch.randperm(n, generator=rng.generator(cfg.seed, epoch, rng.STREAM_SHUFFLE))
+        gen = rng.generator(cfg.seed, epoch, rng.STREAM_OBJECTIVE, device=self.device)
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        self.model.train()
+        # Dropout draws from the global RNG: seed it per epoch, and restore it afterwards.
+        with rng.seeded(rng.derive_seed(cfg.seed, epoch, rng.STREAM_GLOBAL)):
+            bar = progress_bar(range(steps_per_epoch), f"epoch {epoch + 1}/{cfg.epochs}", self.progress, unit="batch")
+            for i in bar:
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x = self.x_train[idx].to(self.device, non_blocking=True)
+                y = self.y_train[idx].to(self.device, non_blocking=True)
+                lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, logits = self.objective(self.model, x, y, gen)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                                             "lower the learning rate")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+        return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                "epoch_seconds": time.perf_counter() - t0}
+
+    def validate(self) -> dict[str, Any]:
+        if self.x_val is None or len(self.x_val) == 0:
+            return {}
+        return {"val_metric": float(self.val_metric(self.model, self.x_val, self.y_val))}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_tensors, optim_skeleton = flatten_state(self.optimizer.state_dict(), "optim")
+        tensors.update(optim_tensors)
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        meta = {"epoch": self.epoch, "history": self.history, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "optimizer": optim_skeleton, "identity": self.identity}
+        save_tensors(self.run_dir / CHECKPOINT, tensors, {"advlab": json.dumps(meta, default=str)})
+
+    def load_checkpoint(self) -> None:
+        path = self.run_dir / CHECKPOINT if self.run_dir else None
+        if path is None or not path.is_file():
+            raise AdvlabError(f"nothing to resume: {path} does not exist; run without --resume to start")
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["advlab"])
+        tensors = load_tensors(path)
+        if _jsonable(meta["identity"]) != _jsonable(self.identity):
+            raise AdvlabError(f"cannot resume {self.run_dir}: it was started with different settings "
+                              f"({_first_difference(meta['identity'], self.identity)}); "
+                              "rerun with the original options, or use a new --out")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
+        self.epoch, self.history = meta["epoch"], meta["history"]
+        self.best_metric = meta["best_metric"] if meta["best_metric"] is not None else -math.inf
+        self.best_epoch = meta["best_epoch"]
+        self.log(f"resuming {self.run_dir} after epoch {self.epoch}")
+
+    # -- internals ----------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _track_best(self, metrics: dict[str, Any]) -> bool:
+        value = metrics.get("val_metric")
+        if value is None or not value > self.best_metric:
+            return False
+        self.best_metric, self.best_epoch = value, self.epoch
+        if self.config.patience is not None:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return True
+
+    def _should_stop(self) -> bool:
+        p = self.config.patience
+        return p is not None and self.epoch - self.best_epoch >= p
+
+    def _summary(self, m: dict[str, Any], improved: bool) -> str:
+        parts = [f"epoch {m['epoch']}/{self.config.epochs}", f"loss {m['train_loss']:.4f}",
+                 f"train acc {m['train_accuracy']:.4f}"]
+        if "val_metric" in m:
+            parts.append(f"val {m['val_metric']:.4f}{' *' if improved else ''}")
+        parts.append(f"{m['epoch_seconds']:.1f}s")
+        return "  ".join(parts)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    old, new = _jsonable(old), _jsonable(new)
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a != b:
+                return _first_difference(a, b, f"{prefix}{k}.")
+        elif a != b:
+            return f"{prefix}{k} was {a!r}, now {b!r}"
+    return "unknown difference"

@@ -1,0 +1,75 @@
+"""Run directories: `model.safetensors` plus `card.json`, written atomically, loaded without pickle."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdvlabError, CorruptFileError
+from .io import load_tensors, read_json, save_tensors, write_json
+
+MODEL_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+
+
+def git_commit() -> str | None:
+    """The commit advlab itself was installed from, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    from . import __version__
+    return {"advlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "git_commit": git_commit(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def save_run(run_dir: str | os.PathLike, model: nn.Module, card: dict[str, Any]) -> Path:
+    """Write weights and card. The card must hold `model` (a model spec) for `load_run`."""
+    run_dir = Path(run_dir)
+    if "model" not in card or "name" not in card["model"]:
+        raise ValueError("card['model'] must be a model spec from advlab.models.model_spec")
+    card = {**card, "versions": environment()}
+    save_tensors(run_dir / MODEL_FILE, model.state_dict())
+    write_json(run_dir / CARD_FILE, card)
+    return run_dir
+
+
+def read_card(run_dir: str | os.PathLike) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    card_path = run_dir / CARD_FILE
+    if not card_path.is_file():
+        hint = " (training was interrupted: rerun it with --resume)" if (run_dir / "checkpoint").is_dir() else ""
+        raise AdvlabError(f"{run_dir} is not a run directory: {CARD_FILE} is missing{hint}")
+    return read_json(card_path)
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run from its card and weights. Returns (model in eval mode, card)."""
+    card = read_card(run_dir)
+    model = build_model_from_card(card)
+    state = load_tensors(Path(run_dir) / MODEL_FILE)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CorruptFileError(f"{run_dir}: weights do not match the architecture in {CARD_FILE}: {e}") from e
+    if device is not None:
+        model.to(device)
+    return model.eval(), card
+
+
+def build_model_from_card(card: dict[str, Any]) -> nn.Module:
+    from .models import build_from_spec
+    return build_from_spec(card["model"])

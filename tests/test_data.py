@@ -1,0 +1,225 @@
+import gzip
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from advlab.data import holdout_split, load_dataset
+from advlab.data import locate
+from advlab.data.cifar import parse_batch
+from advlab.data.idx import parse_idx, read_idx, write_idx
+from advlab.errors import AdvlabError, CorruptFileError, DataNotFoundError
+
+from conftest import FASHION_DIR, needs_fashion
+
+
+def test_blobs_matches_the_classic_setting():
+    d = load_dataset("blobs")
+    assert d.x_train.shape == (16000, 2) and d.x_test.shape == (4000, 2)
+    assert d.bounds is None and d.num_classes == 2
+    x = torch.cat([d.x_train, d.x_test])
+    y = torch.cat([d.y_train, d.y_test])
+    assert torch.bincount(y).tolist() == [10000, 10000]
+    assert torch.allclose(x[y == 0].mean(0), torch.tensor([0.0, 0.0]), atol=0.02)
+    assert torch.allclose(x[y == 1].mean(0), torch.tensor([2.0, 2.0]), atol=0.02)
+    assert torch.allclose(x[y == 0].std(0), torch.tensor([0.5, 0.5]), atol=0.02)
+
+
+def test_blobs_is_seeded_and_configurable():
+    a = load_dataset("blobs", n=100, dim=5, separation=3.0, sigma=1.0, seed=1)
+    b = load_dataset("blobs", n=100, dim=5, separation=3.0, sigma=1.0, seed=1)
+    c = load_dataset("blobs", n=100, dim=5, separation=3.0, sigma=1.0, seed=2)
+    assert a.x_train.shape == (160, 5)
+    assert torch.equal(a.x_train, b.x_train) and not torch.equal(a.x_train, c.x_train)
+
+
+def test_gaussian_model_means_and_noise():
+    d = load_dataset("gaussian", dim=20, mu=0.5, sigma=2.0, n_train=20000, n_test=10, seed=0)
+    x, y = d.x_train, d.y_train
+    assert torch.allclose(x[y == 1].mean(0), torch.full((20,), 0.5), atol=0.1)
+    assert torch.allclose(x[y == 0].mean(0), torch.full((20,), -0.5), atol=0.1)
+    assert abs(x[y == 1].std(0).mean().item() - 2.0) < 0.05
+
+
+def test_digits_is_scaled_and_stratified(digits):
+    assert digits.x_train.shape[1:] == (1, 8, 8) and digits.x_train.dtype == torch.float32
+    assert digits.bounds == (0.0, 1.0)
+    assert digits.x_train.min() >= 0 and digits.x_train.max() == 1
+    assert len(digits.y_train) + len(digits.y_test) == 1797
+    share = torch.bincount(digits.y_test, minlength=10) / torch.bincount(digits.y_train, minlength=10)
+    assert share.min() > 0.2 and share.max() < 0.3  # every class split ~80/20
+
+
+def test_unknown_dataset_and_bad_parameter():
+    with pytest.raises(AdvlabError, match="choose one of"):
+        load_dataset("imagenet")
+    with pytest.raises(AdvlabError, match="allowed"):
+        load_dataset("blobs", colour="red")
+    with pytest.raises(AdvlabError, match="positive"):
+        load_dataset("blobs", n=-3)
+
+
+# -- IDX ------------------------------------------------------------------------------------------
+
+def test_idx_round_trip(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.idx", "a.idx.gz"):
+        write_idx(tmp_path / name, a)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), a)
+
+
+def test_idx_rejects_wrong_magic_and_truncation(tmp_path):
+    a = np.zeros((4, 28, 28), np.uint8)
+    write_idx(tmp_path / "a.idx", a)
+    raw = (tmp_path / "a.idx").read_bytes()
+    with pytest.raises(CorruptFileError, match="magic"):
+        parse_idx(b"\x01\x02" + raw[2:])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        parse_idx(raw[:-1])
+    with pytest.raises(CorruptFileError, match="longer"):
+        parse_idx(raw + b"\x00")
+    (tmp_path / "b.idx.gz").write_bytes(gzip.compress(raw)[:-20])
+    with pytest.raises(CorruptFileError, match="gzip"):
+        read_idx(tmp_path / "b.idx.gz")
+
+
+def _write_mnist(folder, n_train=12, n_test=5, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)  # the decompressed twin is accepted too
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def test_mnist_loader_reads_idx_files_from_data_dir(tmp_path, isolated_cache):
+    arrays = _write_mnist(tmp_path / "data" / "mnist")
+    d = load_dataset("mnist", data_dir=tmp_path / "data")
+    assert d.x_train.shape == (12, 1, 28, 28) and d.x_test.shape == (5, 1, 28, 28)
+    assert d.bounds == (0.0, 1.0)
+    np.testing.assert_allclose(d.x_test[:, 0].numpy(), arrays["t10k"][0] / 255, rtol=1e-6)
+    assert d.y_train.tolist() == arrays["train"][1].tolist()
+
+
+def test_search_order_data_dir_then_env_then_cache(tmp_path, isolated_cache, monkeypatch):
+    _write_mnist(isolated_cache / "mnist", n_train=3)
+    _write_mnist(tmp_path / "env", n_train=4)
+    _write_mnist(tmp_path / "explicit", n_train=5)
+    assert len(load_dataset("mnist").y_train) == 3
+    monkeypatch.setenv("ADVLAB_DATA", str(tmp_path / "env"))
+    assert len(load_dataset("mnist").y_train) == 4
+    assert len(load_dataset("mnist", data_dir=tmp_path / "explicit").y_train) == 5
+
+
+def test_missing_dataset_lists_the_places_it_looked(tmp_path, isolated_cache):
+    with pytest.raises(DataNotFoundError) as e:
+        load_dataset("mnist", data_dir=tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and str(isolated_cache / "mnist") in msg and "/usr/share/datasets/mnist" in msg
+    assert "ADVLAB_OFFLINE" in msg and "To fix" in msg
+
+
+def test_truncated_dataset_file_is_an_error_not_a_partial_load(tmp_path, isolated_cache):
+    _write_mnist(tmp_path / "mnist")
+    f = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    f.write_bytes(f.read_bytes()[:-2])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_download_verifies_checksum(tmp_path, monkeypatch):
+    payload = b"not the real file"
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(locate.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    with pytest.raises(CorruptFileError, match="checksum"):
+        locate.download(locate.RemoteFile("x.gz", "0" * 32), ["http://example/"], tmp_path)
+    assert not (tmp_path / "x.gz").exists()
+    import hashlib
+    path = locate.download(locate.RemoteFile("x.gz", hashlib.md5(payload).hexdigest()), ["http://example/"], tmp_path)
+    assert path.read_bytes() == payload
+
+
+# -- CIFAR-10 -------------------------------------------------------------------------------------
+
+def _cifar_batch(n, seed):
+    rng = np.random.default_rng(seed)
+    return {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, size=n).tolist(), b"batch_label": b"test"}
+
+
+def _write_cifar(folder):
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        (folder / name).write_bytes(pickle.dumps(_cifar_batch(4, i), protocol=2))
+
+
+def test_cifar_folder_and_archive(tmp_path, isolated_cache):
+    _write_cifar(tmp_path / "cifar10" / "cifar-10-batches-py")
+    d = load_dataset("cifar10", data_dir=tmp_path)
+    assert d.x_train.shape == (20, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32)
+    expected = _cifar_batch(4, 5)
+    np.testing.assert_allclose(d.x_test.reshape(4, -1).numpy(), expected[b"data"] / 255, rtol=1e-6)
+    # Same content read straight from a .tar.gz without extracting it.
+    archive = tmp_path / "arch" / "cifar10" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar10" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    d2 = load_dataset("cifar10", data_dir=tmp_path / "arch")
+    assert torch.equal(d.x_train, d2.x_train) and torch.equal(d.y_test, d2.y_test)
+
+
+def test_cifar_refuses_a_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(CorruptFileError, match="refusing"):
+        parse_batch(pickle.dumps({b"data": Exploit(), b"labels": []}))
+    assert not marker.exists()
+
+
+def test_cifar_truncated_batch(tmp_path):
+    raw = pickle.dumps(_cifar_batch(4, 0), protocol=2)
+    with pytest.raises(CorruptFileError):
+        parse_batch(raw[: len(raw) // 2])
+
+
+# -- splits ---------------------------------------------------------------------------------------
+
+def test_holdout_split_is_disjoint_stratified_and_seeded(digits):
+    x = torch.arange(len(digits.y_train)).float()[:, None]
+    s = holdout_split(x, digits.y_train, val=0.1, pool=0.5, seed=3)
+    ids = torch.cat([s.x_train, s.x_val, s.x_pool]).flatten().long()
+    assert sorted(ids.tolist()) == list(range(len(x)))  # a partition
+    counts = torch.bincount(digits.y_train, minlength=10).float()
+    assert torch.allclose(torch.bincount(s.y_pool, minlength=10) / counts, torch.full((10,), 0.5), atol=0.02)
+    assert torch.allclose(torch.bincount(s.y_val, minlength=10) / counts, torch.full((10,), 0.1), atol=0.02)
+    assert torch.equal(s.x_val, holdout_split(x, digits.y_train, val=0.1, pool=0.5, seed=3).x_val)
+    assert not torch.equal(s.x_val, holdout_split(x, digits.y_train, val=0.1, pool=0.5, seed=4).x_val)
+    with pytest.raises(AdvlabError, match="no training data"):
+        holdout_split(x, digits.y_train, val=0.6, pool=0.5)
+
+
+@needs_fashion
+def test_fashion_mnist_from_the_system_folder(isolated_cache):
+    d = load_dataset("fashion-mnist")
+    assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(d.y_test).tolist() == [1000] * 10
+    assert d.classes[0] == "T-shirt/top" and d.params["source"] == FASHION_DIR
