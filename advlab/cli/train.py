@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3 for adam, 0.05 for sgd)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 for adam, 0.05 for sgd)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--schedule", choices=["onecycle", "step", "constant"], default="onecycle")
     p.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs without improvement")
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{args.dataset}-{args.model}-{args.defense}-s{args.seed}"
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
+    lr = args.lr if args.lr is not None else (3e-3 if args.optimizer == "adam" else 0.05)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr,
                          weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
                          seed=args.seed)

@@ -1,0 +1,294 @@
+"""The attack base class: input checks, batching, the epsilon cascade, and budget enforcement.
+
+An attack is a holder of hyperparameters (Foolbox 3's shape). Calling it with a model, inputs,
+labels and a list of epsilons returns an AttackResult for every epsilon at once:
+
+    result = PGD(norm="linf", steps=20)(model, x, y, eps=[0.05, 0.1], bounds=(0, 1))
+
+Epsilons are processed in increasing order and each is attacked only on the points still unbroken:
+an example found at a smaller budget is inside every larger ball too, so robust accuracy can never
+rise with epsilon. Whatever a subclass returns, the base class projects it back into the ball and
+the bounds, and scores the projected point with the model: what is reported is what was checked.
+
+Subclasses implement one of
+  _perturb(model, x, y, eps, targets, bounds, generator, early_stop) -> x_adv   (fixed budget; eps is (N,))
+  _minimize(model, x, y, targets, bounds, generator) -> x_adv                  (minimal-norm attacks)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Union
+
+import torch
+from torch import nn
+
+from .. import rng
+from ..errors import AdvlabError
+from ..predict import model_device
+from ..progress import progress as progress_bar
+from ..threat import Bounds, Norm, enforce, get_norm
+from .result import AttackResult
+
+EpsArg = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
+
+
+class AdvlabWarning(UserWarning):
+    """Something about the input looks wrong but the computation can go on."""
+
+
+class Attack:
+    name = "attack"
+    minimal = False           # minimal-norm attacks implement _minimize instead of _perturb
+    needs_gradients = True
+
+    def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+        self.norm = get_norm(norm)
+        self.targeted = targeted
+        if batch_size < 1:
+            raise AdvlabError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"
+
+    # -- public -------------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: EpsArg, *,
+                 bounds: Bounds = None, targets: torch.Tensor | None = None,
+                 progress: bool = False) -> AttackResult:
+        eps_list = _eps_list(eps, len(x))
+        y, targets = self._check(model, x, y, bounds, targets)
+        start = time.perf_counter()
+        device = model_device(model)
+        order = sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())
+        n_batches = math.ceil(len(x) / self.batch_size)
+        outputs = []
+        with attack_mode(model, evaluation=True):
+            bar = progress_bar(range(n_batches), f"{self.name}", progress, unit="batch")
+            for b in bar:
+                sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                tb = targets[sl].to(device) if targets is not None else None
+                outputs.append(self._attack_batch(model, x[sl].to(device), y[sl].to(device), tb,
+                                                  [e[sl].to(device) for e in eps_list], order, bounds, b))
+        x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
+                                                if t[0] is not None else None
+                                                for i, t in enumerate(zip(*outputs)))
+        return AttackResult(self.name, self.norm.name, _describe_eps(eps), x_adv, logits, clean,
+                            y.cpu(), dist, targets.cpu() if targets is not None else None,
+                            time.perf_counter() - start, min_dist)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
+                bounds: Bounds = None, targets: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, early_stop: bool = False) -> torch.Tensor:
+        """Adversarial examples for every point at one budget, in the model's current mode.
+
+        The raw optimiser for training loops and exact tests: no cascade, no skipping of points
+        that are already wrong (unless early_stop), budget and bounds enforced.
+        """
+        y, targets = self._check(model, x, y, bounds, targets, warn_train_mode=False)
+        eps_t = _eps_list(eps, len(x))[0].to(x.device)
+        gen = generator or rng.generator(self.seed, device=x.device)
+        with attack_mode(model, evaluation=False):
+            if self.minimal:
+                x_min = self._minimize(model, x, y, targets, bounds, gen)
+                keep = self.norm.distance(x_min - x) <= eps_t
+                x_adv = torch.where(keep.view(-1, *[1] * (x.ndim - 1)), x_min, x)
+            else:
+                x_adv = self._perturb(model, x, y, eps_t, targets, bounds, gen, early_stop)
+        return enforce(x, x_adv.detach(), self.norm, eps_t, bounds)
+
+    # -- per batch ----------------------------------------------------------------------------
+    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, batch_index):
+        n = len(x)
+        with torch.no_grad():
+            clean_logits = model(x)
+        _warn_if_probabilities(clean_logits)
+        broken = self._goal_met(clean_logits, y, targets)
+        x_cur = x.clone()
+        logits_cur = clean_logits.clone()
+        eps_prev = torch.zeros(n, device=x.device)
+        x_adv = [None] * len(eps_list)
+        logits = [None] * len(eps_list)
+        x_min = min_dist = None
+        if self.minimal:
+            gen = rng.generator(self.seed, batch_index, device=x.device)
+            x_min = enforce(x, self._minimize(model, x, y, targets, bounds, gen).detach(), self.norm, math.inf, bounds)
+            min_dist = self.norm.distance(x_min - x)
+            with torch.no_grad():
+                reached = self._goal_met(model(x_min), y, targets)
+            min_dist = torch.where(reached, min_dist, torch.full_like(min_dist, math.inf))
+            min_dist = torch.where(broken, torch.zeros_like(min_dist), min_dist)
+        for e in order:
+            eps = eps_list[e]
+            # A point broken at a smaller budget keeps its example: it is inside this ball too.
+            grew = eps >= eps_prev
+            todo = ~(broken & grew) & (eps > 0)
+            if not grew.all():  # per-example budgets that shrink: start those points over
+                x_cur = torch.where(grew.view(-1, *[1] * (x.ndim - 1)), x_cur, x)
+                broken = broken & grew
+            if todo.any():
+                idx = todo.nonzero().flatten()
+                if self.minimal:
+                    fits = min_dist[idx] <= eps[idx]
+                    new = torch.where(fits.view(-1, *[1] * (x.ndim - 1)), x_min[idx], x[idx])
+                else:
+                    gen = rng.generator(self.seed, batch_index, e, device=x.device)
+                    t = targets[idx] if targets is not None else None
+                    new = self._perturb(model, x[idx], y[idx], eps[idx], t, bounds, gen, True).detach()
+                new = enforce(x[idx], new, self.norm, eps[idx], bounds)
+                with torch.no_grad():
+                    new_logits = model(new)
+                x_cur[idx] = new
+                logits_cur[idx] = new_logits
+                broken[idx] = self._goal_met(new_logits, y[idx], targets[idx] if targets is not None else None)
+            eps_prev = eps
+            x_adv[e] = x_cur.clone()
+            logits[e] = logits_cur.clone()
+        x_adv_t = torch.stack(x_adv)
+        dist = torch.stack([self.norm.distance(xa - x) for xa in x_adv])
+        return (x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
+                min_dist.cpu() if min_dist is not None else None)
+
+    def _goal_met(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == targets if targets is not None else pred != y
+
+    # -- subclass hooks -----------------------------------------------------------------------
+    def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        raise NotImplementedError(f"{type(self).__name__} must implement _perturb or _minimize")
+
+    def _minimize(self, model, x, y, targets, bounds, generator):
+        raise NotImplementedError
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check(self, model, x, y, bounds, targets, warn_train_mode=True):
+        if not isinstance(model, nn.Module):
+            raise AdvlabError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+        check_inputs(x, y, bounds)
+        if self.targeted and targets is None:
+            raise AdvlabError(f"{self.name} is targeted: pass targets=tensor of target classes (N,)")
+        if targets is not None:
+            targets = torch.as_tensor(targets)
+            if targets.shape != y.shape or targets.dtype not in (torch.int64, torch.int32):
+                raise AdvlabError(f"targets must be integer class labels of shape {tuple(y.shape)}, "
+                                  f"got {targets.dtype} {tuple(targets.shape)}")
+            targets = targets.long()
+        if warn_train_mode and model.training:
+            warnings.warn("the model is in train mode; attacking it in eval mode (dropout and batch-norm off) "
+                          "and restoring its mode afterwards", AdvlabWarning, stacklevel=3)
+        with torch.no_grad(), attack_mode(model, evaluation=True):
+            probe = model(x[:2].to(model_device(model)))
+        if probe.ndim != 2 or probe.shape[0] != min(2, len(x)):
+            raise AdvlabError(f"the model must return logits of shape (N, K); it returned {tuple(probe.shape)} "
+                              f"for input {tuple(x[:2].shape)}")
+        k = probe.shape[1]
+        for name, labels in (("labels", y), ("targets", targets)):
+            if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= k):
+                raise AdvlabError(f"{name} must be in 0..{k - 1} (the model has {k} outputs); "
+                                  f"found {labels.min().item()}..{labels.max().item()}")
+        if targets is not None and (targets == y).any():
+            raise AdvlabError("some targets equal the true label; a targeted attack needs a different class")
+        return y.long(), targets
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> None:
+    """Reject inputs that would give a wrong number instead of an error."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise AdvlabError(f"inputs must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim < 2:
+        raise AdvlabError(f"inputs must have a batch axis: (N, D) or (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise AdvlabError("empty batch: no inputs to attack")
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise AdvlabError(f"labels must be an integer tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.shape != (len(x),):
+        raise AdvlabError(f"labels must have shape ({len(x)},) to match the inputs, got {tuple(y.shape)}")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+        raise AdvlabError(f"inputs contain NaN or inf (first bad rows: {bad}); clean the data first")
+    if bounds is not None:
+        lo, hi = bounds
+        if (torch.as_tensor(lo) > torch.as_tensor(hi)).any():
+            raise AdvlabError(f"bounds must be (low, high) with low <= high, got {bounds}")
+        tol = 1e-6
+        if (x < torch.as_tensor(lo, dtype=x.dtype) - tol).any() or (x > torch.as_tensor(hi, dtype=x.dtype) + tol).any():
+            raise AdvlabError(f"inputs lie outside the bounds {tuple(float(b) for b in bounds)} "
+                              f"(min {x.min().item():.4g}, max {x.max().item():.4g}); scale the data or pass the "
+                              "right bounds (bounds=None for unbounded features)")
+
+
+def _warn_if_probabilities(logits: torch.Tensor) -> None:
+    if logits.shape[1] > 1 and (logits >= 0).all() and (logits <= 1).all() and \
+            torch.allclose(logits.sum(1), torch.ones(len(logits), device=logits.device), atol=1e-4):
+        warnings.warn("the model's outputs look like probabilities (non-negative, rows sum to 1); attacks and "
+                      "losses expect logits: remove the final softmax", AdvlabWarning, stacklevel=4)
+
+
+def _eps_list(eps: EpsArg, n: int) -> list[torch.Tensor]:
+    """Each epsilon as an (n,) tensor; a scalar applies to every point."""
+    if isinstance(eps, torch.Tensor) and eps.ndim == 1 and len(eps) == n and n > 1:
+        items = [eps]  # one per-example budget
+    elif isinstance(eps, (list, tuple)) or (isinstance(eps, torch.Tensor) and eps.ndim == 1):
+        items = list(eps)
+    else:
+        items = [eps]
+    if not items:
+        raise AdvlabError("eps needs at least one value")
+    out = []
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, (int, float, torch.Tensor)):
+            raise AdvlabError(f"epsilon must be a number or a tensor, got {e!r}")
+        t = torch.as_tensor(e, dtype=torch.float32).detach().cpu()
+        if t.ndim == 0:
+            t = t.expand(n).clone()
+        if t.shape != (n,):
+            raise AdvlabError(f"a per-example epsilon must have shape ({n},), got {tuple(t.shape)}")
+        if not torch.isfinite(t).all() and not (t == math.inf).all():
+            raise AdvlabError(f"epsilon must be finite (or inf for an unbounded attack), got {e!r}")
+        if (t < 0).any():
+            raise AdvlabError(f"epsilon must be >= 0, got {t.min().item()}")
+        out.append(t)
+    return out
+
+
+def _describe_eps(eps: EpsArg) -> list[float]:
+    """The epsilons as the user wrote them (a per-example budget is summarised by its mean)."""
+    items = [eps] if isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.ndim == 0) else eps
+    if isinstance(items, torch.Tensor) and items.ndim == 1 and not isinstance(eps, (list, tuple)):
+        items = [items] if len(items) > 1 else items.tolist()
+    return [float(e) if not isinstance(e, torch.Tensor) or e.ndim == 0 else e.float().mean().item() for e in items]
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, evaluation: bool) -> Iterator[None]:
+    """Freeze parameters (only input gradients are needed) and optionally switch to eval mode;
+    restore both afterwards, even when the attack raises."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        if evaluation:
+            model.eval()
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+def input_gradient(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, targets=None):
+    """(loss per example (N,), logits (N, K), d sum(loss) / dx) in one forward and backward pass."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits, y, targets)
+        grad, = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), logits.detach(), grad
