@@ -6,14 +6,23 @@ import inspect
 from typing import Any, Callable
 
 from ..errors import AdvlabError
+from .apgd import APGD, APGDT
 from .base import Attack
+from .cw import CW
+from .deepfool import DeepFool
 from .pgd import BIM, FGSM, MIFGSM, PGD
+from .square import Square
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "fgsm": FGSM,
     "bim": BIM,
     "pgd": PGD,
     "mifgsm": MIFGSM,
+    "apgd-ce": APGD,
+    "apgd-t": APGDT,
+    "cw": CW,
+    "deepfool": DeepFool,
+    "square": Square,
 }
 
 

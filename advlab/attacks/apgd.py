@@ -1,0 +1,209 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks"): PGD that tunes its own step size.
+
+    APGD(norm="linf", loss="ce")(model, x, y, eps=[8/255])      # "apgd-ce" (loss="dlr" for APGD-DLR)
+    APGDT(norm="linf")(model, x, y, eps=[8/255])                # "apgd-t": targeted DLR, 9 target classes
+
+The algorithm, per example:
+- start at a random point of the ball; the step size is 2 * eps;
+- each step goes z = P(x + eta * step(grad)), then x' = P(x + a (z - x) + (1 - a)(x - x_prev)) with
+  momentum a = 0.75 (a = 1 on the first step);
+- at the checkpoints w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1}
+  - 0.03, 0.06), the step size is halved and the iterate moved back to the best point found so far
+  if (1) the loss increased in at most rho = 75% of the steps since the last checkpoint, or (2) neither
+  the step size nor the best loss changed since the last checkpoint;
+- the point with the highest loss is kept (and, with early stopping, the first misclassified one).
+
+APGD-T is an untargeted attack (it wins when the label changes) that runs the targeted DLR loss
+against each of the n_target_classes most likely wrong classes of the clean input in turn, each
+run only on the points the earlier runs did not break. Points leave the batch as soon as they are
+broken (early_stop), so later iterations cost only what is still robust.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import AdvlabError
+from ..threat import clip_to_bounds
+from .base import Attack, input_gradient
+from .budget import finite_eps
+from .losses import get_loss, margin
+
+
+class APGD(Attack):
+    name = "apgd-ce"
+
+    def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
+                 momentum: float = 0.75, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+        super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
+        if self.norm.name not in ("linf", "l2"):
+            raise AdvlabError(f"APGD supports the linf and l2 norms, not {self.norm.name!r}; use pgd for l1")
+        if steps < 1 or restarts < 1:
+            raise AdvlabError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+        if not 0 < rho <= 1 or not 0 < momentum <= 1:
+            raise AdvlabError(f"rho and momentum must be in (0, 1], got rho={rho}, momentum={momentum}")
+        self.steps, self.restarts, self.rho, self.momentum = steps, restarts, rho, momentum
+        self.loss = loss
+        self._loss_fn = get_loss(loss)
+        if isinstance(loss, str):
+            self.name = f"apgd-{loss}"
+
+    def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        eps = finite_eps(eps, x, self.norm, bounds, self.name)
+        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
+        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            idx = (~done).nonzero().flatten() if early_stop else torch.arange(len(x), device=x.device)
+            if len(idx) == 0:
+                break
+            t = targets[idx] if targets is not None else None
+            x_out, score, found = run_apgd(self, model, x[idx], y[idx], eps[idx], self._loss_fn, t, t,
+                                           bounds, generator, early_stop)
+            keep_best(best, best_score, done, idx, x_out, score, found, early_stop)
+        return best
+
+
+class APGDT(Attack):
+    """APGD with the targeted DLR loss against the top wrong classes; the goal stays misclassification."""
+
+    name = "apgd-t"
+
+    def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
+                 loss="dlr", rho: float = 0.75, momentum: float = 0.75, batch_size: int = 500, seed: int = 0):
+        super().__init__(norm, targeted=False, batch_size=batch_size, seed=seed)
+        if n_target_classes < 1:
+            raise AdvlabError(f"n_target_classes must be >= 1, got {n_target_classes}")
+        self.n_target_classes = n_target_classes
+        # The inner optimiser; its own goal check is overridden by passing goal targets None.
+        self._apgd = APGD(norm, steps=steps, restarts=1, loss=loss, rho=rho, momentum=momentum, seed=seed)
+        self.steps, self.restarts, self.loss, self.rho, self.momentum = steps, restarts, loss, rho, momentum
+
+    def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        eps = finite_eps(eps, x, self.norm, bounds, self.name)
+        with torch.no_grad():
+            clean = model(x)  # (N, K)
+        # Wrong classes by decreasing clean logit: the true class is masked out of the ranking.
+        ranking = clean.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)
+        n_targets = min(self.n_target_classes, clean.shape[1] - 1)
+        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
+        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for k in range(n_targets):
+            for _ in range(self.restarts):
+                idx = (~done).nonzero().flatten() if early_stop else torch.arange(len(x), device=x.device)
+                if len(idx) == 0:
+                    return best
+                x_out, _, found = run_apgd(self._apgd, model, x[idx], y[idx], eps[idx], self._apgd._loss_fn,
+                                           ranking[idx, k], None, bounds, generator, early_stop)
+                # Losses of different targets are not comparable: rank candidates by the true margin.
+                with torch.no_grad():
+                    score = margin(model(x_out), y[idx])
+                keep_best(best, best_score, done, idx, x_out, score, found, early_stop)
+        return best
+
+
+def keep_best(best, best_score, done, idx, x_out, score, found, early_stop):
+    """Fold one run's results into the running best (in place): with early stopping a broken point
+    is final; otherwise the highest score wins."""
+    better = score > best_score[idx]
+    if early_stop:
+        better = better | found
+        done[idx[found]] = True
+    best[idx[better]] = x_out[better]
+    best_score[idx[better]] = score[better]
+
+
+def checkpoint_lengths(steps: int) -> tuple[int, int, int]:
+    """(first interval, its decrease per checkpoint, smallest interval): 0.22, 0.03 and 0.06 of the
+    budget, i.e. the checkpoints p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) in whole steps."""
+    return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+
+
+def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets, bounds, generator, early_stop):
+    """One APGD run from a random start.
+
+    x (N, ...), eps (N,). Returns (x_out (N, ...), score (N,), found (N,)): x_out is the first
+    point that met the goal where one was found and early_stop is on, else the highest-loss point;
+    score is the best loss.
+    """
+    n, norm, steps = len(x), attack.norm, attack.steps
+    shape = (-1, *[1] * (x.ndim - 1))
+    out_x, out_score = x.clone(), torch.full((n,), -torch.inf, device=x.device)
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    hist = torch.empty(steps + 1, n, device=x.device)  # loss after each step; row 0 at the start
+
+    def project(x0, ee, z):
+        return clip_to_bounds(x0 + norm.project(z - x0, ee), bounds)
+
+    idx = torch.arange(n, device=x.device)
+    x0, yy, ee = x, y, eps
+    lt = loss_targets
+    gt = goal_targets
+    xa = project(x0, ee, x0 + norm.random_init(x0, ee, generator))
+    loss, logits, grad = input_gradient(model, loss_fn, xa, yy, lt)
+    grad = torch.nan_to_num(grad)
+    step = 2.0 * ee
+    x_prev = xa
+    x_best, grad_best, loss_best = xa.clone(), grad.clone(), loss.clone()
+    loss_best_last = loss_best.clone()
+    reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    hist[0] = loss
+    interval, decrease, shortest = checkpoint_lengths(steps)
+    since_check = 0
+
+    for i in range(steps + 1):
+        hit = attack._goal_met(logits, yy, gt)
+        if hit.any():
+            found[idx[hit]] = True
+            if early_stop:
+                out_x[idx[hit]] = xa[hit]
+                out_score[idx[hit]] = loss_best[hit]
+                keep = ~hit
+                idx, x0, yy, ee, step, xa, x_prev, grad = (t[keep] for t in (idx, x0, yy, ee, step, xa, x_prev, grad))
+                x_best, grad_best, loss_best, loss_best_last, reduced_last = (
+                    t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
+                lt = lt[keep] if lt is not None else None
+                gt = gt[keep] if gt is not None else None
+                if len(idx) == 0:
+                    break
+        if i == steps:
+            break
+
+        # Momentum step: z from the gradient, then a convex combination with the last move.
+        a = 1.0 if i == 0 else attack.momentum
+        z = project(x0, ee, xa + norm.step(grad, step))
+        x_new = project(x0, ee, xa + a * (z - xa) + (1 - a) * (xa - x_prev))
+        x_prev, xa = xa, x_new
+        if i < steps - 1:
+            loss, logits, grad = input_gradient(model, loss_fn, xa, yy, lt)
+            grad = torch.nan_to_num(grad)
+        else:  # the last iterate is only scored
+            with torch.no_grad():
+                logits = model(xa)
+                loss = loss_fn(logits, yy, lt)
+        hist[i + 1, idx] = loss
+
+        improved = loss > loss_best
+        x_best[improved], grad_best[improved], loss_best[improved] = xa[improved], grad[improved], loss[improved]
+
+        since_check += 1
+        if since_check == interval and i < steps - 1:
+            # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
+            rises = (hist[i + 2 - interval:i + 2, idx] > hist[i + 1 - interval:i + 1, idx]).sum(0)
+            reduce = rises <= interval * attack.rho
+            # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
+            reduce |= ~reduced_last & (loss_best_last >= loss_best)
+            reduced_last, loss_best_last = reduce, loss_best.clone()
+            if reduce.any():
+                step = torch.where(reduce, step / 2, step)
+                xa = torch.where(reduce.view(shape), x_best, xa)
+                grad = torch.where(reduce.view(shape), grad_best, grad)
+            interval = max(interval - decrease, shortest)
+            since_check = 0
+
+    # Points broken under early stopping were written out when they left; the rest return their best point.
+    if len(idx):
+        out_x[idx], out_score[idx] = x_best, loss_best
+    return out_x, out_score, found
