@@ -115,10 +115,19 @@ def keep_best(best, best_score, done, idx, x_out, score, found, early_stop):
     best_score[idx[better]] = score[better]
 
 
-def checkpoint_lengths(steps: int) -> tuple[int, int, int]:
-    """(first interval, its decrease per checkpoint, smallest interval): 0.22, 0.03 and 0.06 of the
-    budget, i.e. the checkpoints p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) in whole steps."""
-    return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j (1-based, < steps) after which the step size is checked.
+
+    p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in whole steps as in the
+    authors' code: the first interval is 22% of the budget, each next one 3% shorter, never under 6%.
+    """
+    first, decrease, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, w, interval = [], first, first
+    while w < steps:
+        out.append(w)
+        interval = max(interval - decrease, shortest)
+        w += interval
+    return out
 
 
 def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets, bounds, generator, early_stop):
@@ -150,8 +159,8 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     loss_best_last = loss_best.clone()
     reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
     hist[0] = loss
-    interval, decrease, shortest = checkpoint_lengths(steps)
-    since_check = 0
+    checks = checkpoints(steps)
+    last_check = 0
 
     for i in range(steps + 1):
         hit = attack._goal_met(logits, yy, gt)
@@ -188,10 +197,10 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
         improved = loss > loss_best
         x_best[improved], grad_best[improved], loss_best[improved] = xa[improved], grad[improved], loss[improved]
 
-        since_check += 1
-        if since_check == interval and i < steps - 1:
+        if i + 1 in checks:
             # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
-            rises = (hist[i + 2 - interval:i + 2, idx] > hist[i + 1 - interval:i + 1, idx]).sum(0)
+            interval, last_check = i + 1 - last_check, i + 1
+            rises = (hist[last_check - interval + 1:last_check + 1, idx] > hist[last_check - interval:last_check, idx]).sum(0)
             reduce = rises <= interval * attack.rho
             # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
             reduce |= ~reduced_last & (loss_best_last >= loss_best)
@@ -200,8 +209,6 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
                 step = torch.where(reduce, step / 2, step)
                 xa = torch.where(reduce.view(shape), x_best, xa)
                 grad = torch.where(reduce.view(shape), grad_best, grad)
-            interval = max(interval - decrease, shortest)
-            since_check = 0
 
     # Points broken under early stopping were written out when they left; the rest return their best point.
     if len(idx):

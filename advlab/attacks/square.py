@@ -152,6 +152,7 @@ def _l2_proposal(x0, xb, eps, p, clip, generator):
     +-pseudo-Gaussian pattern there, keeping the total norm at eps (the paper's L2 update)."""
     n, c, h, w = x0.shape
     sh, sw = _window(p, h, w, 3)
+    sh, sw = sh + (sh % 2 == 0 and sh < h), sw + (sw % 2 == 0 and sw < w)  # odd sides, as the paper's code
     delta = xb - x0
     vh, vw = _positions(n, h, w, sh, sw, generator, x0)
     vh2, vw2 = _positions(n, h, w, sh, sw, generator, x0)

@@ -1,0 +1,128 @@
+"""APGD and APGD-T: exact answers on linear models, the step-size schedule, and a comparison
+with PGD on a trained CNN."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.attacks import APGD, APGDT, PGD, build_attack
+from advlab.attacks.apgd import checkpoints
+from advlab.errors import AdvlabError
+from advlab.rng import seeded
+
+from attack_models import digits_cnn, hyperplane_distance, logistic, margin_of, tiny_model
+
+
+def test_checkpoints_follow_the_paper_schedule():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    assert checkpoints(100) == [round(100 * pj) for pj in p[1:]] == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(1) == [] and checkpoints(10)[0] == 2
+
+
+@pytest.mark.parametrize("norm, q", [("linf", 1), ("l2", 2)])
+def test_margin_drops_by_the_exact_optimum_on_logistic_regression(norm, q):
+    model, x, y, z = logistic()
+    eps = 0.1
+    # Without early stopping the cross-entropy keeps rising past the boundary, so every point
+    # should end at the optimum x - eps * s * sign(w) (Linf) or x - eps * s * w / ||w|| (L2).
+    x_adv = APGD(norm, steps=100).perturb(model, x, y, eps)
+    drop = margin_of(model, x, y) - margin_of(model, x_adv, y)
+    optimum = eps * model.weight.detach().norm(p=q)
+    assert torch.all(drop <= optimum + 1e-5)
+    # Linf: the first step lands on the optimal vertex; L2: halving the step converges onto eps w/||w||.
+    assert torch.allclose(drop, optimum.expand_as(drop), rtol=1e-5 if norm == "linf" else 1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, norm, q", [("apgd-ce", "linf", 1), ("apgd-ce", "l2", 2), ("apgd-t", "linf", 1)])
+def test_breaks_exactly_the_points_the_closed_form_says_are_breakable(name, norm, q):
+    model, x, y, z = logistic(n=200)
+    dist = hyperplane_distance(model, z, q)
+    eps = dist.median().item()
+    attack = build_attack(name, norm=norm, steps=20, **({"loss": "ce"} if name == "apgd-t" else {}))
+    result = attack(model, x, y, eps=[eps])
+    clear = (dist - eps).abs() > 1e-4 * eps  # leave out ties with the budget
+    broken = ~result.correct[0]
+    assert torch.equal(broken[clear], (dist < eps)[clear])
+
+
+def test_step_halving_converges_on_a_concave_loss_where_a_fixed_step_cannot():
+    # Loss -||x - c||^2 with its maximum c inside the ball: steps of 2 eps overshoot forever unless halved.
+    c = torch.tensor([[0.3, -0.2, 0.1, 0.25]])
+    x = torch.zeros(1, 4)
+
+    def loss(logits, y, targets=None):
+        return -(logits - c).pow(2).sum(1)
+
+    identity = nn.Sequential(nn.Identity())
+    for norm in ("l2", "linf"):
+        x_adv = APGD(norm, steps=100, loss=loss).perturb(identity, x, torch.tensor([3]), 1.0)
+        assert (x_adv - c).abs().max() < 5e-3, norm  # about the last step size, 2 / 2^8
+        fixed = PGD(norm, steps=100, step_size=2.0, random_start=True, loss=loss).perturb(identity, x, torch.tensor([3]), 1.0)
+        assert (fixed - c).abs().max() > 0.1, "the control: a fixed large step does not converge"
+
+
+def test_apgd_t_attacks_the_second_most_likely_class_first():
+    torch.manual_seed(0)
+    model = tiny_model((3, 4, 4), k=6)
+    x = torch.rand(8, 3, 4, 4)
+    y = model(x).argmax(1)
+    ranked = model(x).detach().scatter(1, y[:, None], -math.inf).argmax(1)
+    a = APGDT(n_target_classes=1, steps=10).perturb(model, x, y, 0.05)
+    b = APGD(loss="dlr", targeted=True, steps=10).perturb(model, x, y, 0.05, targets=ranked)
+    assert torch.equal(a, b)
+
+
+def test_only_the_unbroken_points_are_attacked():
+    model, d = digits_cnn()
+    rows = []
+
+    class Counting(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, v):
+            rows.append(len(v))
+            return self.net(v)
+
+    x, y = d.x_test[:100], d.y_test[:100]
+    APGD(steps=50).perturb(Counting(model), x, y, 1.0, bounds=d.bounds, early_stop=True)
+    # Every point falls within a few steps at this budget; without the active set it would be 100 * 51.
+    assert sum(rows) < 0.1 * 100 * 51
+    rows.clear()
+    APGD(steps=50).perturb(Counting(model), x, y, 1.0, bounds=d.bounds, early_stop=False)
+    assert sum(rows) >= 100 * 51
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_cnn():
+    model, d = digits_cnn()
+    x, y = d.x_test[:200], d.y_test[:200]
+    eps = [0.1, 0.15]
+    pgd = PGD("linf", steps=20)(model, x, y, eps=eps, bounds=d.bounds)
+    apgd = APGD("linf")(model, x, y, eps=eps, bounds=d.bounds)
+    apgd_t = APGDT("linf", n_target_classes=3, steps=50)(model, x, y, eps=eps, bounds=d.bounds)
+    for e in range(len(eps)):
+        assert 0.05 < pgd.robust_accuracy()[e] < 0.9, "the budget should make the comparison meaningful"
+        assert apgd.robust_accuracy()[e] <= pgd.robust_accuracy()[e] + 0.01
+        assert apgd_t.robust_accuracy()[e] <= pgd.robust_accuracy()[e] + 0.01
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(AdvlabError, match="linf and l2"):
+        APGD("l1")
+    with pytest.raises(AdvlabError, match="steps"):
+        APGD(steps=0)
+    with pytest.raises(AdvlabError, match="n_target_classes"):
+        APGDT(n_target_classes=0)
+    model, x, y, _ = logistic()
+    with pytest.raises(AdvlabError, match="finite epsilon"):
+        APGD().perturb(model, x, y, math.inf)
+    with pytest.raises(AdvlabError, match="at least 3 classes"):
+        APGD(loss="dlr").perturb(model, x, y, 0.1)
+    with seeded(0):
+        assert APGD(loss="dlr").name == "apgd-dlr" and build_attack("apgd-t").name == "apgd-t"
