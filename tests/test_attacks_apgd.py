@@ -124,5 +124,7 @@ def test_bad_options_are_clear_errors():
         APGD().perturb(model, x, y, math.inf)
     with pytest.raises(AdvlabError, match="at least 3 classes"):
         APGD(loss="dlr").perturb(model, x, y, 0.1)
+    with pytest.raises(AdvlabError, match="chooses its own target"):
+        APGDT(loss="ce").perturb(model, x, y, 0.1, targets=1 - y)
     with seeded(0):
         assert APGD(loss="dlr").name == "apgd-dlr" and build_attack("apgd-t").name == "apgd-t"

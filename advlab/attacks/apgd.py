@@ -82,6 +82,9 @@ class APGDT(Attack):
         self.steps, self.restarts, self.loss, self.rho, self.momentum = steps, restarts, loss, rho, momentum
 
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        if targets is not None:
+            raise AdvlabError("apgd-t chooses its own target classes; for given targets use "
+                              "apgd-ce with targeted=True (loss 'dlr' or 'ce')")
         eps = finite_eps(eps, x, self.norm, bounds, self.name)
         with torch.no_grad():
             clean = model(x)  # (N, K)

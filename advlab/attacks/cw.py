@@ -16,6 +16,10 @@ steps are about lr per coordinate whatever the gradient and a constant rate keep
 optimum at that scale; a constant counts as successful when the run *ends* adversarial, not when
 some early iterate overshot; and each run starts where the previous one ended, so the default
 lr = 0.1 (in tanh units with bounds, input units without) carries iterates far enough in 100 steps.
+
+Cost: binary_search_steps x steps gradient steps on every point (900 by default), about 45 times
+PGD-20. On a Fashion-MNIST CNN steps=50 found the same median norm in a third of the time; the
+default stays at 100 because 50 loses the 1% precision on perturbations much smaller than lr.
 """
 
 from __future__ import annotations
