@@ -62,7 +62,7 @@ def test_step_halving_converges_on_a_concave_loss_where_a_fixed_step_cannot():
     for norm in ("l2", "linf"):
         x_adv = APGD(norm, steps=100, loss=loss).perturb(identity, x, torch.tensor([3]), 1.0)
         assert (x_adv - c).abs().max() < 5e-3, norm  # about the last step size, 2 / 2^8
-        fixed = PGD(norm, steps=100, step_size=2.0, random_start=True, loss=loss).perturb(identity, x, torch.tensor([3]), 1.0)
+        fixed = PGD(norm, steps=100, step_size=2.0, loss=loss).perturb(identity, x, torch.tensor([3]), 1.0)
         assert (fixed - c).abs().max() > 0.1, "the control: a fixed large step does not converge"
 
 

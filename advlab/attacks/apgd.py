@@ -22,8 +22,6 @@ broken (early_stop), so later iterations cost only what is still robust.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import AdvlabError
@@ -203,7 +201,8 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
         if i + 1 in checks:
             # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
             interval, last_check = i + 1 - last_check, i + 1
-            rises = (hist[last_check - interval + 1:last_check + 1, idx] > hist[last_check - interval:last_check, idx]).sum(0)
+            window = hist[last_check - interval:last_check + 1, idx]  # (interval + 1, R)
+            rises = (window[1:] > window[:-1]).sum(0)
             reduce = rises <= interval * attack.rho
             # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
             reduce |= ~reduced_last & (loss_best_last >= loss_best)

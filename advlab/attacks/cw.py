@@ -48,7 +48,8 @@ class CW(Attack):
             raise AdvlabError("cw needs steps >= 1, binary_search_steps >= 1, lr > 0, initial_const > 0, kappa >= 0 "
                               "and refine_steps >= 0")
         self.steps, self.binary_search_steps, self.lr = steps, binary_search_steps, lr
-        self.initial_const, self.kappa, self.abort_early, self.refine_steps = initial_const, kappa, abort_early, refine_steps
+        self.initial_const, self.kappa = initial_const, kappa
+        self.abort_early, self.refine_steps = abort_early, refine_steps
 
     def _minimize(self, model, x, y, targets, bounds, generator):
         n = len(x)

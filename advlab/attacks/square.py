@@ -200,7 +200,7 @@ def _rectangles(a: int, b: int) -> torch.Tensor:
     delta = torch.zeros(a, b)
     ca, cb = a // 2, b // 2
     for k in range(max(a // 2 + 1, b // 2 + 1)):
-        delta[max(ca - k, 0):min(ca - k + 2 * k + 1, a), max(cb - k, 0):min(cb - k + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
+        delta[max(ca - k, 0):min(ca + k + 1, a), max(cb - k, 0):min(cb + k + 1, b)] += 1.0 / (k + 1) ** 2
     return delta / delta.norm()
 
 
@@ -235,5 +235,6 @@ def _tiled_init(n, c, h, w, generator, like):
     signs = _signs((n, c, nh, nw), generator, like)
     for i in range(nh):
         for j in range(nw):
-            delta[:, :, oh + i * th:oh + (i + 1) * th, ow + j * tw:ow + (j + 1) * tw] += tile * signs[:, :, i, j, None, None]
+            rows, cols = slice(oh + i * th, oh + (i + 1) * th), slice(ow + j * tw, ow + (j + 1) * tw)
+            delta[:, :, rows, cols] += tile * signs[:, :, i, j, None, None]
     return delta
