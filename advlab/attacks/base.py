@@ -228,7 +228,7 @@ _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase
 
 def _mode_dependent(model: nn.Module) -> bool:
     """Whether train and eval mode compute different things (dropout, batch norm)."""
-    return any(isinstance(m, _MODE_DEPENDENT) for m in model.modules())
+    return any(isinstance(m, _MODE_DEPENDENT) and getattr(m, "p", 1) != 0 for m in model.modules())
 
 
 def _warn_if_probabilities(logits: torch.Tensor) -> None:
