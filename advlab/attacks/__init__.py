@@ -1,10 +1,15 @@
 """Attacks: hyperparameter holders called as attack(model, x, y, eps=[...], bounds=...)."""
 
 from .base import Attack, AdvlabWarning, attack_mode, check_inputs, input_gradient
+from .fooling import Fooling, fooling_images
+from .highconf import HighConfidence
 from .losses import LOSSES, ce, dlr, margin
 from .pgd import BIM, FGSM, MIFGSM, PGD
 from .registry import ATTACKS, build_attack
 from .result import AttackResult
+from .spatial import Spatial
+from .transfer import TransferResult, transfer
 
-__all__ = ["ATTACKS", "AdvlabWarning", "Attack", "AttackResult", "BIM", "FGSM", "LOSSES", "MIFGSM", "PGD",
-           "attack_mode", "build_attack", "ce", "check_inputs", "dlr", "input_gradient", "margin"]
+__all__ = ["ATTACKS", "AdvlabWarning", "Attack", "AttackResult", "BIM", "FGSM", "Fooling", "HighConfidence", "LOSSES",
+           "MIFGSM", "PGD", "Spatial", "TransferResult", "attack_mode", "build_attack", "ce", "check_inputs", "dlr",
+           "fooling_images", "input_gradient", "margin", "transfer"]

@@ -7,13 +7,21 @@ from typing import Any, Callable
 
 from ..errors import AdvlabError
 from .base import Attack
+from .fooling import Fooling
+from .highconf import HighConfidence
 from .pgd import BIM, FGSM, MIFGSM, PGD
+from .spatial import Spatial
 
-ATTACKS: dict[str, Callable[..., Attack]] = {
+# Spatial and Fooling are not Attack subclasses (their budget is not an Lp ball around x) but have
+# the same call signature and return an AttackResult.
+ATTACKS: dict[str, Callable[..., Any]] = {
     "fgsm": FGSM,
     "bim": BIM,
     "pgd": PGD,
     "mifgsm": MIFGSM,
+    "highconf": HighConfidence,
+    "spatial": Spatial,
+    "fooling": Fooling,
 }
 
 
