@@ -75,8 +75,10 @@ class Spatial:
         return angle, shift, self._size(angle, shift)
 
     def _size(self, angle, shift):
-        r = angle.abs() / self.max_rotation if self.max_rotation > 0 else torch.zeros_like(angle)
-        s = shift.abs().amax(-1) / self.max_shift if self.max_shift > 0 else torch.zeros_like(angle)
+        # A zero move has size 0 even for a zero (or float-underflowing) range.
+        r = torch.where(angle == 0, torch.zeros_like(angle), angle.abs() / self.max_rotation)
+        s = shift.abs().amax(-1)
+        s = torch.where(s == 0, torch.zeros_like(s), s / self.max_shift)
         return torch.maximum(r, s)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps=1.0, *, bounds: Bounds = None,
