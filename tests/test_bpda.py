@@ -161,3 +161,17 @@ def test_bpda_pgd_breaks_the_quantisation_defense_that_naive_pgd_cannot(digits):
     assert naive > 0.8
     assert bpda.robust_accuracy()[0] < 0.2
     assert naive - bpda.robust_accuracy()[0] > 0.6
+
+
+@settings(max_examples=15, deadline=None)
+@given(norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 2.0), levels=st.integers(2, 8), seed=st.integers(0, 99))
+def test_pgd_through_bpda_stays_in_the_ball_and_the_bounds(norm, eps, levels, seed):
+    from advlab.threat import get_norm
+    with seeded(seed):
+        model = build_model("mlp", (1, 4, 4), 3, hidden=[8]).eval()
+    x = torch.rand(6, 1, 4, 4, generator=generator(seed))
+    y = torch.arange(6) % 3
+    bpda = Preprocessed(model, Quantize(levels, bounds=BOUNDS)).bpda()
+    r = PGD(norm, steps=3)(bpda, x, y, [eps], bounds=BOUNDS)
+    assert torch.isfinite(r.x_adv).all() and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert (get_norm(norm).distance(r.x_adv[0] - x) <= eps * (1 + 1e-5) + 1e-6).all()

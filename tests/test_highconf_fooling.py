@@ -143,3 +143,36 @@ def test_fooling_bad_input():
         fooling_images(model, [1], (4,), None, start="zeros")
     with pytest.raises(AdvlabError, match="target_confidence"):
         Fooling(target_confidence=1.5)
+
+
+def test_same_seed_gives_bitwise_identical_examples():
+    with seeded(0):
+        model = build_model("mlp", (1, 4, 4), 4, hidden=[8]).eval()
+    x, y = torch.rand(8, 1, 4, 4, generator=generator(1)), torch.arange(8) % 4
+    a = HighConfidence(kappa=0.8, steps=5, seed=3)(model, x, y, [0.2, 0.5], bounds=(0, 1))
+    b = HighConfidence(kappa=0.8, steps=5, seed=3)(model, x, y, [0.2, 0.5], bounds=(0, 1))
+    assert torch.equal(a.x_adv, b.x_adv)
+    f1, _ = fooling_images(model, [0, 1], (1, 4, 4), (0, 1), steps=5, generator=generator(2))
+    f2, _ = fooling_images(model, [0, 1], (1, 4, 4), (0, 1), steps=5, generator=generator(2))
+    assert torch.equal(f1, f2)
+
+
+class Exploding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 3:
+            raise RuntimeError("boom")
+        return self.lin(x.flatten(1))
+
+
+def test_fooling_restores_mode_and_requires_grad_when_the_model_raises():
+    model = Exploding()
+    model.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        fooling_images(model, [0, 1], (1, 4, 4), (0, 1), steps=10)
+    assert model.training and all(p.requires_grad for p in model.parameters())
