@@ -169,7 +169,8 @@ def test_randomized_defense_varies_while_eot_with_many_samples_is_stable():
 def test_wrappers_use_their_own_generator_and_reset_repeats_the_stream():
     model = small_cnn()
     x = torch.rand(4, 1, 8, 8, generator=generator(6))
-    for wrapper in (Randomized(model, RandomAffine(20, 1), seed=3), EOT(model, RandomResizePad(0.6), samples=3, seed=3)):
+    wrappers = (Randomized(model, RandomAffine(20, 1), seed=3), EOT(model, RandomResizePad(0.6), samples=3, seed=3))
+    for wrapper in wrappers:
         state = torch.random.get_rng_state()
         first = [wrapper(x), wrapper(x)]
         assert torch.equal(torch.random.get_rng_state(), state), "the global RNG was used"

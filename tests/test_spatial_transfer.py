@@ -81,7 +81,8 @@ def test_spatial_moves_content_across_the_decision_line():
     x[0, 0, 2:6, 2] = 1  # a bar left of centre: class 0
     x[1, 0, 2:6, 5] = 1  # right of centre: class 1
     y = torch.tensor([0, 1])
-    r = Spatial(max_rotation=0, max_shift=3, rotations=1, shifts=7)(LeftRight().eval(), x, y, [1 / 3, 1.0], bounds=(0, 1))
+    attack = Spatial(max_rotation=0, max_shift=3, rotations=1, shifts=7)
+    r = attack(LeftRight().eval(), x, y, [1 / 3, 1.0], bounds=(0, 1))
     # One pixel is not enough to cross the centre line; three pixels are, and the worst case goes furthest.
     assert r.robust_accuracy() == [1.0, 0.0]
     assert r.info["shift"][1, :, 0].tolist() == [3.0, -3.0]
@@ -170,7 +171,8 @@ def test_transfer_scores_each_target_on_the_source_examples(digits):
     for e in range(2):
         expected = (predict_logits(other, t.source.x_adv[e]).argmax(1) == y).float().mean().item()
         assert t.scores["mlp"].robust_accuracy()[e] == pytest.approx(expected)
-    assert t.scores["mlp"].clean_accuracy() == pytest.approx((predict_logits(other, x).argmax(1) == y).float().mean().item())
+    clean = (predict_logits(other, x).argmax(1) == y).float().mean().item()
+    assert t.scores["mlp"].clean_accuracy() == pytest.approx(clean)
     rows = t.summary()
     assert [(r["target"], r["eps"]) for r in rows] == [("mlp", 0.1), ("mlp", math.inf), ("cnn", 0.1), ("cnn", math.inf)]
     assert {"clean_accuracy", "robust_accuracy", "error", "success_rate", "mean_wrong_confidence",
