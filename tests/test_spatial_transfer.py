@@ -136,11 +136,15 @@ def test_spatial_bad_input():
 
 
 def test_spatial_restores_model_mode():
-    model = random_cnn()
-    model.train()
+    with seeded(0):
+        model = build_model("cnn-small", (1, 8, 8), 4, dropout=0.5)  # train mode, with dropout
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     with pytest.warns(UserWarning, match="train mode"):
-        Spatial(rotations=3, shifts=3)(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), [1.0])
+        r = Spatial(rotations=3, shifts=3)(model, x, y, [1.0])
     assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()  # the attack ran in eval mode: its scores are the eval-mode model's
+    with torch.no_grad():
+        assert torch.allclose(model(r.x_adv[0]), r.logits[0], atol=1e-5)
 
 
 # -- transfer -----------------------------------------------------------------------------------------

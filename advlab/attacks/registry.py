@@ -25,12 +25,17 @@ ATTACKS: dict[str, Callable[..., Any]] = {
 }
 
 
-def build_attack(name: str, **options: Any) -> Attack:
-    """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error."""
+def attack_parameters(name: str) -> set[str]:
+    """The keyword options attack `name` accepts (e.g. spatial takes no `norm`)."""
     if name not in ATTACKS:
         raise AdvlabError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    return {k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"}
+
+
+def build_attack(name: str, **options: Any) -> Attack:
+    """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error."""
+    allowed = attack_parameters(name)
     factory = ATTACKS[name]
-    allowed = {k for k in inspect.signature(factory).parameters if k != "self"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise AdvlabError(f"attack {name!r} has no option {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
