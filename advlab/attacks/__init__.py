@@ -4,11 +4,17 @@ from .apgd import APGD, APGDT
 from .base import Attack, AdvlabWarning, attack_mode, check_inputs, input_gradient
 from .cw import CW
 from .deepfool import DeepFool
+from .fooling import Fooling, fooling_images
+from .highconf import HighConfidence
 from .losses import LOSSES, ce, dlr, margin
 from .pgd import BIM, FGSM, MIFGSM, PGD
 from .registry import ATTACKS, build_attack
 from .result import AttackResult
+from .spatial import Spatial
 from .square import Square
+from .transfer import TransferResult, transfer
 
 __all__ = ["APGD", "APGDT", "ATTACKS", "AdvlabWarning", "Attack", "AttackResult", "BIM", "CW", "DeepFool", "FGSM",
-           "LOSSES", "MIFGSM", "PGD", "Square", "attack_mode", "build_attack", "ce", "check_inputs", "dlr", "input_gradient", "margin"]
+           "Fooling", "HighConfidence", "LOSSES", "MIFGSM", "PGD", "Spatial", "Square", "TransferResult",
+           "attack_mode", "build_attack", "ce", "check_inputs", "dlr", "fooling_images", "input_gradient", "margin",
+           "transfer"]

@@ -79,9 +79,10 @@ class Attack:
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
                                                 if t[0] is not None else None
                                                 for i, t in enumerate(zip(*outputs)))
-        return AttackResult(self.name, self.norm.name, _describe_eps(eps), x_adv, logits, clean,
-                            y.cpu(), dist, targets.cpu() if targets is not None else None,
-                            time.perf_counter() - start, min_dist)
+        y, targets = y.cpu(), targets.cpu() if targets is not None else None
+        goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
+        return AttackResult(self.name, self.norm.name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
+                            time.perf_counter() - start, min_dist, goal=goal)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
                 bounds: Bounds = None, targets: torch.Tensor | None = None,
@@ -156,6 +157,9 @@ class Attack:
                 min_dist.cpu() if min_dist is not None else None)
 
     def _goal_met(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """(N,) bool: has this point met the attack's goal? The cascade, early stopping and
+        AttackResult.success all use it; attacks with another criterion (e.g. a confidence level)
+        override it. Must work on any device."""
         pred = logits.argmax(1)
         return pred == targets if targets is not None else pred != y
 

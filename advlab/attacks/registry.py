@@ -10,10 +10,15 @@ from .apgd import APGD, APGDT
 from .base import Attack
 from .cw import CW
 from .deepfool import DeepFool
+from .fooling import Fooling
+from .highconf import HighConfidence
 from .pgd import BIM, FGSM, MIFGSM, PGD
+from .spatial import Spatial
 from .square import Square
 
-ATTACKS: dict[str, Callable[..., Attack]] = {
+# Spatial and Fooling are not Attack subclasses (their budget is not an Lp ball around x) but have
+# the same call signature and return an AttackResult.
+ATTACKS: dict[str, Callable[..., Any]] = {
     "fgsm": FGSM,
     "bim": BIM,
     "pgd": PGD,
@@ -23,15 +28,23 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "cw": CW,
     "deepfool": DeepFool,
     "square": Square,
+    "highconf": HighConfidence,
+    "spatial": Spatial,
+    "fooling": Fooling,
 }
+
+
+def attack_parameters(name: str) -> set[str]:
+    """The keyword options attack `name` accepts (e.g. spatial takes no `norm`)."""
+    if name not in ATTACKS:
+        raise AdvlabError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    return {k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"}
 
 
 def build_attack(name: str, **options: Any) -> Attack:
     """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error."""
-    if name not in ATTACKS:
-        raise AdvlabError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    allowed = attack_parameters(name)
     factory = ATTACKS[name]
-    allowed = {k for k in inspect.signature(factory).parameters if k != "self"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise AdvlabError(f"attack {name!r} has no option {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -22,6 +22,7 @@ class AttackResult:
     seconds: float = 0.0
     min_distance: Optional[torch.Tensor] = None  # (N,) minimal-norm attacks: smallest perturbation found (inf if none)
     info: dict[str, Any] = field(default_factory=dict)
+    goal: Optional[torch.Tensor] = None  # (E, N) the attack's own success criterion, when it has one
 
     @property
     def clean_correct(self) -> torch.Tensor:  # (N,)
@@ -37,6 +38,8 @@ class AttackResult:
 
     @property
     def success(self) -> torch.Tensor:  # (E, N): the attack's goal is met
+        if self.goal is not None:
+            return self.goal
         if self.targets is not None:
             return self.predictions == self.targets
         return ~self.correct

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..attacks import ATTACKS, build_attack
+from ..attacks.registry import attack_parameters
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..io import save_tensors, write_json
 from ..runs import dataset_from_card, load_run
@@ -20,7 +21,8 @@ def add_parser(subparsers) -> None:
                        "--n 500 --json")
     p.add_argument("--run", required=True, help="run directory (from advlab train)")
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
-    p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
+    p.add_argument("--norm", default=None, choices=["linf", "l2", "l1"],
+                   help="threat model (default linf; spatial has none: its budget is a rotation/shift range)")
     p.add_argument("--eps", required=True, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
     p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks)")
     p.add_argument("--step-size", default=None, help="absolute step size, e.g. 0.01 or 2/255")
@@ -37,7 +39,11 @@ def add_parser(subparsers) -> None:
 
 def attack_options(args: argparse.Namespace) -> dict:
     options = parse_key_values(args.attack_arg, "--attack-arg")
-    options.update(norm=args.norm, seed=args.seed, batch_size=args.batch_size)
+    options.update(seed=args.seed, batch_size=args.batch_size)
+    if args.norm is not None:
+        options["norm"] = args.norm  # given explicitly: an error for an attack without a norm
+    elif "norm" in attack_parameters(args.attack):
+        options["norm"] = "linf"
     for key, value in (("steps", args.steps), ("restarts", args.restarts), ("loss", args.loss)):
         if value is not None:
             options[key] = value
@@ -52,15 +58,16 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_run(args.run)
     data = dataset_from_card(card, args.data_dir)
     x, y = data.test_subset(args.n)
-    log(f"{attack.name} ({attack.norm.name}) on {len(y)} {data.name} test points, eps {args.eps}")
+    log(f"{attack.name} ({getattr(attack, 'norm', 'spatial')}) on {len(y)} {data.name} test points, eps {args.eps}")
     result = attack(model, x, y, eps, bounds=data.bounds, progress=not args.no_progress)
-    record = {"attack": attack.name, "norm": attack.norm.name, "n": len(y), "clean_accuracy": result.clean_accuracy(),
+    # result.norm: the attack's budget ("spatial" for the rotation/shift range).
+    record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
               "seconds": result.seconds, "results": result.summary()}
     if args.save:
-        out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{attack.norm.name}")
+        out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{result.norm}")
         save_outputs(out, x, result, data.classes, record)
         record["saved"] = str(out)
-    lines = [f"{attack.name} {attack.norm.name}  n={len(y)}  clean accuracy {record['clean_accuracy']:.4f}  "
+    lines = [f"{attack.name} {result.norm}  n={len(y)}  clean accuracy {record['clean_accuracy']:.4f}  "
              f"({result.seconds:.1f} s)", f"{'eps':>10}  {'robust acc':>10}  {'success':>8}  {'wrong conf':>10}  "
              f"{'median norm':>11}"]
     for r in record["results"]:
@@ -76,6 +83,7 @@ def save_outputs(out: Path, x, result, classes, record: dict, per_grid: int = 8)
     """Adversarial examples and logits as safetensors, the record as JSON, one PNG grid per epsilon."""
     from ..report.figures import adversarial_grid
 
+    x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
     tensors = {"x_adv": result.x_adv, "logits": result.logits, "y": result.y, "clean_logits": result.clean_logits}
     save_tensors(out / "adversarial.safetensors", tensors, {"eps": ",".join(map(str, result.eps))})
     write_json(out / "result.json", record)

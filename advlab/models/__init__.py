@@ -4,12 +4,18 @@ from .cnn import MadryCNN, SmallCNN
 from .ensemble import Ensemble
 from .linear import LogisticRegression, SoftmaxRegression
 from .mlp import MLP, MaxoutNet
+from .preprocess import BPDA, PREPROCESSORS, JPEGLike, MedianFilter, Preprocessed, Quantize, build_preprocessor
 from .rbf import RBFNet
 from .registry import MODELS, build_from_spec, build_model, model_options, model_spec
+from .stochastic import EOT, Randomized
+from .transforms import (TRANSFORMS, Compose, GaussianNoise, RandomAffine, RandomResizePad, UniformNoise,
+                         affine_transform, build_transform)
 from .wrappers import Normalized
 
 MODEL_NAMES = tuple(MODELS)
 
-__all__ = ["MODELS", "MODEL_NAMES", "Ensemble", "LogisticRegression", "MLP", "MadryCNN", "MaxoutNet",
-           "Normalized", "RBFNet", "SmallCNN", "SoftmaxRegression", "build_from_spec", "build_model",
-           "model_options", "model_spec"]
+__all__ = ["BPDA", "Compose", "EOT", "Ensemble", "GaussianNoise", "JPEGLike", "LogisticRegression", "MLP", "MODELS",
+           "MODEL_NAMES", "MadryCNN", "MaxoutNet", "MedianFilter", "Normalized", "PREPROCESSORS", "Preprocessed",
+           "Quantize", "RBFNet", "RandomAffine", "RandomResizePad", "Randomized", "SmallCNN", "SoftmaxRegression",
+           "TRANSFORMS", "UniformNoise", "affine_transform", "build_from_spec", "build_model", "build_preprocessor",
+           "build_transform", "model_options", "model_spec"]
