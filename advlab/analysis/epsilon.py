@@ -224,7 +224,7 @@ def reasoning(norm: str, e: dict[str, Any], percentile: float, bounds) -> str:
             f"'{cp['name']}' and training image {cp['train_neighbour']} '{cp['neighbour_name']}'). A classifier can "
             f"keep both labels under attack only if eps < d/2, so suggested_eps = {sep / 2:.4g}. "
             f"The {percentile:g}th percentile of between-class nearest-neighbour distances is {pct:.4g}: "
-            f"eps = {pct / 2:.4g} (suggested_eps_percentile) keeps all but {percentile:g}% of points apart. "
+            f"eps = {pct / 2:.4g} (suggested_eps_percentile) is below half the gap for {100 - percentile:g}% of the points. "
             f"For scale: a test image's nearest training image is {e['train_test_nn']['median']:.4g} away "
             f"(median), its nearest image of another class {e['train_test_nn']['between_class']['median']:.4g}.")
     if sep < 0.25 * pct:
