@@ -218,7 +218,7 @@ def _figures(out: Path, record: dict[str, Any]) -> dict[str, str]:
             "adversarial LR: robust (measured)": {"y": [r["adversarial"]["robust_accuracy"]["measured"] for r in rows],
                                                   "style": "measured", "color": "C1"},
         }, f"Gaussian model, ||mean||_2 = {st['signal']:g}, sigma = {st['sigma']:g}, Linf eps = {st['eps']:g}",
-            "dimension d", "test accuracy", out / "theory_dimension.png", logx=True, ylim=(0.3, 1.02))
+            "dimension d", "test accuracy", out / "theory_dimension.png", logx=True, ylim=(-0.02, 1.02))
     if "samples" in record:
         exp = record["samples"]
         st, rows = exp["settings"], exp["rows"]
