@@ -10,7 +10,8 @@ Two reductions cover every distance analysis:
 
 Both stream (block x block) tiles of the distance matrix and keep only running minima or sums,
 so a 60,000 x 10,000 search holds one tile per worker (2048 x 2048 float64 = 32 MiB by default),
-never the 4.8 GB matrix. The search is exact (brute force, no approximate index): L2 tiles come
+never the 4.8 GB matrix; the inputs stay in their own precision (one class-sorted copy of the
+references) and each tile is cast to float64. The search is exact (brute force, no approximate index): L2 tiles come
 from a float64 matrix product (|a|^2 + |b|^2 - 2 a.b, accurate to ~1e-6 even for duplicates, and
 multithreaded by BLAS); L1 and Linf tiles from `scipy.spatial.distance.cdist`, which releases the
 GIL, so tiles run on `workers` threads.
@@ -39,12 +40,12 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def as_matrix(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, ...) inputs as a C-contiguous float64 (N, D) array; rejects NaN and inf."""
+def as_matrix(x: torch.Tensor | np.ndarray, dtype=np.float64) -> np.ndarray:
+    """(N, ...) inputs as a C-contiguous (N, D) array; rejects NaN and inf."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim < 1:
         raise AdvlabError(f"inputs need a batch axis, got shape {a.shape}")
-    a = np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.float64)
+    a = np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.result_type(a.dtype, dtype))
     if not np.isfinite(a).all():
         raise AdvlabError("inputs contain NaN or inf; distances would be meaningless - clean the data first")
     return a
@@ -104,7 +105,8 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
     references gives inf and -1.
     """
     check_norm(norm)
-    q, r = as_matrix(queries), as_matrix(refs)
+    # Kept in their own precision (float32 images stay float32); each tile is cast to float64.
+    q, r = as_matrix(queries, np.float32), as_matrix(refs, np.float32)
     labels = np.asarray(torch.as_tensor(ref_labels).cpu(), dtype=np.int64)
     if q.shape[1] != r.shape[1]:
         raise AdvlabError(f"queries have {q.shape[1]} features but references have {r.shape[1]}")
@@ -135,10 +137,11 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
         def run() -> None:
             rows = np.arange(qs.start, qs.stop)
             own = self_sorted[qs]
+            q64 = q[qs].astype(np.float64)
             for c in range(num_classes):
                 for cs in _slices(int(starts[c + 1] - starts[c]), block):
                     lo, hi = starts[c] + cs.start, starts[c] + cs.stop
-                    d = distance_block(q[qs], r[lo:hi], norm)  # (bq, br)
+                    d = distance_block(q64, r[lo:hi].astype(np.float64), norm)  # (bq, br)
                     mine = (own >= lo) & (own < hi)
                     d[mine, own[mine] - lo] = np.inf
                     j = d.argmin(1)
