@@ -82,7 +82,7 @@ def run_distances(args: argparse.Namespace) -> int:
     record = analyze_distances(ds, per_class=args.per_class, norms=norms, n_test=args.n,
                                percentile=args.percentile, rule=args.budget_rule, seed=args.seed,
                                block=args.block, workers=args.workers, out=out, progress=not args.no_progress)
-    lines = [f"{args.dataset}: {args.per_class} training images per class, {record['n_test']} test images "
+    lines = [f"{args.dataset}: {args.per_class} training examples per class, {record['n_test']} test examples "
              f"({record['seconds']:.1f} s)", ""]
     lines.append(f"{'norm':<5} {'suggested_eps':>13} {'percentile eps':>14} {'1-NN acc':>9}  closer to another class")
     for norm, e in record["norms"].items():
