@@ -71,7 +71,7 @@ def _distances(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
     add_common(p, "output directory (default runs/analyze/distances-DATASET)")
     add_data_dir(p)
-    p.set_defaults(run=run_distances)
+    p.set_defaults(handler=run_distances)
 
 
 def run_distances(args: argparse.Namespace) -> int:
@@ -110,7 +110,7 @@ def _perceptibility(sub) -> None:
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     add_common(p, "output directory (default runs/analyze/perceptibility-DATASET)")
     add_data_dir(p)
-    p.set_defaults(run=run_perceptibility)
+    p.set_defaults(handler=run_perceptibility)
 
 
 def run_perceptibility(args: argparse.Namespace) -> int:
@@ -171,7 +171,7 @@ def _linearity(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/linearity-DATASET)")
     add_data_dir(p)
-    p.set_defaults(run=run_linearity)
+    p.set_defaults(handler=run_linearity)
 
 
 def run_linearity(args: argparse.Namespace) -> int:
@@ -213,7 +213,7 @@ def _theory(sub) -> None:
     p.add_argument("--reps", type=int, default=3, help="samples: training sets drawn per size")
     p.add_argument("--n-test", type=int, default=2000, help="test points")
     add_common(p, "output directory (default runs/analyze/theory)")
-    p.set_defaults(run=run_theory)
+    p.set_defaults(handler=run_theory)
 
 
 def run_theory(args: argparse.Namespace) -> int:
@@ -261,7 +261,7 @@ def _blobs(sub) -> None:
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/blobs)")
-    p.set_defaults(run=run_blobs)
+    p.set_defaults(handler=run_blobs)
 
 
 def run_blobs(args: argparse.Namespace) -> int:
