@@ -76,3 +76,18 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_writer_refuses_bad_budgets(tmp_path):
     with pytest.raises(AdvlabError, match="class 1"):
         write_eps_per_class(tmp_path / "e.json", [0.1, float("nan")], norm="l2")
+
+
+def test_per_class_budgets_drive_an_attack(digits, tmp_path):
+    from advlab import rng
+    from advlab.attacks import FGSM
+    from advlab.models import build_model
+
+    path = write_eps_per_class(tmp_path / "e.json", [0.01 * (c + 1) for c in range(10)], norm="linf")
+    eps = eps_for_labels(load_eps_per_class(path, digits.num_classes, norm="linf"), digits.y_test[:60])
+    with rng.seeded(0):
+        model = build_model("softmax", digits.input_shape, digits.num_classes).eval()
+    result = FGSM("linf")(model, digits.x_test[:60], digits.y_test[:60], eps=eps, bounds=digits.bounds)
+    linf = (result.x_adv[0] - digits.x_test[:60]).flatten(1).abs().amax(1)
+    assert (linf <= eps + 1e-6).all()
+    assert torch.allclose(linf[linf > 0], eps[linf > 0], atol=1e-6)  # FGSM uses each point's full budget
