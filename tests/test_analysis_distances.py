@@ -164,15 +164,20 @@ def test_suggested_eps_is_half_the_brute_force_separation(norm, tmp_path):
     full_s[np.arange(len(sample)), sample.numpy()] = np.inf
     full_t = brute(ds.x_test, ds.x_train, norm)
     ytr = ds.y_train.numpy()
-    gaps_s = np.where(ds.y_train[sample].numpy()[:, None] != ytr[None], full_s, np.inf).min(1)
-    gaps_t = np.where(ds.y_test.numpy()[:, None] != ytr[None], full_t, np.inf).min(1)
-    gaps = np.concatenate([gaps_s, gaps_t])
+    other_s = np.where(ds.y_train[sample].numpy()[:, None] != ytr[None], full_s, np.inf)
+    other_t = np.where(ds.y_test.numpy()[:, None] != ytr[None], full_t, np.inf)
+    gaps = np.concatenate([other_s.min(1), other_t.min(1)])
     labels = np.concatenate([ds.y_train[sample].numpy(), ds.y_test.numpy()])
+    neighbours = ytr[np.concatenate([other_s.argmin(1), other_t.argmin(1)])]
     assert e["suggested_eps"] == pytest.approx(gaps.min() / 2, abs=1e-6)
     assert e["suggested_eps_percentile"] == pytest.approx(np.percentile(gaps, 5) / 2, abs=1e-6)
+    eps = np.array(e["eps_per_class"])
     for c in range(3):
-        assert e["eps_per_class"][c] == pytest.approx(gaps[labels == c].min() / 2, abs=1e-6)
-    # Per-class budgets never let two balls of different classes overlap on the points seen.
+        involved = (labels == c) | (neighbours == c)
+        assert eps[c] == pytest.approx(gaps[involved].min() / 2, abs=1e-6)
+    # Per-class budgets never let the balls of a nearest between-class pair overlap.
+    assert (eps[labels] + eps[neighbours] <= gaps + 1e-6).all()
+    assert eps.min() == pytest.approx(e["suggested_eps"], abs=1e-9)
     cp = e["closest_pair"]
     assert cp["distance"] == pytest.approx(gaps.min(), abs=1e-6) and cp["label"] != cp["neighbour_label"]
     nn_acc = (ytr[full_t.argmin(1)] == ds.y_test.numpy()).mean()

@@ -10,8 +10,8 @@
 - `blobs`: the first picture, logistic regression and FGSM on two Gaussian blobs.
 - `figures`: heatmaps, histograms and curves written atomically as PNG.
 
-The modules that need matplotlib or scipy import them lazily through these submodules; importing
-`advlab.analysis` itself is cheap.
+Only the kernels and the budget-file helpers are imported here; the analyses (and matplotlib) load
+when their submodule is imported. JSON layouts: docs/analysis.md.
 """
 
 from .budgets import eps_for_labels, load_eps_per_class, write_eps_per_class

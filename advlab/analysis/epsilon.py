@@ -17,8 +17,9 @@ For each norm:
   "r-separation" argument). So `suggested_eps` = half the smallest between-class nearest-neighbour
   distance found (over all test images and the sampled training images); `suggested_eps_percentile`
   = half the q-th percentile of those distances, which ignores a few near-duplicates with different
-  labels. Per-class budgets apply the same rule to the points of each class (eps_i + eps_j <= d
-  then holds for every pair of points the analysis looked at).
+  labels. Per-class budgets apply the same rule to the pairs that involve each class (as the query
+  point or as its nearest other-class neighbour), so eps_i + eps_j <= d holds for every
+  between-class pair the analysis found.
 
 The JSON layout (`distances.json`, also printed by --json) is documented in docs/analysis.md; the
 keys `dataset`, `per_class` and `norms.NORM.class_distance` / `norms.NORM.suggested_eps` are the
@@ -142,18 +143,22 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
         test_between, test_cls = _between(mins_t, yt_np)
         test_within = mins_t[np.arange(len(yt_np)), yt_np]
 
-        # Every between-class nearest-neighbour distance the analysis found, with its point's class.
+        # Every between-class nearest-neighbour pair the analysis found: its distance, the class of
+        # the query point and the class of its neighbour.
         gaps = np.concatenate([between, test_between])
         gap_labels = np.concatenate([ys_np, yt_np])
+        gap_neighbours = np.concatenate([between_cls, test_cls])
         finite = np.isfinite(gaps)
         if not finite.any():
             raise AdvlabError("no pair of points with different labels: the dataset needs at least two classes")
         separation = float(gaps[finite].min())
         pct = float(np.percentile(gaps[finite], percentile))
-        per_class_sep = [float(gaps[finite & (gap_labels == c)].min()) / 2 if (finite & (gap_labels == c)).any()
-                         else separation / 2 for c in range(k)]
-        per_class_pct = [float(np.percentile(gaps[finite & (gap_labels == c)], percentile)) / 2
-                         if (finite & (gap_labels == c)).any() else pct / 2 for c in range(k)]
+        per_class_sep, per_class_pct = [], []
+        for c in range(k):
+            # A pair bounds the budgets of both its classes, so eps_i + eps_j <= d for every pair.
+            mine = finite & ((gap_labels == c) | (gap_neighbours == c))
+            per_class_sep.append(float(gaps[mine].min()) / 2 if mine.any() else separation / 2)
+            per_class_pct.append(float(np.percentile(gaps[mine], percentile)) / 2 if mine.any() else pct / 2)
         closest = _closest_pair(between, between_cls, ys_np, idx_s, sample.numpy(), test_between, test_cls, yt_np,
                                  idx_t, classes)
 
@@ -198,8 +203,9 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
 
 def _rule_text(rule: str, percentile: float) -> str:
     if rule == "separation":
-        return "half the smallest between-class nearest-neighbour distance among the class's points"
-    return f"half the {percentile:g}th percentile of the class's between-class nearest-neighbour distances"
+        return "half the smallest between-class nearest-neighbour distance of the pairs involving the class"
+    return (f"half the {percentile:g}th percentile of the between-class nearest-neighbour distances of the "
+            "pairs involving the class")
 
 
 def _closest_pair(between, between_cls, ys, idx_s, sample, test_between, test_cls, yt, idx_t,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import norm as normal
 
 from .. import rng
 from ..attacks import FGSM
@@ -44,7 +45,6 @@ from ..io import write_json
 from ..predict import predict_logits
 from . import figures
 from .linear import class_errors, fit_linear, weights, wilson
-from scipy.stats import norm as normal
 
 
 def activation_change(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
