@@ -1,0 +1,279 @@
+"""advlab analyze: which epsilon makes sense for the data, and why adversarial examples exist.
+
+    advlab analyze distances      class-distance matrices, nearest neighbours, suggested eps, per-class budgets
+    advlab analyze perceptibility clip(x0 + eps * sign(x1)) over an eps grid
+    advlab analyze linearity      eps * ||w||_1 grows with the input dimension (Goodfellow et al. 2015)
+    advlab analyze theory         robust accuracy vs dimension and vs training samples (Schmidt et al. 2018)
+    advlab analyze blobs          the first picture: blobs, logistic regression, FGSM, closed-form error
+
+Each writes NAME.json plus PNG figures to --out (default runs/analyze/NAME-DATASET); the layouts
+are documented in docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from pathlib import Path
+
+from ..config import parse_eps_list, parse_key_values, parse_number
+from ..data import DATASET_NAMES, load_dataset
+from ..errors import AdvlabError
+from .common import add_common, add_data_dir, emit, log
+from .common import add_subcommand as _add_subcommand
+
+EXAMPLE = "advlab analyze distances --dataset digits --per-class 100 --norms l1,l2,linf --out runs/analyze/digits --json"
+
+
+def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """common.add_subcommand, with the long description wrapped for the terminal."""
+    p = _add_subcommand(subparsers, name, help, example)
+    p.description = f"{textwrap.fill(help, 96)}\n\nExample:\n  {example}"
+    return p
+
+
+def add_parser(subparsers) -> None:
+    p = add_subcommand(
+        subparsers, "analyze",
+        "Analyse the data and the phenomenon: which epsilon makes sense, and why adversarial examples exist. "
+        "Sub-commands: distances, perceptibility, linearity, theory, blobs (each has --help and --json).",
+        EXAMPLE)
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    _distances(sub)
+    _perceptibility(sub)
+    _linearity(sub)
+    _theory(sub)
+    _blobs(sub)
+
+
+# -- distances ----------------------------------------------------------------------------------
+def _distances(sub) -> None:
+    p = add_subcommand(
+        sub, "distances",
+        "Class-distance matrices (mean pairwise distance per pair of classes, per norm), within- and "
+        "between-class nearest neighbours, train-to-test nearest neighbours, classes closer to another "
+        "class than to themselves, and suggested budgets with the reasoning; writes per-class budgets "
+        "(eps_per_class_NORM.json) for --eps-per-class.", EXAMPLE)
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
+    p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
+    p.add_argument("--per-class", type=int, default=100,
+                   help="training images per class for the class-distance matrix and the within/between-class "
+                        "nearest neighbours (searched in the full training set)")
+    p.add_argument("--norms", default="l1,l2,linf", help="comma-separated norms: l1, l2, linf")
+    p.add_argument("--n", type=int, default=None,
+                   help="first N test images for the train-to-test nearest neighbours (default: all)")
+    p.add_argument("--percentile", type=float, default=5.0,
+                   help="percentile of between-class nearest-neighbour distances for the alternative budget")
+    p.add_argument("--budget-rule", choices=["separation", "percentile"], default="separation",
+                   help="rule for the per-class budgets: half the smallest between-class NN distance of the "
+                        "class's points, or half its percentile")
+    p.add_argument("--block", type=int, default=2048, help="rows per block of the distance matrix (memory bound)")
+    p.add_argument("--workers", type=int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
+    add_common(p, "output directory (default runs/analyze/distances-DATASET)")
+    add_data_dir(p)
+    p.set_defaults(handler=run_distances)
+
+
+def run_distances(args: argparse.Namespace) -> int:
+    from ..analysis.epsilon import analyze_distances
+    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
+    ds = load_dataset(args.dataset, data_dir=args.data_dir, **parse_key_values(args.dataset_arg, "--dataset-arg"))
+    out = Path(args.out or f"runs/analyze/distances-{args.dataset}")
+    record = analyze_distances(ds, per_class=args.per_class, norms=norms, n_test=args.n,
+                               percentile=args.percentile, rule=args.budget_rule, seed=args.seed,
+                               block=args.block, workers=args.workers, out=out, progress=not args.no_progress)
+    lines = [f"{args.dataset}: {args.per_class} training examples per class, {record['n_test']} test examples "
+             f"({record['seconds']:.1f} s)", ""]
+    lines.append(f"{'norm':<5} {'suggested_eps':>13} {'percentile eps':>14} {'1-NN acc':>9}  closer to another class")
+    for norm, e in record["norms"].items():
+        closer = ", ".join(f"{r['name']}->{r['closest_name']}" for r in e["closer_than_itself"]) or "none"
+        lines.append(f"{norm:<5} {e['suggested_eps']:>13.4g} {e['suggested_eps_percentile']:>14.4g} "
+                     f"{e['train_test_nn']['one_nn_accuracy']:>9.4f}  {closer}")
+    lines.append("")
+    for norm, e in record["norms"].items():
+        lines.append(textwrap.fill(f"{norm}: {e['reasoning']}", 100, subsequent_indent="  "))
+    lines.append(f"\nresults in {out}/distances.json; per-class budgets in {out}/eps_per_class_NORM.json")
+    emit(args, record, "\n".join(lines))
+    return 0
+
+
+# -- perceptibility -----------------------------------------------------------------------------
+def _perceptibility(sub) -> None:
+    p = add_subcommand(
+        sub, "perceptibility",
+        "Blend two classes as clip(x0 + eps * sign(x1)) over an eps grid: an Linf budget that is small by "
+        "the number can be obvious to a person.",
+        "advlab analyze perceptibility --dataset digits --eps 0,0.05,0.1,0.2,0.3 --pairs 0:5,1:6 --out runs/analyze/p")
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
+    p.add_argument("--eps", default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
+    p.add_argument("--pairs", default=None,
+                   help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
+    add_common(p, "output directory (default runs/analyze/perceptibility-DATASET)")
+    add_data_dir(p)
+    p.set_defaults(handler=run_perceptibility)
+
+
+def run_perceptibility(args: argparse.Namespace) -> int:
+    from ..analysis.perceptibility import perceptibility
+    ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    out = Path(args.out or f"runs/analyze/perceptibility-{args.dataset}")
+    record = perceptibility(ds, parse_eps_list(args.eps), _pairs(args.pairs), seed=args.seed, out=out)
+    lines = [f"{args.dataset}: clip(x0 + eps * sign(x1)) for eps in {record['eps']}"]
+    for r in record["pairs"]:
+        l2 = ", ".join(f"{v:.2f}" for v in r["l2"])
+        lines.append(f"  {r['source_name']} (test {r['source_index']}) + sign of {r['target_name']} "
+                     f"(test {r['target_index']}): L2 size {l2}")
+    lines.append(f"grid in {record['figures']['grid']}")
+    emit(args, record, "\n".join(lines))
+    return 0
+
+
+def _pairs(text: str | None) -> list[tuple[int, int]] | None:
+    if text is None:
+        return None
+    pairs = []
+    for item in text.split(","):
+        a, sep, b = item.strip().partition(":")
+        if not sep or not a.strip().isdigit() or not b.strip().isdigit():
+            raise AdvlabError(f"--pairs expects SOURCE:TARGET class indices such as 0:5,1:6, got {item!r}")
+        pairs.append((int(a), int(b)))
+    return pairs
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise AdvlabError(f"{flag} expects comma-separated integers such as 1,10,100, got {text!r}") from None
+    if not values:
+        raise AdvlabError(f"{flag} needs at least one value")
+    return values
+
+
+# -- linearity ----------------------------------------------------------------------------------
+def _linearity(sub) -> None:
+    p = add_subcommand(
+        sub, "linearity",
+        "The linear explanation (Goodfellow et al. 2015, sec. 3): under eps * sign(w) a linear score moves by "
+        "eps * ||w||_1, which grows with the input dimension n. Sweeps n on the gaussian model (closed-form "
+        "prediction) or on an image dataset padded with noise features.",
+        "advlab analyze linearity --dataset gaussian --dims 10,30,100,300,1000,3000 --eps 0.1 --out runs/analyze/lin")
+    p.add_argument("--dataset", default="gaussian", choices=[d for d in DATASET_NAMES if d != "blobs"])
+    p.add_argument("--eps", default="0.1", help="Linf budget")
+    p.add_argument("--dims", default="10,30,100,300,1000,3000", help="gaussian: input dimensions to sweep")
+    p.add_argument("--signal", type=float, default=3.0, help="gaussian: ||class mean||_2, the same for every n")
+    p.add_argument("--sigma", type=float, default=1.0, help="gaussian: noise standard deviation")
+    p.add_argument("--n-train", type=int, default=2000, help="gaussian: training points")
+    p.add_argument("--n-test", type=int, default=2000, help="gaussian: test points")
+    p.add_argument("--classes", default="3,7", help="image datasets: the two classes (logistic regression is binary)")
+    p.add_argument("--pad", default="0,1,3,7", help="image datasets: noise features to append, in multiples of the "
+                                                    "image size (n = D * (1 + pad))")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    add_common(p, "output directory (default runs/analyze/linearity-DATASET)")
+    add_data_dir(p)
+    p.set_defaults(handler=run_linearity)
+
+
+def run_linearity(args: argparse.Namespace) -> int:
+    from ..analysis.linearity import run_linearity as run
+    out = Path(args.out or f"runs/analyze/linearity-{args.dataset}")
+    record = run(args.dataset, eps=parse_number(args.eps, "--eps"), dims=_ints(args.dims, "--dims"),
+                 classes=_ints(args.classes, "--classes"), pads=_ints(args.pad, "--pad"), signal=args.signal,
+                 sigma=args.sigma, n_train=args.n_train, n_test=args.n_test, weight_decay=args.weight_decay,
+                 seed=args.seed, data_dir=args.data_dir, out=out, log=None if args.json else log)
+    lines = [f"{'n':>6} {'eps*||w||_1':>12} {'measured':>10} {'FGSM error':>11} {'predicted':>10} {'clean error':>12}"]
+    for r in record["rows"]:
+        a, f = r["activation_change"], r["fgsm_error"]
+        lines.append(f"{r['n']:>6} {a['predicted']:>12.4g} {a['mean']:>10.4g} {f['measured']:>11.2%} "
+                     f"{f.get('predicted', f['predicted_from_margins']):>10.2%} {r['clean_error']['measured']:>12.2%}")
+    lines.append(f"results in {out}/linearity.json ({record['seconds']:.1f} s)")
+    emit(args, record, "\n".join(lines))
+    return 0
+
+
+# -- theory -------------------------------------------------------------------------------------
+def _theory(sub) -> None:
+    p = add_subcommand(
+        sub, "theory",
+        "Robustness theory on the two-class Gaussian model (Schmidt et al. 2018), measured beside closed "
+        "forms: robust accuracy of linear classifiers against dimension at fixed eps, and standard versus "
+        "robust accuracy against the number of training samples.",
+        "advlab analyze theory --experiments dimension,samples --out runs/analyze/theory")
+    p.add_argument("--experiments", default="dimension,samples", help="dimension and/or samples")
+    p.add_argument("--dims", default="1,2,5,10,20,50,100,200,500,1000,2000", help="dimension: d values")
+    p.add_argument("--eps", default="0.1", help="dimension: Linf budget")
+    p.add_argument("--signal", type=float, default=2.0, help="dimension: ||class mean||_2, the same for every d")
+    p.add_argument("--sigma", type=float, default=1.0, help="dimension: noise standard deviation")
+    p.add_argument("--n-train", type=int, default=2000, help="dimension: training points")
+    p.add_argument("--samples", default="1,2,5,10,20,50,100,200,500,1000", help="samples: training set sizes")
+    p.add_argument("--sample-dim", type=int, default=1000, help="samples: dimension d")
+    p.add_argument("--sample-mu", type=float, default=1.0, help="samples: mean of every coordinate")
+    p.add_argument("--sample-sigma", type=float, default=None, help="samples: noise std (default d^(1/4) / 2)")
+    p.add_argument("--sample-eps", default="0.7", help="samples: Linf budget")
+    p.add_argument("--reps", type=int, default=3, help="samples: training sets drawn per size")
+    p.add_argument("--n-test", type=int, default=2000, help="test points")
+    add_common(p, "output directory (default runs/analyze/theory)")
+    p.set_defaults(handler=run_theory)
+
+
+def run_theory(args: argparse.Namespace) -> int:
+    from ..analysis.theory import run_theory as run
+    experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
+    out = Path(args.out or "runs/analyze/theory")
+    record = run(experiments, out=out, seed=args.seed, log=None if args.json else log,
+                 dimension_kwargs=dict(dims=_ints(args.dims, "--dims"), eps=parse_number(args.eps, "--eps"),
+                                       signal=args.signal, sigma=args.sigma, n_train=args.n_train,
+                                       n_test=args.n_test),
+                 samples_kwargs=dict(samples=_ints(args.samples, "--samples"), dim=args.sample_dim,
+                                     mu=args.sample_mu, sigma=args.sample_sigma,
+                                     eps=parse_number(args.sample_eps, "--sample-eps"), reps=args.reps,
+                                     n_test=args.n_test))
+    lines = []
+    if "dimension" in record:
+        lines.append(f"{'d':>6} {'best linear robust':>19} {'standard LR robust (pred.)':>27} {'adv. LR robust':>15}")
+        for r in record["dimension"]["rows"]:
+            s = r["standard"]["robust_accuracy"]
+            lines.append(f"{r['dim']:>6} {r['best_linear']['robust_accuracy']:>19.3f} "
+                         f"{s['measured']:>18.3f} ({s['predicted']:.3f}) "
+                         f"{r['adversarial']['robust_accuracy']['measured']:>15.3f}")
+    if "samples" in record:
+        lines.append(f"\n{'n':>6} {'clean (pred.)':>15} {'robust (pred.)':>16} {'adv. LR robust':>15}   mean estimator")
+        for r in record["samples"]["rows"]:
+            c, rb = r["mean_estimator"]["clean_accuracy"], r["mean_estimator"]["robust_accuracy"]
+            lines.append(f"{r['n_train']:>6} {c['measured']:>6.3f} ({c['predicted']:.3f}) "
+                         f"{rb['measured']:>7.3f} ({rb['predicted']:.3f}) "
+                         f"{r['adversarial']['robust_accuracy']['measured']:>15.3f}")
+    lines.append(f"results in {out}/theory.json ({record['seconds']:.1f} s)")
+    emit(args, record, "\n".join(lines))
+    return 0
+
+
+# -- blobs --------------------------------------------------------------------------------------
+def _blobs(sub) -> None:
+    p = add_subcommand(
+        sub, "blobs",
+        "The first picture: two Gaussian blobs, logistic regression, FGSM at each eps; an error table with "
+        "the error predicted in closed form for the trained model, and a scatter plot with the boundary.",
+        "advlab analyze blobs --eps 0,0.2,0.5 --out runs/analyze/blobs")
+    p.add_argument("--eps", default="0,0.2,0.5", help="Linf budgets")
+    p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
+                   help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
+    p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    add_common(p, "output directory (default runs/analyze/blobs)")
+    p.set_defaults(handler=run_blobs)
+
+
+def run_blobs(args: argparse.Namespace) -> int:
+    from ..analysis.blobs import blobs_picture, table
+    kwargs = {"seed": args.seed, **parse_key_values(args.dataset_arg, "--dataset-arg")}
+    out = Path(args.out or "runs/analyze/blobs")
+    record = blobs_picture(parse_eps_list(args.eps), dataset_kwargs=kwargs, loss=args.loss,
+                           weight_decay=args.weight_decay, out=out)
+    m = record["model"]
+    text = (f"logistic regression on blobs: w = [{', '.join(f'{v:.3f}' for v in m['w'][:4])}], b = {m['b']:.3f}, "
+            f"test accuracy {m['test_accuracy']:.4f}\n{table(record)}\n"
+            f"(predicted: closed form for this model; best linear: w = 1 through the midpoint)\n"
+            f"results in {out}/blobs.json")
+    emit(args, record, text)
+    return 0
