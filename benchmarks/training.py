@@ -51,7 +51,7 @@ CONFIGS = {
     "pgd7-10": ("pgd", {"eps": EPS, "steps": 7}, 10, {}, "target 2: <= 60 min"),
     "rst-5000-pool": ("rst", {"eps": EPS, "labels": 5000, "base": "fgsm-rs", "teacher_epochs": 20}, 5, {},
                       "RST: 5,000 labels + pseudo-labelled pool"),
-    "rst-5000-nopool": ("rst", {"eps": EPS, "labels": 5000, "base": "fgsm-rs", "use_pool": False}, 40, {},
+    "rst-5000-nopool": ("rst", {"eps": EPS, "labels": 5000, "base": "fgsm-rs", "use_pool": False}, 20, {},
                         "RST control: the same 5,000 labels, no pool"),
 }
 REFERENCE = {"name": "reference FGSM-RS (issue 5)", "epochs": 5, "clean": 0.872, "pgd50": 0.633,
@@ -62,15 +62,17 @@ def robust_eval(run_dir: Path, ds) -> dict:
     model, card = load_run(run_dir)
     x, y = ds.test_subset(N_EVAL)
     out = {}
-    worst = None
-    for loss in ("ce", "margin"):
-        t = time.perf_counter()
-        r = PGD(steps=50, loss=loss, batch_size=250)(model, x, y, eps=[EPS], bounds=ds.bounds)
-        out[f"pgd50_{loss}"] = r.robust_accuracy()[0]
-        out[f"pgd50_{loss}_seconds"] = time.perf_counter() - t
-        out["clean"] = r.clean_accuracy()
-        worst = r.correct[0] if worst is None else worst & r.correct[0]
+    t = time.perf_counter()
+    r = PGD(steps=50, loss="ce", batch_size=250)(model, x, y, eps=[EPS], bounds=ds.bounds)
+    out["clean"], out["pgd50_ce"] = r.clean_accuracy(), r.robust_accuracy()[0]
+    # The margin-loss attack only needs to run on the images PGD-50 CE left correct.
+    worst = r.correct[0].clone()
+    idx = worst.nonzero().flatten()
+    if len(idx):
+        r2 = PGD(steps=50, loss="margin", batch_size=250)(model, x[idx], y[idx], eps=[EPS], bounds=ds.bounds)
+        worst[idx] = r2.correct[0]
     out["robust"] = worst.float().mean().item()
+    out["eval_seconds"] = time.perf_counter() - t
     out["robust_attacks"] = "worst case of PGD-50 CE and PGD-50 margin (random start, step 2.5*eps/50)"
     return out
 
@@ -139,9 +141,9 @@ def report() -> str:
              "Measured on the shared 2-core machine with `nice` and one thread per process, with other "
              "developers' jobs running (load average 5-10): **wall times are inflated** several-fold. "
              "CPU seconds are what the training process itself used, the better estimate of a quiet run.", "",
-             "| run | defense | epochs | clean | PGD-50 CE | PGD-50 margin | robust | train wall s | train CPU s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| {REFERENCE['name']} | fgsm-rs | 5 | {REFERENCE['clean']:.3f} | {REFERENCE['pgd50']:.3f} | - | "
+             "| run | defense | epochs | clean | PGD-50 CE | robust | train wall s | train CPU s | note |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| {REFERENCE['name']} | fgsm-rs | 5 | {REFERENCE['clean']:.3f} | {REFERENCE['pgd50']:.3f} | "
              f"AA {REFERENCE['autoattack']:.3f} | {REFERENCE['seconds']} (quiet) | - | reference |"]
     for name, r in rows.items():
         if name == "cost":
@@ -151,7 +153,7 @@ def report() -> str:
             note += f"; pseudo-label acc {r['rst'].get('pseudo_label_accuracy', float('nan')):.3f}" \
                 if "pseudo_label_accuracy" in r["rst"] else ""
         lines.append(f"| {name} | {r['defense']} {_opts(r['options'])} | {r['epochs']} | {r['clean']:.3f} | "
-                     f"{r['pgd50_ce']:.3f} | {r['pgd50_margin']:.3f} | {r['robust']:.3f} | "
+                     f"{r['pgd50_ce']:.3f} | {r['robust']:.3f} | "
                      f"{r['train_wall_seconds']:.0f} | {r['train_cpu_seconds']:.0f} | {note} |")
     if "cost" in rows:
         c = rows["cost"]

@@ -21,6 +21,7 @@ crafts its examples with advlab's own attacks (`attack.perturb`), drawing every 
 
 Where to perturb: `layer=k` perturbs the activations after the k-th hidden layer instead of the
 input (see layers.split_at_layer); eps is then in activation units and no input bounds apply.
+Validation metrics (`val=fgsm|pgd`) always attack the input, with the same eps.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from ..errors import AdvlabError
 from ..models import build_model, model_spec
 from ..predict import predict_logits
 from ..runs import CARD_FILE, save_run
+from .layers import split_at_layer
 from .registry import build_defense
 from .rst import RSTSettings, robust_self_training
 from .training import CHECKPOINT, TrainConfig, Trainer
@@ -62,6 +63,8 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
     identity = {"model": spec, "dataset": ds.describe(), "defense": [defense, defense_kwargs],
                 "val_fraction": val_fraction, "world_size": distributed.world_size()}
     inner = rst.objective if rst is not None else objective
+    if getattr(inner, "layer", 0):
+        split_at_layer(net, inner.layer)  # a bad layer number fails now, not after the teacher or an epoch
     val_metric = getattr(inner, "val_metric", None)
     hooks = inner.hooks(split.x_val, split.y_val) if hasattr(inner, "hooks") else []
     extra: dict[str, Any] = {}

@@ -330,6 +330,8 @@ class Trainer:
                  f"train acc {m['train_accuracy']:.4f}"]
         if "val_metric" in m:
             parts.append(f"val {m['val_metric']:.4f}{' *' if improved else ''}")
+        standard = {"epoch", "train_loss", "train_accuracy", "val_metric", "epoch_seconds"}
+        parts += [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items() if k not in standard]
         parts.append(f"{m['epoch_seconds']:.1f}s")
         return "  ".join(parts)
 
