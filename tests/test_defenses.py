@@ -330,3 +330,26 @@ def test_rst_accepts_its_base_defense_options():
     s = build_defense("rst", eps=0.1, labels=10, base="pgd", steps=3, bounds=(0, 1))
     assert s.objective.steps == 3 and s.describe()["base_defense"]["steps"] == 3
     assert math.isclose(build_defense("rst", eps=0.1, labels=10, beta=1).objective.beta, 1.0)
+
+
+# -- budgets -------------------------------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(["goodfellow", "pgd", "trades", "fgsm-rs", "noise-sign", "noise-uniform"]),
+       eps=st.floats(0.0, 0.6), seed=st.integers(0, 2**16))
+def test_training_inputs_stay_in_the_ball_and_the_bounds(name, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(12, 1, 4, 4, generator=g)
+    y = torch.randint(0, 3, (12,), generator=g)
+    with rng.seeded(seed):
+        model = build_model("mlp", (1, 4, 4), 3, hidden=[8])
+    fed = []
+    model.register_forward_pre_hook(lambda m, inp: fed.append(inp[0].detach().clone()))
+    loss, logits = build_defense(name, eps=eps, bounds=(0.0, 1.0))(model, x, y, rng.generator(seed))
+    assert torch.isfinite(loss) and logits.shape == (12, 3)
+    trained_on = fed[-1]  # the objective's own forward: x_adv, or [x; x_adv]
+    x_adv = trained_on[-len(x):]
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() <= eps + 1e-6
