@@ -21,7 +21,7 @@ crafts its examples with advlab's own attacks (`attack.perturb`), drawing every 
 
 Where to perturb: `layer=k` perturbs the activations after the k-th hidden layer instead of the
 input (see layers.split_at_layer); eps is then in activation units and no input bounds apply.
-Validation metrics (`val=fgsm|pgd`) always attack the input, with the same eps.
+Validation metrics (`val=fgsm|pgd`) always attack the input, at `val_eps` (default: eps).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class AdversarialObjective:
     name = "adversarial"
 
     def __init__(self, eps: float | None = None, *, bounds: Bounds = None, norm: str = "linf", layer: int = 0,
-                 val: str = "clean"):
+                 val: str = "clean", val_eps: float | None = None):
         if eps is None:
             raise AdvlabError(f"defense {self.name!r} needs a budget: pass --eps (e.g. --eps 0.1 or 8/255)")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
@@ -56,7 +56,10 @@ class AdversarialObjective:
                               f"got {layer!r}")
         if val not in VAL_METRICS:
             raise AdvlabError(f"defense {self.name!r}: val={val!r} is unknown; choose one of {', '.join(VAL_METRICS)}")
+        if val_eps is not None and (isinstance(val_eps, bool) or not isinstance(val_eps, (int, float)) or val_eps < 0):
+            raise AdvlabError(f"defense {self.name!r}: val_eps must be a number >= 0, got {val_eps!r}")
         self.eps = float(eps)
+        self.val_eps = float(val_eps) if val_eps is not None else self.eps
         self.bounds = bounds
         self.norm = get_norm(norm)
         self.layer = layer
@@ -66,7 +69,7 @@ class AdversarialObjective:
     @property
     def val_metric(self) -> ValMetric | None:
         """Validation accuracy under this metric's attack at the input budget (None: clean accuracy)."""
-        return VAL_METRICS[self.val](self.eps, self.bounds, self.norm.name)
+        return VAL_METRICS[self.val](self.val_eps, self.bounds, self.norm.name)
 
     def hooks(self, x_val: torch.Tensor | None, y_val: torch.Tensor | None) -> list[TrainerHook]:
         return []
@@ -103,8 +106,8 @@ def _two_forwards(tail: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[to
 class Goodfellow(AdversarialObjective):
     name = "goodfellow"
 
-    def __init__(self, eps=None, *, alpha: float = 0.5, bounds=None, norm="linf", layer=0, val="fgsm"):
-        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val)
+    def __init__(self, eps=None, *, alpha: float = 0.5, bounds=None, norm="linf", layer=0, val="fgsm", val_eps=None):
+        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val, val_eps=val_eps)
         _check_fraction(alpha, "alpha", self.name)
         self.alpha = float(alpha)
         self._attack = FGSM(self.norm)
@@ -119,10 +122,12 @@ class Goodfellow(AdversarialObjective):
 class PGDTraining(AdversarialObjective):
     name = "pgd"
 
-    def __init__(self, eps=None, *, steps: int = 10, step_size: float | None = None, rel_step_size: float | None = None,
-                 random_start: bool = True, bounds=None, norm="linf", layer=0, val="clean"):
-        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val)
-        self.steps, self.step_size, self.rel_step_size, self.random_start = steps, step_size, rel_step_size, random_start
+    def __init__(self, eps=None, *, steps: int = 10, step_size: float | None = None,
+                 rel_step_size: float | None = None, random_start: bool = True, bounds=None, norm="linf", layer=0,
+                 val="clean", val_eps=None):
+        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val, val_eps=val_eps)
+        self.steps, self.step_size, self.rel_step_size = steps, step_size, rel_step_size
+        self.random_start = random_start
         self._attack = _pgd(self.norm, steps, step_size, rel_step_size, random_start, self.name)
 
     def loss(self, tail, h, y, bounds, generator):
@@ -134,8 +139,8 @@ class TRADES(AdversarialObjective):
     name = "trades"
 
     def __init__(self, eps=None, *, beta: float = 6.0, steps: int = 10, step_size: float | None = None,
-                 rel_step_size: float | None = 0.25, bounds=None, norm="linf", layer=0, val="clean"):
-        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val)
+                 rel_step_size: float | None = 0.25, bounds=None, norm="linf", layer=0, val="clean", val_eps=None):
+        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val, val_eps=val_eps)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
             raise AdvlabError(f"defense 'trades': beta must be a number >= 0, got {beta!r}")
         self.beta, self.steps, self.step_size, self.rel_step_size = float(beta), steps, step_size, rel_step_size
@@ -172,8 +177,9 @@ class FastAT(AdversarialObjective):
     name = "fgsm-rs"
 
     def __init__(self, eps=None, *, step: float = 1.25, check: bool = True, check_n: int = 256,
-                 check_steps: int = 10, check_drop: float = 0.2, bounds=None, norm="linf", layer=0, val="clean"):
-        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val)
+                 check_steps: int = 10, check_drop: float = 0.2, bounds=None, norm="linf", layer=0, val="clean",
+                 val_eps=None):
+        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val, val_eps=val_eps)
         if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
             raise AdvlabError(f"defense 'fgsm-rs': step (a multiple of eps) must be > 0, got {step!r}")
         if not isinstance(check_n, int) or check_n < 1 or not isinstance(check_steps, int) or check_steps < 1:
@@ -195,8 +201,10 @@ class FastAT(AdversarialObjective):
                               "split (--val-fraction > 0) or pass --defense-arg check=false")
         x, y = x_val[:self.check_n], y_val[:self.check_n]
         attack = PGD(self.norm, steps=self.check_steps, rel_step_size=2.5 / self.check_steps, random_start=True)
-        return [CollapseCheck(lambda model: robust_accuracy(attack, model, x, y, self.eps, self.bounds),
-                              drop=self.check_drop, what=f"PGD-{self.check_steps} accuracy on {len(y)} held-out images")]
+        what = f"PGD-{self.check_steps} accuracy on {len(y)} held-out images"
+        # On the input, at val_eps (= eps unless the perturbation lives in a hidden layer).
+        return [CollapseCheck(lambda model: robust_accuracy(attack, model, x, y, self.val_eps, self.bounds),
+                              drop=self.check_drop, what=what)]
 
 
 class CollapseCheck(TrainerHook):
@@ -227,7 +235,8 @@ class CollapseCheck(TrainerHook):
             trainer.restore(self.last_good)
             metrics["rolled_back_to_epoch"] = self.last_good_epoch
             return (f"catastrophic overfitting in epoch {trainer.epoch}: {self.what} fell from "
-                    f"{self.last_good_value:.3f} to {value:.3f}; rolled back to epoch {self.last_good_epoch} and stopped")
+                    f"{self.last_good_value:.3f} to {value:.3f}; rolled back to epoch {self.last_good_epoch} "
+                    "and stopped")
         self.last_good = trainer.snapshot()
         self.last_good_epoch, self.last_good_value = trainer.epoch, value
         return None
@@ -237,9 +246,9 @@ class Noise(AdversarialObjective):
     """alpha J(x) + (1 - alpha) J(x + noise): random +-eps signs or uniform noise in the ball."""
 
     def __init__(self, eps=None, *, kind: str = "sign", alpha: float = 0.5, bounds=None, norm="linf", layer=0,
-                 val="clean"):
+                 val="clean", val_eps=None):
         self.name = f"noise-{kind}"
-        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val)
+        super().__init__(eps, bounds=bounds, norm=norm, layer=layer, val=val, val_eps=val_eps)
         if kind not in ("sign", "uniform"):
             raise AdvlabError(f"noise kind must be 'sign' or 'uniform', got {kind!r}")
         if kind == "sign" and self.norm.name != "linf":
@@ -269,8 +278,8 @@ class L1Penalty:
     def __init__(self, coef: float | None = None, *, eps: float | None = None, bounds: Bounds = None):
         coef = coef if coef is not None else eps
         if coef is None:
-            raise AdvlabError("defense 'l1' needs its coefficient: --defense-arg coef=0.001 (or --eps E, which "
-                              "sets coef=E: the penalty eps*||w||_1 that FGSM training puts inside a linear model's loss)")
+            raise AdvlabError("defense 'l1' needs its coefficient: --defense-arg coef=0.001 (or --eps E, which sets "
+                              "coef=E: the penalty eps*||w||_1 that FGSM training puts inside a linear model's loss)")
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef < 0:
             raise AdvlabError(f"defense 'l1': coef must be a number >= 0, got {coef!r}")
         self.coef = float(coef)
