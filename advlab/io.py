@@ -7,6 +7,7 @@ fsync, then rename, so a crash never leaves a half-written file under the final 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,8 +39,25 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def jsonable(obj: Any) -> Any:
+    """A copy of obj that strict JSON accepts: NaN and inf become null, tensors become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return jsonable(_json_default(obj))
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write(path, (dumps(obj, indent=2) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -52,6 +70,8 @@ def read_json(path: str | os.PathLike) -> Any:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item"):  # numpy scalars

@@ -73,3 +73,14 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = Non
 def build_model_from_card(card: dict[str, Any]) -> nn.Module:
     from .models import build_from_spec
     return build_from_spec(card["model"])
+
+
+def dataset_from_card(card: dict[str, Any], data_dir: str | os.PathLike | None = None):
+    """The dataset a run was trained on: generated ones are rebuilt from their parameters."""
+    from .data import load_dataset
+    from .data.datasets import FILE_BASED
+
+    info = card["dataset"]
+    if info["name"] in FILE_BASED:
+        return load_dataset(info["name"], data_dir=data_dir)
+    return load_dataset(info["name"], **info.get("params", {}))

@@ -134,6 +134,9 @@ def project_l1(delta: torch.Tensor, eps: Eps) -> torch.Tensor:
     rho = cond.to(v.dtype).mul(ks).argmax(1)  # last index where cond holds
     theta = (cssv.gather(1, rho[:, None]) / (rho[:, None] + 1).to(v.dtype)).clamp_min(0)
     projected = v.sign() * (v.abs() - theta).clamp_min(0)
+    # |v| - theta cancels catastrophically when eps << |v|; rescale so the float result is inside.
+    over = projected.abs().sum(1, keepdim=True) / e[:, None]
+    projected = projected / over.clamp_min(1.0)
     out = torch.where(inside[:, None], v, projected)
     return out.view_as(delta)
 

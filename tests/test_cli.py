@@ -59,3 +59,46 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
     assert run_cli(*args, "--resume").returncode == 0
     assert run_cli(*args, "--overwrite").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits-mlp"
+    r = run_cli("train", "--dataset", "digits", "--model", "mlp", "--epochs", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_attack_json_contract(trained_run, tmp_path):
+    r = run_cli("attack", "--run", str(trained_run), "--attack", "pgd", "--norm", "linf", "--eps", "0,0.05,2/255",
+                "--steps", "10", "--n", "100", "--json", "--save", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert {"attack", "norm", "n", "clean_accuracy", "seconds", "results"} <= set(rec)
+    assert rec["attack"] == "pgd" and rec["norm"] == "linf" and rec["n"] == 100
+    assert [row["eps"] for row in rec["results"]] == [0.0, 0.05, 2 / 255]
+    for row in rec["results"]:
+        assert set(row) == {"eps", "robust_accuracy", "success_rate", "mean_wrong_confidence", "median_norm"}
+    assert rec["results"][0]["robust_accuracy"] == rec["clean_accuracy"]
+    assert rec["results"][1]["robust_accuracy"] < rec["clean_accuracy"]
+    assert (tmp_path / "a" / "adversarial.safetensors").is_file() and (tmp_path / "a" / "grid-eps0.05.png").is_file()
+    from advlab.io import load_tensors
+    saved = load_tensors(tmp_path / "a" / "adversarial.safetensors")
+    assert saved["x_adv"].shape == (3, 100, 1, 8, 8)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "pgd", "--eps", "-0.1"], "epsilon must be >= 0"),
+    (["--attack", "pgd", "--eps", "abc"], "must be a number"),
+    (["--attack", "fgsm", "--eps", "0.1", "--steps", "5"], "no option steps"),
+    (["--attack", "pgd", "--eps", "0.1", "--n", "0"], "--n must be a positive"),
+])
+def test_attack_bad_input(trained_run, args, message):
+    r = run_cli("attack", "--run", str(trained_run), *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_attack_on_a_missing_run(tmp_path):
+    r = run_cli("attack", "--run", str(tmp_path), "--attack", "pgd", "--eps", "0.1")
+    assert r.returncode == 2 and "not a run directory" in r.stderr

@@ -179,7 +179,7 @@ class Attack:
                 raise AdvlabError(f"targets must be integer class labels of shape {tuple(y.shape)}, "
                                   f"got {targets.dtype} {tuple(targets.shape)}")
             targets = targets.long()
-        if warn_train_mode and model.training:
+        if warn_train_mode and model.training and _mode_dependent(model):
             warnings.warn("the model is in train mode; attacking it in eval mode (dropout and batch-norm off) "
                           "and restoring its mode afterwards", AdvlabWarning, stacklevel=3)
         with torch.no_grad(), attack_mode(model, evaluation=True):
@@ -221,6 +221,14 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> None:
             raise AdvlabError(f"inputs lie outside the bounds {tuple(float(b) for b in bounds)} "
                               f"(min {x.min().item():.4g}, max {x.max().item():.4g}); scale the data or pass the "
                               "right bounds (bounds=None for unbounded features)")
+
+
+_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+def _mode_dependent(model: nn.Module) -> bool:
+    """Whether train and eval mode compute different things (dropout, batch norm)."""
+    return any(isinstance(m, _MODE_DEPENDENT) and getattr(m, "p", 1) != 0 for m in model.modules())
 
 
 def _warn_if_probabilities(logits: torch.Tensor) -> None:

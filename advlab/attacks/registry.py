@@ -26,4 +26,8 @@ def build_attack(name: str, **options: Any) -> Attack:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise AdvlabError(f"attack {name!r} has no option {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return factory(**options)
+    try:
+        return factory(**options)
+    except TypeError as e:  # e.g. steps="many": a wrong type that the constructor's checks tripped on
+        raise AdvlabError(f"attack {name!r}: an option has the wrong type ({e}); "
+                          f"given {', '.join(f'{k}={v!r}' for k, v in options.items())}") from e

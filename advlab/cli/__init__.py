@@ -12,7 +12,7 @@ import sys
 from .. import __version__
 from ..errors import AdvlabError
 
-SUBCOMMANDS = ["demo", "train"]
+SUBCOMMANDS = ["demo", "train", "attack", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args) or 0
+        return args.handler(args) or 0
     except AdvlabError as e:
         print(f"advlab: error: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from ..io import _json_default
+from ..io import dumps
 from ..progress import write
 
 
@@ -40,6 +39,6 @@ def log(message: str) -> None:
 
 def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
     if args.json:
-        print(json.dumps(record, default=_json_default))
+        print(dumps(record))
     else:
         print(text)

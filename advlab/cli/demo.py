@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", default="digits", help="dataset to run the demo on")
     add_common(p, "output directory (default runs/demo)")
     add_data_dir(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     add_common(p, "run directory (default runs/DATASET-MODEL-DEFENSE-sSEED)")
     add_data_dir(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

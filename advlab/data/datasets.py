@@ -214,7 +214,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist": mnist,
     "cifar10": cifar10,
 }
-_FILE_BASED = {"fashion-mnist", "mnist", "cifar10"}
+FILE_BASED = {"fashion-mnist", "mnist", "cifar10"}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, **params: Any) -> Dataset:
@@ -222,7 +222,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, **params: Any) -
     if name not in LOADERS:
         raise AdvlabError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}")
     loader = LOADERS[name]
-    if name in _FILE_BASED:
+    if name in FILE_BASED:
         if params:
             raise AdvlabError(f"dataset {name!r} takes no parameters, got {sorted(params)}")
         return loader(data_dir=data_dir)

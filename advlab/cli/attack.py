@@ -1,0 +1,89 @@
+"""advlab attack: run one attack on a trained run over a list of epsilons."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..attacks import ATTACKS, build_attack
+from ..config import parse_eps_list, parse_key_values, parse_number
+from ..io import save_tensors, write_json
+from ..runs import dataset_from_card, load_run
+from .common import add_common, add_data_dir, add_subcommand, emit, log
+
+
+def add_parser(subparsers) -> None:
+    p = add_subcommand(subparsers, "attack", "Attack a trained run over a list of epsilons.",
+                       "advlab attack --run runs/digits-cnn --attack pgd --norm linf --eps 0.05,0.1 --steps 20 "
+                       "--n 500 --json")
+    p.add_argument("--run", required=True, help="run directory (from advlab train)")
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
+    p.add_argument("--eps", required=True, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks)")
+    p.add_argument("--step-size", default=None, help="absolute step size, e.g. 0.01 or 2/255")
+    p.add_argument("--restarts", type=int, default=None, help="random restarts (PGD)")
+    p.add_argument("--loss", default=None, choices=["ce", "margin", "dlr"], help="loss to ascend")
+    p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="any other attack option, repeatable")
+    p.add_argument("--n", type=int, default=None, help="attack the first N test points (default: all)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
+    add_common(p, "where --save writes (default RUN/attacks/ATTACK-NORM)")
+    add_data_dir(p)
+    p.set_defaults(handler=run)
+
+
+def attack_options(args: argparse.Namespace) -> dict:
+    options = parse_key_values(args.attack_arg, "--attack-arg")
+    options.update(norm=args.norm, seed=args.seed, batch_size=args.batch_size)
+    for key, value in (("steps", args.steps), ("restarts", args.restarts), ("loss", args.loss)):
+        if value is not None:
+            options[key] = value
+    if args.step_size is not None:
+        options["step_size"] = parse_number(args.step_size, "--step-size")
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    eps = parse_eps_list(args.eps)
+    attack = build_attack(args.attack, **attack_options(args))
+    model, card = load_run(args.run)
+    data = dataset_from_card(card, args.data_dir)
+    x, y = data.test_subset(args.n)
+    log(f"{attack.name} ({attack.norm.name}) on {len(y)} {data.name} test points, eps {args.eps}")
+    result = attack(model, x, y, eps, bounds=data.bounds, progress=not args.no_progress)
+    record = {"attack": attack.name, "norm": attack.norm.name, "n": len(y), "clean_accuracy": result.clean_accuracy(),
+              "seconds": result.seconds, "results": result.summary()}
+    if args.save:
+        out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{attack.norm.name}")
+        save_outputs(out, x, result, data.classes, record)
+        record["saved"] = str(out)
+    lines = [f"{attack.name} {attack.norm.name}  n={len(y)}  clean accuracy {record['clean_accuracy']:.4f}  "
+             f"({result.seconds:.1f} s)", f"{'eps':>10}  {'robust acc':>10}  {'success':>8}  {'wrong conf':>10}  "
+             f"{'median norm':>11}"]
+    for r in record["results"]:
+        lines.append(f"{r['eps']:>10.4g}  {r['robust_accuracy']:>10.4f}  {r['success_rate']:>8.4f}  "
+                     f"{r['mean_wrong_confidence']:>10.4f}  {r['median_norm']:>11.4g}")
+    if args.save:
+        lines.append(f"saved to {record['saved']}")
+    emit(args, record, "\n".join(lines))
+    return 0
+
+
+def save_outputs(out: Path, x, result, classes, record: dict, per_grid: int = 8) -> None:
+    """Adversarial examples and logits as safetensors, the record as JSON, one PNG grid per epsilon."""
+    from ..report.figures import adversarial_grid
+
+    tensors = {"x_adv": result.x_adv, "logits": result.logits, "y": result.y, "clean_logits": result.clean_logits}
+    save_tensors(out / "adversarial.safetensors", tensors, {"eps": ",".join(map(str, result.eps))})
+    write_json(out / "result.json", record)
+    probs = result.logits.softmax(2)  # (E, N, K)
+    for e, eps in enumerate(result.eps):
+        # Fooled points first: they are what the grid is for.
+        fooled = result.success[e] & result.clean_correct
+        idx = torch.cat([fooled.nonzero().flatten(), (~fooled).nonzero().flatten()])[:per_grid]
+        adversarial_grid(x[idx], result.x_adv[e][idx], result.y[idx], probs[e][idx].argmax(1),
+                         probs[e][idx].amax(1), classes, out / f"grid-eps{eps:g}.png",
+                         title=f"{result.attack} {result.norm} eps={eps:g}")

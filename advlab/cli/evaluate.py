@@ -1,0 +1,101 @@
+"""advlab evaluate: robust accuracy under a suite of attacks, with intervals, per-class tables and checks."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from pathlib import Path
+
+from ..config import parse_eps_list
+from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate.suites import SUITES
+from ..io import atomic_write, write_json
+from ..runs import dataset_from_card, load_run
+from .common import add_common, add_data_dir, add_subcommand, emit, log
+
+
+def add_parser(subparsers) -> None:
+    p = add_subcommand(subparsers, "evaluate", "Robust accuracy under a suite of attacks, with gradient-masking checks.",
+                       "advlab evaluate --run runs/digits-cnn --eps 0.05,0.1 --suite standard --n 500 --json")
+    p.add_argument("--run", required=True, help="run directory (from advlab train)")
+    p.add_argument("--eps", required=True, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
+    p.add_argument("--suite", default="standard", choices=[*SUITES, "custom"],
+                   help="fast: PGD-20; standard: APGD-CE, APGD-T, Square (AutoAttack's protocol); custom: --suite-file")
+    p.add_argument("--suite-file", default=None, help="TOML file with [[attack]] tables (for --suite custom)")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--check-n", type=int, default=200, help="points used by the gradient-masking checks")
+    p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
+    add_common(p, "where results go (default RUN/eval/SUITE-NORM)")
+    add_data_dir(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    eps = parse_eps_list(args.eps)
+    suite = get_suite(args.suite, args.suite_file)
+    model, card = load_run(args.run)
+    data = dataset_from_card(card, args.data_dir)
+    x, y = data.test_subset(args.n)
+    out = Path(args.out or Path(args.run) / "eval" / f"{args.suite}-{args.norm}")
+    state = out / "state.safetensors"
+    if args.fresh and state.exists():
+        state.unlink()
+    log(f"evaluating {args.run} on {len(y)} {data.name} test points: suite {args.suite} "
+        f"({', '.join(s.label for s in suite)}), {args.norm} eps {args.eps}")
+    ev = evaluate_robustness(model, x, y, eps, suite, norm=args.norm, bounds=data.bounds, seed=args.seed,
+                             batch_size=args.batch_size, state_dir=out, progress=not args.no_progress,
+                             identity={"run": str(Path(args.run).resolve())})
+    checks = []
+    if not args.no_checks:
+        log(f"gradient-masking checks on {min(args.check_n, len(y))} points ...")
+        checks = run_checks(model, x[:args.check_n], y[:args.check_n], eps, norm=args.norm, bounds=data.bounds,
+                            seed=args.seed, progress=log)
+    record = {"suite": args.suite, "norm": args.norm, "n": len(y), "clean_accuracy": ev.clean_accuracy(),
+              "seconds": time.perf_counter() - started, "attack_seconds": ev.attack_seconds,
+              "verdict": verdict(checks) if checks else "not checked",
+              "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
+              "adversarial_confusion": ev.adversarial_confusion(), "classes": list(data.classes),
+              "checks": [c.as_dict() for c in checks]}
+    write_json(out / "result.json", record)
+    _write_csvs(out, record)
+    emit(args, record, _text(record, out))
+    return 0
+
+
+def _write_csvs(out: Path, record: dict) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"])
+    for r in record["results"]:
+        w.writerow([r["eps"], r["robust_accuracy"], *r["ci95"], r["mean_wrong_confidence"]])
+    atomic_write(out / "curve.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["eps", *record["classes"]])
+    for r in record["results"]:
+        w.writerow([r["eps"], *r["per_class"]])
+    atomic_write(out / "per_class.csv", buf.getvalue().encode())
+
+
+def _text(record: dict, out: Path) -> str:
+    lines = [f"suite {record['suite']} ({record['norm']}), n={record['n']}, clean accuracy "
+             f"{record['clean_accuracy']:.4f}, {record['seconds']:.1f} s",
+             f"{'eps':>8}  {'robust acc':>10}  {'95% interval':>17}"]
+    for r in record["results"]:
+        lo, hi = r["ci95"]
+        lines.append(f"{r['eps']:>8.4g}  {r['robust_accuracy']:>10.4f}  [{lo:.4f}, {hi:.4f}]")
+    if record["checks"]:
+        lines.append("checks:")
+        for c in record["checks"]:
+            lines.append(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
+            if not c["passed"]:
+                lines.append(f"         {c['explanation']} (see {c['doc']})")
+    lines.append(f"verdict: {record['verdict']}")
+    lines.append(f"results in {out}")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Gradient-masking checks: signs that a robustness number is an artefact of a broken attack.
+
+Each check returns a CheckResult with a verdict, a one-line detail with the numbers, and the
+name of its docs page (docs/checks/NAME.md) that explains the failure and what to do instead.
+The checks follow Athalye et al. 2018, Carlini et al. 2019 ("On evaluating adversarial
+robustness") and AutoAttack's own `checks.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import rng
+from ..attacks import FGSM, PGD, build_attack
+from ..attacks.base import attack_mode
+from ..predict import model_device
+from ..threat import Bounds, clip_to_bounds
+
+DOCS = "docs/checks/{}.md"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+    doc: str
+    explanation: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EXPLANATIONS = {
+    "probabilities": "The model's outputs are probabilities, not logits. Losses computed on them have tiny, "
+                     "badly scaled gradients, so attacks stall. Remove the final softmax before attacking.",
+    "randomness": "Two identical forward passes gave different outputs: the model is randomised. A single "
+                  "gradient sample points nowhere in particular; attack the expectation with an EOT wrapper.",
+    "gradients": "Input gradients are zero, NaN or vanishing for many points (shattered gradients: "
+                 "quantisation, saturated softmax, non-differentiable preprocessing). Gradient attacks then "
+                 "fail for reasons unrelated to robustness: use BPDA, the margin loss, or a black-box attack.",
+    "gradient_consistency": "The loss changes along small steps in a way the gradient does not predict: the "
+                            "computed gradient is not the gradient of the function (non-differentiable or "
+                            "obfuscated preprocessing). Replace it by BPDA with a differentiable approximation.",
+    "monotone": "Robust accuracy rose with epsilon when each budget was attacked on its own. A larger ball "
+                "contains the smaller one, so a correct attack can never do worse: the attack is unreliable.",
+    "unbounded": "With an essentially unbounded budget every point can be turned into any image, so robust "
+                 "accuracy must reach ~0%. If it does not, the attack is not finding adversarial examples "
+                 "that exist.",
+    "single_step": "FGSM (one step) broke more points than the iterative attack. An iterative attack includes "
+                   "the single step as a special case; when it does worse, gradients are masked locally.",
+    "black_box": "A black-box (score-based) attack broke points that white-box gradient attacks missed: "
+                 "the gradients are misleading. Trust the black-box number or fix the gradient.",
+    "convergence": "More steps and restarts still lowered robust accuracy: the attack had not converged, so "
+                   "the reported number is an overestimate. Increase steps and restarts until it stops moving.",
+    "transfer": "Examples crafted on another model broke points the white-box attack missed: the white-box "
+                "gradients of this model are misleading.",
+}
+
+
+def _result(name: str, passed: bool, detail: str) -> CheckResult:
+    return CheckResult(name, bool(passed), detail, DOCS.format(name), EXPLANATIONS[name])
+
+
+def check_probabilities(model, x, **_) -> CheckResult:
+    with torch.no_grad(), attack_mode(model, evaluation=True):
+        out = model(x)
+    looks = bool((out >= 0).all() and (out <= 1).all() and torch.allclose(out.sum(1), torch.ones(len(out)),
+                                                                           atol=1e-4))
+    return _result("probabilities", not looks, "outputs are non-negative and sum to 1" if looks
+                   else f"outputs range {out.min().item():.3g}..{out.max().item():.3g}: logits")
+
+
+def check_randomness(model, x, **_) -> CheckResult:
+    with torch.no_grad(), attack_mode(model, evaluation=True):
+        a, b = model(x), model(x)
+    diff = (a - b).abs().max().item()
+    flips = (a.argmax(1) != b.argmax(1)).float().mean().item()
+    return _result("randomness", diff <= 1e-5, f"max output difference {diff:.3g} between identical passes, "
+                                               f"{100 * flips:.1f}% of predictions changed")
+
+
+def _input_grads(model, x, y):
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), attack_mode(model, evaluation=True):
+        loss = F.cross_entropy(model(x), y, reduction="none")
+        grad, = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+def check_gradients(model, x, y, **_) -> CheckResult:
+    loss, grad = _input_grads(model, x, y)
+    norms = grad.flatten(1).norm(dim=1)
+    nan = (~torch.isfinite(grad)).flatten(1).any(1)
+    correct_and_unsure = loss > 1e-6  # a perfectly confident point may legitimately have a tiny gradient
+    zero = (norms < 1e-10) & correct_and_unsure & ~nan
+    share_nan, share_zero = nan.float().mean().item(), zero.float().mean().item()
+    passed = share_nan == 0 and share_zero <= 0.05
+    return _result("gradients", passed, f"{100 * share_zero:.1f}% zero and {100 * share_nan:.1f}% NaN input "
+                                        f"gradients (median norm {norms[~nan].median().item() if (~nan).any() else math.nan:.3g})")
+
+
+def check_gradient_consistency(model, x, y, *, step: float, bounds: Bounds, seed: int = 0, **_) -> CheckResult:
+    """First-order prediction grad.d*h against the measured loss change along a random direction."""
+    loss, grad = _input_grads(model, x, y)
+    g = rng.generator(seed, 17)
+    d = torch.randint(0, 2, x.shape, generator=g).to(x.dtype).mul_(2).sub_(1)
+    x_step = clip_to_bounds(x + step * d.to(x.device), bounds)
+    with torch.no_grad(), attack_mode(model, evaluation=True):
+        changed = F.cross_entropy(model(x_step), y, reduction="none") - loss
+    predicted = (grad * (x_step - x)).flatten(1).sum(1)
+    moving = changed.abs() > 1e-4
+    if moving.sum() < 5:
+        return _result("gradient_consistency", True, "the loss barely changes along random steps; nothing to compare")
+    c, p = changed[moving].double(), predicted[moving].double()
+    corr = torch.corrcoef(torch.stack([c, p]))[0, 1].item() if p.std() > 0 else 0.0
+    passed = math.isfinite(corr) and corr >= 0.5
+    return _result("gradient_consistency", passed, f"correlation {corr:.2f} between the loss change along random "
+                                                   f"steps of size {step:g} and the gradient's prediction")
+
+
+def _robust(result) -> torch.Tensor:
+    return result.correct  # (E, N)
+
+
+def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], *, norm: str = "linf",
+               bounds: Bounds = None, seed: int = 0, thorough: bool = True, transfer_from: nn.Module | None = None,
+               progress: Callable[[str], None] | None = None) -> list[CheckResult]:
+    """Run the checks on (x, y) - a few hundred points are enough - at the budgets `eps`."""
+    log = progress or (lambda msg: None)
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
+    eps = sorted(float(e) for e in eps if e > 0) or [0.1]
+    mid = eps[len(eps) // 2]
+    n = len(y)
+    tolerance = max(2, math.ceil(0.02 * n))  # points: below this, differences are attack noise
+    results = [check_probabilities(model, x[:64]), check_randomness(model, x[:64]), check_gradients(model, x, y),
+               check_gradient_consistency(model, x[:128], y[:128], step=mid / 20, bounds=bounds, seed=seed)]
+    log("checks: FGSM and PGD per epsilon")
+    pgd = PGD(norm, steps=20, seed=seed)
+    independent = [pgd(model, x, y, [e], bounds=bounds).correct[0] for e in eps]  # no cascade between budgets
+    counts = [int(r.sum()) for r in independent]
+    rises = [(eps[i], eps[i + 1]) for i in range(len(eps) - 1) if counts[i + 1] > counts[i] + tolerance // 2]
+    results.append(_result("monotone", not rises, "robust points per epsilon (each attacked alone): " +
+                           ", ".join(f"{e:g}: {c}" for e, c in zip(eps, counts))))
+    fgsm = [FGSM(norm)(model, x, y, [e], bounds=bounds).correct[0] for e in eps]
+    worst = max(range(len(eps)), key=lambda i: int(independent[i].sum()) - int(fgsm[i].sum()))
+    gap = int(independent[worst].sum()) - int(fgsm[worst].sum())
+    results.append(_result("single_step", gap <= tolerance,
+                           f"at eps {eps[worst]:g}: FGSM leaves {int(fgsm[worst].sum())}/{n} robust, "
+                           f"PGD-20 {int(independent[worst].sum())}/{n}"))
+    huge = _unbounded_eps(x, bounds, norm)
+    log("checks: unbounded attack")
+    unbounded = PGD(norm, steps=50, seed=seed, loss="margin")(model, x, y, [huge], bounds=bounds).robust_accuracy()[0]
+    results.append(_result("unbounded", unbounded <= 0.01, f"robust accuracy {unbounded:.3f} at eps {huge:g} "
+                                                           "(must be ~0)"))
+    if thorough:
+        log("checks: convergence (PGD-100, 2 restarts)")
+        i = eps.index(mid)
+        strong = PGD(norm, steps=100, restarts=2, seed=seed + 1)(model, x, y, [mid], bounds=bounds).correct[0]
+        gained = int((independent[i] & ~strong).sum())
+        results.append(_result("convergence", gained <= tolerance,
+                               f"at eps {mid:g}: PGD-100 x2 broke {gained} points PGD-20 missed "
+                               f"({int(strong.sum())} vs {int(independent[i].sum())} robust of {n})"))
+        try:
+            square = build_attack("square", norm=norm, n_queries=1000, seed=seed)
+        except Exception:  # the black-box attack is not available for this norm
+            square = None
+        if square is not None:
+            log("checks: black-box Square attack")
+            black = square(model, x, y, [mid], bounds=bounds).correct[0]
+            white = independent[i] & strong
+            extra = int((white & ~black).sum())
+            results.append(_result("black_box", extra <= tolerance,
+                                   f"at eps {mid:g}: Square broke {extra} points the white-box attacks missed"))
+    if transfer_from is not None:
+        i = eps.index(mid)
+        with attack_mode(transfer_from, evaluation=True):
+            x_t = pgd.perturb(transfer_from, x, y, mid, bounds=bounds)
+        with torch.no_grad(), attack_mode(model, evaluation=True):
+            transferred = model(x_t).argmax(1) == y
+        extra = int((independent[i] & ~transferred).sum())
+        results.append(_result("transfer", extra <= tolerance,
+                               f"at eps {mid:g}: examples from the surrogate broke {extra} points PGD missed"))
+    return results
+
+
+def _unbounded_eps(x: torch.Tensor, bounds: Bounds, norm: str) -> float:
+    """A budget that covers the whole input domain."""
+    if bounds is not None:
+        width = float(torch.as_tensor(bounds[1]).max() - torch.as_tensor(bounds[0]).min())
+    else:
+        width = 20 * float(x.std()) + 1.0
+    d = x[0].numel()
+    return {"linf": width, "l2": width * math.sqrt(d), "l1": width * d}[norm]
+
+
+def verdict(checks: Sequence[CheckResult]) -> str:
+    failed = [c.name for c in checks if not c.passed]
+    return "ok" if not failed else "suspicious: " + ", ".join(failed)

@@ -1,0 +1,215 @@
+"""Robust accuracy the honest way: the worst case per example over a suite of attacks.
+
+For every epsilon (smallest first) each attack of the suite runs only on the points still
+robust; a point broken at a smaller epsilon stays broken (its example is inside the larger ball).
+The state is saved after every batch of every attack, so an interrupted evaluation resumes where
+it stopped, and because every batch draws its randomness from (seed, eps, attack, batch) it ends
+with the same numbers as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .. import rng
+from ..attacks.base import _describe_eps, _eps_list, attack_mode, check_inputs
+from ..errors import AdvlabError
+from ..io import load_tensors, save_tensors
+from ..predict import model_device, predict_logits
+from ..progress import progress as progress_bar
+from ..progress import write
+from ..threat import Bounds
+from .stats import clopper_pearson, confusion, per_class_accuracy
+from .suites import SuiteEntry
+
+STATE_FILE = "state.safetensors"
+ROBUST, CLEAN_MISTAKE = -1, 0  # broken_by codes; attack i of the suite is i + 1
+
+
+@dataclass
+class Evaluation:
+    eps: list[float]
+    norm: str
+    attacks: list[str]               # suite labels
+    y: torch.Tensor                  # (N,)
+    clean_logits: torch.Tensor       # (N, K)
+    broken_by: torch.Tensor          # (E, N) -1 robust, 0 clean mistake, i+1 attack i
+    x_adv: torch.Tensor              # (E, N, ...) the breaking example (the clean input if robust)
+    logits: torch.Tensor             # (E, N, K) model output on x_adv
+    seconds: float = 0.0
+    attack_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.clean_logits.shape[1]
+
+    @property
+    def robust(self) -> torch.Tensor:  # (E, N)
+        return self.broken_by == ROBUST
+
+    def clean_accuracy(self) -> float:
+        return (self.clean_logits.argmax(1) == self.y).float().mean().item()
+
+    def robust_accuracy(self) -> list[float]:
+        return self.robust.float().mean(1).tolist()
+
+    def ci95(self) -> list[tuple[float, float]]:
+        n = len(self.y)
+        return [clopper_pearson(int(r.sum()), n) for r in self.robust]
+
+    def per_class(self) -> list[list[float]]:
+        return [per_class_accuracy(r, self.y, self.num_classes) for r in self.robust]
+
+    def adversarial_confusion(self) -> list[list[list[int]]]:
+        """Per epsilon: counts[true][predicted on the adversarial example]."""
+        return [confusion(self.y, lg.argmax(1), self.num_classes) for lg in self.logits]
+
+    def broken_by_attack(self) -> list[dict[str, int]]:
+        """Per epsilon, how many points each attack was the first to break."""
+        names = ["clean mistake", *self.attacks]
+        return [{name: int((b == i).sum()) for i, name in enumerate(names)} for b in self.broken_by]
+
+    def confidence(self) -> dict[str, Any]:
+        """Mean probability of the wrong answer: on adversarial mistakes (per eps) and on clean mistakes."""
+        p_adv = self.logits.softmax(2)
+        adv = []
+        for e in range(len(self.eps)):
+            wrong = (self.broken_by[e] > CLEAN_MISTAKE)  # mistakes the attacks made
+            adv.append(p_adv[e][wrong].amax(1).mean().item() if wrong.any() else float("nan"))
+        p_clean = self.clean_logits.softmax(1)
+        clean_wrong = p_clean.argmax(1) != self.y
+        clean = p_clean[clean_wrong].amax(1).mean().item() if clean_wrong.any() else float("nan")
+        return {"adversarial": adv, "clean_mistakes": clean}
+
+    def results(self) -> list[dict[str, Any]]:
+        """One record per epsilon, with the names `advlab evaluate --json` prints."""
+        conf = self.confidence()["adversarial"]
+        return [{"eps": e, "robust_accuracy": r, "ci95": list(ci), "per_class": pc, "mean_wrong_confidence": c,
+                 "broken_by": b}
+                for e, r, ci, pc, c, b in zip(self.eps, self.robust_accuracy(), self.ci95(), self.per_class(), conf,
+                                              self.broken_by_attack())]
+
+
+def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float] | Any,
+                        suite: Sequence[SuiteEntry], *, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
+                        batch_size: int = 500, state_dir: str | Path | None = None, progress: bool = True,
+                        identity: dict[str, Any] | None = None) -> Evaluation:
+    """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given."""
+    check_inputs(x, y, bounds)
+    if not suite:
+        raise AdvlabError("the attack suite is empty")
+    eps_list = _eps_list(eps, len(x))
+    eps_values = _describe_eps(eps)
+    order = sorted(range(len(eps_list)), key=lambda i: eps_list[i].mean().item())
+    attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
+    labels = [entry.label for entry in suite]
+    ident = {"eps": eps_values, "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite],
+             "n": len(y), "seed": seed, "batch_size": batch_size, **(identity or {})}
+    state = _State.load_or_start(state_dir, ident, model, x, y, len(eps_list))
+    start = time.perf_counter() - state.seconds
+    stages = [(e, a) for e in order for a in range(len(attacks))]
+    try:
+        with attack_mode(model, evaluation=True):
+            for stage_number, (e, a) in enumerate(stages):
+                if stage_number < state.stage:
+                    continue
+                if state.batch == 0 and state.subset is None:
+                    _inherit_smaller_eps(state, eps_list, order, e)
+                    state.subset = (state.broken_by[e] == ROBUST).nonzero().flatten()
+                subset = state.subset
+                n_batches = (len(subset) + batch_size - 1) // batch_size
+                desc = f"eps {eps_values[e]:g} {labels[a]}"
+                for b in progress_bar(range(state.batch, n_batches), desc, progress, initial=state.batch,
+                                      total=n_batches):
+                    idx = subset[b * batch_size:(b + 1) * batch_size]
+                    attack = attacks[a]
+                    attack.seed = rng.derive_seed(seed, e, a, b)
+                    t0 = time.perf_counter()
+                    r = attack(model, x[idx], y[idx], [eps_list[e][idx]], bounds=bounds)
+                    state.attack_seconds[labels[a]] = state.attack_seconds.get(labels[a], 0.0) + \
+                        time.perf_counter() - t0
+                    newly = ~r.correct[0]
+                    hit = idx[newly]
+                    state.broken_by[e, hit] = a + 1
+                    state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
+                    state.logits[e, hit] = r.logits[0][newly]
+                    state.batch = b + 1
+                    state.seconds = time.perf_counter() - start
+                    state.save()
+                state.stage, state.batch, state.subset = stage_number + 1, 0, None
+                state.save()
+    except KeyboardInterrupt:
+        state.seconds = time.perf_counter() - start
+        state.save()
+        if state_dir is not None:
+            write(f"interrupted: evaluation state saved in {state_dir}; run the same command again to resume")
+        raise
+    return Evaluation(eps_values, norm, labels, y.cpu(), state.clean_logits, state.broken_by, state.x_adv,
+                      state.logits, time.perf_counter() - start, dict(state.attack_seconds))
+
+
+def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: list[int], e: int) -> None:
+    """Before the first attack at eps e: points broken at the next smaller budget are broken here too."""
+    pos = order.index(e)
+    if pos == 0:
+        return
+    prev = order[pos - 1]
+    carry = (state.broken_by[prev] != ROBUST) & (state.broken_by[e] == ROBUST) & (eps_list[prev] <= eps_list[e])
+    state.broken_by[e, carry] = state.broken_by[prev, carry]
+    state.x_adv[e, carry] = state.x_adv[prev, carry]
+    state.logits[e, carry] = state.logits[prev, carry]
+
+
+class _State:
+    """Everything an evaluation needs to continue: tensors in safetensors, the rest as metadata."""
+
+    def __init__(self, path: Path | None, identity: dict[str, Any]):
+        self.path, self.identity = path, identity
+        self.stage = self.batch = 0
+        self.subset: torch.Tensor | None = None
+        self.seconds = 0.0
+        self.attack_seconds: dict[str, float] = {}
+
+    @classmethod
+    def load_or_start(cls, state_dir, identity, model, x, y, n_eps) -> "_State":
+        path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+        state = cls(path, json.loads(json.dumps(identity, default=str)))
+        if path is not None and path.is_file():
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["advlab"])
+            if meta["identity"] == state.identity:
+                t = load_tensors(path)
+                state.clean_logits, state.broken_by, state.x_adv, state.logits = (
+                    t["clean_logits"], t["broken_by"], t["x_adv"], t["logits"])
+                state.subset = t.get("subset")
+                state.stage, state.batch = meta["stage"], meta["batch"]
+                state.seconds, state.attack_seconds = meta["seconds"], meta["attack_seconds"]
+                write(f"resuming the evaluation saved in {path.parent} (stage {state.stage + 1}, batch {state.batch})")
+                return state
+            write(f"{path} belongs to a different evaluation; starting over")
+        state.clean_logits = predict_logits(model, x.to(model_device(model)))
+        wrong = state.clean_logits.argmax(1) != y.cpu()
+        state.broken_by = torch.full((n_eps, len(y)), ROBUST, dtype=torch.int64)
+        state.broken_by[:, wrong] = CLEAN_MISTAKE
+        state.x_adv = x.detach().cpu().unsqueeze(0).repeat(n_eps, *[1] * x.ndim)
+        state.logits = state.clean_logits.unsqueeze(0).repeat(n_eps, 1, 1)
+        return state
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tensors = {"clean_logits": self.clean_logits, "broken_by": self.broken_by, "x_adv": self.x_adv,
+                   "logits": self.logits}
+        if self.subset is not None:
+            tensors["subset"] = self.subset
+        meta = {"identity": self.identity, "stage": self.stage, "batch": self.batch, "seconds": self.seconds,
+                "attack_seconds": self.attack_seconds}
+        save_tensors(self.path, tensors, {"advlab": json.dumps(meta)})

@@ -1,0 +1,187 @@
+"""Evaluation: the cascade is the per-example worst case, resumes exactly, and the checks catch masking."""
+
+import json
+
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from advlab.attacks import BIM, FGSM
+from advlab.defenses import TrainConfig, Trainer
+from advlab.errors import ConfigError
+from advlab.evaluate import (SuiteEntry, clopper_pearson, evaluate_robustness, get_suite, load_suite_file,
+                             run_checks, verdict)
+from advlab.evaluate.checks import (check_gradient_consistency, check_gradients, check_probabilities,
+                                    check_randomness)
+from advlab.models import build_model
+from advlab.rng import seeded
+
+
+@pytest.fixture(scope="module")
+def model_and_data(digits):
+    with seeded(0):
+        model = build_model("mlp", digits.input_shape, 10, hidden=[64])
+    Trainer(model, digits.x_train, digits.y_train, config=TrainConfig(epochs=10, lr=3e-3), progress=False,
+            log=lambda m: None).fit()
+    return model.eval(), digits.x_test[:150], digits.y_test[:150], digits.bounds
+
+
+DETERMINISTIC = [SuiteEntry("fgsm", "fgsm"), SuiteEntry("bim", "bim", {"steps": 5})]
+
+
+def test_cascade_is_the_per_example_worst_case(model_and_data):
+    model, x, y, bounds = model_and_data
+    eps = [0.02, 0.05, 0.1]
+    ev = evaluate_robustness(model, x, y, eps, DETERMINISTIC, bounds=bounds, progress=False)
+    for e, robust in zip(eps, ev.robust):
+        a = FGSM()(model, x, y, [e], bounds=bounds).correct[0]
+        b = BIM(steps=5)(model, x, y, [e], bounds=bounds).correct[0]
+        independent = a & b
+        # Carrying points broken at a smaller budget can only break more.
+        assert (robust <= independent).all()
+    small = ev.robust[0]
+    a = FGSM()(model, x, y, [0.02], bounds=bounds).correct[0]
+    b = BIM(steps=5)(model, x, y, [0.02], bounds=bounds).correct[0]
+    assert torch.equal(small, a & b)  # the smallest budget has nothing to inherit: exactly the worst case
+    acc = ev.robust_accuracy()
+    assert acc[0] >= acc[1] >= acc[2] and acc[0] < ev.clean_accuracy()
+    # The stored examples are what was scored, and inside the budget.
+    for e, xa, lg in zip(eps, ev.x_adv, ev.logits):
+        assert (xa - x).abs().max() <= e + 1e-6
+        torch.testing.assert_close(model(xa), lg)
+
+
+def test_clean_mistakes_and_breakdown_add_up(model_and_data):
+    model, x, y, bounds = model_and_data
+    ev = evaluate_robustness(model, x, y, [0.0, 0.05], DETERMINISTIC, bounds=bounds, progress=False)
+    assert ev.robust_accuracy()[0] == pytest.approx(ev.clean_accuracy())
+    for row, acc in zip(ev.broken_by_attack(), ev.robust_accuracy()):
+        assert sum(row.values()) == round(len(y) * (1 - acc))
+    conf = ev.adversarial_confusion()[1]
+    assert sum(map(sum, conf)) == len(y)
+    assert sum(conf[c][c] for c in range(10)) == round(ev.robust_accuracy()[1] * len(y))
+    for r in ev.results():
+        lo, hi = r["ci95"]
+        assert lo <= r["robust_accuracy"] <= hi
+
+
+def test_resume_after_interruption_gives_the_same_numbers(model_and_data, tmp_path, monkeypatch):
+    model, x, y, bounds = model_and_data
+    suite = [SuiteEntry("pgd", "pgd", {"steps": 5}), SuiteEntry("fgsm", "fgsm")]
+    kwargs = dict(bounds=bounds, progress=False, batch_size=40, seed=3)
+    full = evaluate_robustness(model, x, y, [0.03, 0.08], suite, **kwargs)
+
+    calls = {"n": 0}
+    from advlab.attacks.base import Attack
+    original = Attack.__call__
+
+    def interrupting(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Attack, "__call__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_robustness(model, x, y, [0.03, 0.08], suite, state_dir=tmp_path, **kwargs)
+    monkeypatch.setattr(Attack, "__call__", original)
+    resumed = evaluate_robustness(model, x, y, [0.03, 0.08], suite, state_dir=tmp_path, **kwargs)
+    assert torch.equal(full.broken_by, resumed.broken_by)
+    assert torch.equal(full.x_adv, resumed.x_adv)
+
+
+def test_state_of_a_different_evaluation_is_not_reused(model_and_data, tmp_path):
+    model, x, y, bounds = model_and_data
+    evaluate_robustness(model, x, y, [0.05], DETERMINISTIC, bounds=bounds, progress=False, state_dir=tmp_path)
+    ev = evaluate_robustness(model, x, y, [0.1], DETERMINISTIC, bounds=bounds, progress=False, state_dir=tmp_path)
+    assert ev.eps == [0.1]
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (57, 200), (999, 1000)])
+def test_clopper_pearson_matches_scipy(k, n):
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    lo, hi = clopper_pearson(k, n)
+    assert lo == pytest.approx(ref.low, abs=1e-9) and hi == pytest.approx(ref.high, abs=1e-9)
+
+
+def test_custom_suite_file(tmp_path):
+    f = tmp_path / "suite.toml"
+    f.write_text('[[attack]]\nname = "pgd"\nlabel = "pgd-7"\nsteps = 7\n\n[[attack]]\nname = "fgsm"\n')
+    suite = load_suite_file(f)
+    assert [s.label for s in suite] == ["pgd-7", "fgsm"] and suite[0].build("linf").steps == 7
+    for text, message in [('[[attack]]\nname = "pgd"\nstepz = 3\n', "no option stepz"),
+                          ('[[attack]]\nsteps = 3\n', "needs name"),
+                          ('colour = 1\n', "unknown key 'colour'"),
+                          ('[[attack]]\nname = "pgd"\nsteps = "many"\n', "wrong type"),
+                          ('[[attack]\n', "not valid TOML")]:
+        f.write_text(text)
+        with pytest.raises(Exception, match=message):
+            load_suite_file(f)
+    with pytest.raises(ConfigError, match="--suite-file"):
+        get_suite("custom")
+
+
+# -- gradient-masking checks ----------------------------------------------------------------------
+
+class Wrapped(torch.nn.Module):
+    def __init__(self, model, kind):
+        super().__init__()
+        self.model, self.kind = model, kind
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        if self.kind == "softmax":
+            return self.model(x).softmax(1)
+        if self.kind == "noise":
+            return self.model(x + 0.3 * torch.randn(x.shape, generator=self.gen))
+        if self.kind == "quantise":
+            return self.model(torch.round(x * 4) / 4)
+        if self.kind == "straight-through":  # a gradient that is not the function's gradient
+            return self.model(x + (torch.round(x * 4) / 4 - x).detach())
+        raise ValueError(self.kind)
+
+
+def test_each_check_flags_its_defect_and_passes_a_clean_model(model_and_data):
+    model, x, y, bounds = model_and_data
+    x, y = x[:100], y[:100]
+    step = 0.005
+    assert check_probabilities(model, x).passed
+    assert not check_probabilities(Wrapped(model, "softmax"), x).passed
+    assert check_randomness(model, x).passed
+    assert not check_randomness(Wrapped(model, "noise"), x).passed
+    assert check_gradients(model, x, y).passed
+    assert not check_gradients(Wrapped(model, "quantise"), x, y).passed
+    assert check_gradient_consistency(model, x, y, step=step, bounds=bounds).passed
+    assert not check_gradient_consistency(Wrapped(model, "quantise"), x, y, step=step, bounds=bounds).passed
+    st = Wrapped(model, "straight-through")
+    assert check_gradients(st, x, y).passed  # its gradients look healthy ...
+    assert not check_gradient_consistency(st, x, y, step=step, bounds=bounds).passed  # ... but are not the function's
+
+
+def test_run_checks_gives_a_verdict(model_and_data):
+    model, x, y, bounds = model_and_data
+    x, y = x[:60], y[:60]
+    good = run_checks(model, x, y, [0.05, 0.1], bounds=bounds, thorough=False)
+    assert verdict(good) == "ok", [c.detail for c in good if not c.passed]
+    bad = run_checks(Wrapped(model, "quantise"), x, y, [0.05, 0.1], bounds=bounds, thorough=False)
+    failed = {c.name for c in bad if not c.passed}
+    assert {"gradients", "gradient_consistency", "unbounded"} <= failed
+    assert verdict(bad).startswith("suspicious")
+    assert all(c.doc.startswith("docs/checks/") and c.explanation for c in bad)
+
+
+def test_evaluate_cli_contract(tmp_path):
+    from test_cli import run_cli
+    run = tmp_path / "run"
+    assert run_cli("train", "--dataset", "digits", "--model", "softmax", "--epochs", "3", "--out", str(run)).returncode == 0
+    r = run_cli("evaluate", "--run", str(run), "--eps", "0.05,0.1", "--suite", "fast", "--n", "60", "--check-n", "40",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert {"suite", "n", "clean_accuracy", "seconds", "verdict", "results", "checks"} <= set(rec)
+    assert rec["suite"] == "fast" and rec["n"] == 60 and len(rec["results"]) == 2
+    for row in rec["results"]:
+        assert {"eps", "robust_accuracy", "ci95", "per_class"} <= set(row) and len(row["per_class"]) == 10
+    assert {c["name"] for c in rec["checks"]} >= {"gradients", "monotone", "unbounded", "single_step"}
+    out = run / "eval" / "fast-linf"
+    assert (out / "result.json").is_file() and (out / "curve.csv").read_text().startswith("eps,robust_accuracy")
