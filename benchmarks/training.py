@@ -41,6 +41,7 @@ EPS = 0.1
 N_EVAL = 1000
 RESULTS = ROOT / "results" / "training"
 RUNS = ROOT.parent / "runs" / "bench-training"
+NOTES = ROOT / "results" / "training-notes.md"  # hand-written conclusions, appended to the report
 
 # name -> (defense, defense options, epochs, model options, what it is for)
 CONFIGS = {
@@ -147,8 +148,10 @@ def report() -> str:
              "Small CNN (conv32-conv64-fc128), eps = 0.1 Linf, Adam + one-cycle (peak 3e-3), batch 128, seed 0, "
              "54,000 training / 6,000 validation images; accuracies on the first 1,000 test images. "
              "**Robust** = worst case per image over PGD-50 (CE) and PGD-50 (margin loss), random start; "
-             "advlab's `standard` suite (APGD, ...) is not on this branch yet, so these robust numbers are an "
-             "upper bound on what it will report (the reference lost 5 points from PGD-50 to AutoAttack).", "",
+             "advlab's `standard` suite is defined (advlab.evaluate) but its attacks (APGD-CE, APGD-T, Square) are "
+             "not implemented yet, so these robust numbers are an upper bound on what it will report (the "
+             "reference lost 5 points from PGD-50 to AutoAttack). **+ DLR-100x2** adds PGD-100 with the DLR "
+             "loss (APGD-T's loss), 2 restarts, step eps/8, on the points still robust.", "",
              "Measured on the shared 2-core machine with `nice` and one thread per process, with other "
              "developers' jobs running (load average 5-10): **wall times are inflated** several-fold. "
              "CPU seconds are what the training process itself used, the better estimate of a quiet run.", "",
@@ -166,6 +169,24 @@ def report() -> str:
         lines.append(f"| {name} | {r['defense']} {_opts(r['options'])} | {r['epochs']} | {r['clean']:.3f} | "
                      f"{r['pgd50_ce']:.3f} | {r['robust']:.3f} | {r.get('robust_strong', float('nan')):.3f} | "
                      f"{r['train_wall_seconds']:.0f} | {r['train_cpu_seconds']:.0f} | {note} |")
+    rst = [n for n in ("rst-5000-pool", "rst-5000-nopool", "rst-5000-nopool-54", "fgsm-rs-5") if n in rows]
+    if rst:
+        lines += ["", "## Robust self-training: 5,000 labels, with and without the unlabelled pool", "",
+                  "FGSM-RS as the base defense (the cheapest); the teacher is the same small CNN trained cleanly for "
+                  "20 epochs on the 5,000 labels, and pseudo-labels the other 49,000 training images. Joint "
+                  "variant (labelled and pseudo-labelled images shuffled together).", "",
+                  "| run | labelled | pseudo-labelled | pseudo-label acc | optimizer steps | clean | robust | "
+                  "+ DLR-100x2 |", "|---|---|---|---|---|---|---|---|"]
+        for n in rst:
+            r = rows[n]
+            info = r.get("rst") or {"n_labelled": 54000, "n_pool": 0}
+            n_train = info["n_labelled"] + info["n_pool"]
+            steps = r["epochs"] * -(-n_train // 128)
+            acc = info.get("pseudo_label_accuracy")
+            lines.append(f"| {n} | {info['n_labelled']} | {info['n_pool']} | {f'{acc:.3f}' if acc else '-'} | "
+                         f"{steps} | {r['clean']:.3f} | {r['robust']:.3f} | {r.get('robust_strong', float('nan')):.3f} |")
+    if NOTES.exists():
+        lines += ["", NOTES.read_text().strip()]
     if "cost" in rows:
         c = rows["cost"]
         lines += ["", "## Epoch cost against clean training (same model and data, one process)", "",
