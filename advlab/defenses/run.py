@@ -1,4 +1,8 @@
-"""One training run end to end: data, model, defense, training, test accuracy, run directory."""
+"""One training run end to end: data, model, defense, training, test accuracy, run directory.
+
+Under torchrun every rank runs this function: training is data-parallel, the test accuracy is
+computed on shards and gathered, and rank 0 alone writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import rng
+from .. import distributed, rng
 from ..data import holdout_split, load_dataset
 from ..errors import AdvlabError
 from ..models import build_model, model_spec
-from ..predict import accuracy
+from ..predict import predict_logits
 from ..runs import CARD_FILE, save_run
+from .layers import split_at_layer
 from .registry import build_defense
+from .rst import RSTSettings, robust_self_training
 from .training import CHECKPOINT, TrainConfig, Trainer
 
 
@@ -22,7 +28,7 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
               defense: str = "none", defense_kwargs: dict[str, Any] | None = None, normalize: bool = True,
               val_fraction: float = 0.1, data_dir: str | None = None, resume: bool = False,
               overwrite: bool = False, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, device: Any = None) -> dict[str, Any]:
     """Train and save a run; returns the `advlab train --json` record."""
     config = config or TrainConfig()
     out = Path(out)
@@ -31,34 +37,69 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
                           "or choose another --out")
     started = time.perf_counter()
     ds = load_dataset(dataset, data_dir=data_dir, **(dataset_kwargs or {}))
-    split = holdout_split(ds.x_train, ds.y_train, val=val_fraction, seed=config.seed)
+    defense_kwargs = dict(defense_kwargs or {})
+    objective = build_defense(defense, bounds=ds.bounds, **defense_kwargs)
+    rst = objective if isinstance(objective, RSTSettings) else None
+    pool = 0
+    if rst is not None:
+        n_val = int(round(val_fraction * len(ds.y_train))) if val_fraction < 1 else int(val_fraction)
+        pool = len(ds.y_train) - n_val - rst.labels
+        if pool < 0:
+            raise AdvlabError(f"rst: labels={rst.labels} is more than the {len(ds.y_train) - n_val} training "
+                              "examples left after the validation split")
+    split = holdout_split(ds.x_train, ds.y_train, val=val_fraction, pool=pool, seed=config.seed)
     norm = None
     if normalize:
         mean, std = ds.channel_stats()
         norm = {"mean": mean, "std": std}
     spec = model_spec(model, ds.input_shape, ds.num_classes, norm, **(model_kwargs or {}))
-    with rng.seeded(config.seed):
-        net = build_model(model, ds.input_shape, ds.num_classes, norm, **(model_kwargs or {}))
-    defense_kwargs = dict(defense_kwargs or {})
-    objective = build_defense(defense, bounds=ds.bounds, **defense_kwargs)
-    trainer = Trainer(net, split.x_train, split.y_train, split.x_val, split.y_val, config=config,
-                      objective=objective, run_dir=out, progress=progress, log=log,
-                      identity={"model": spec, "dataset": ds.describe(), "defense": [defense, defense_kwargs],
-                                "val_fraction": val_fraction})
-    result = trainer.fit(resume=resume and (out / CHECKPOINT).exists())
-    test_acc = accuracy(net, ds.x_test, ds.y_test)
+
+    def make_model():
+        with rng.seeded(config.seed):
+            net = build_model(model, ds.input_shape, ds.num_classes, norm, **(model_kwargs or {}))
+        return net.to(device) if device is not None else net
+
+    net = make_model()
+    identity = {"model": spec, "dataset": ds.describe(), "defense": [defense, defense_kwargs],
+                "val_fraction": val_fraction, "world_size": distributed.world_size()}
+    inner = rst.objective if rst is not None else objective
+    if getattr(inner, "layer", 0):
+        split_at_layer(net, inner.layer)  # a bad layer number fails now, not after the teacher or an epoch
+    val_metric = getattr(inner, "val_metric", None)
+    hooks = inner.hooks(split.x_val, split.y_val) if hasattr(inner, "hooks") else []
+    extra: dict[str, Any] = {}
+    if rst is not None:
+        out_rst = robust_self_training(net, make_model, rst, split.x_train, split.y_train, split.x_pool,
+                                       split.x_val, split.y_val, config, y_pool=split.y_pool, run_dir=out,
+                                       resume=resume, progress=progress, log=log, identity=identity,
+                                       teacher_spec=spec, val_metric=val_metric, hooks=hooks)
+        result, extra["rst"] = out_rst.result, out_rst.info
+    else:
+        trainer = Trainer(net, split.x_train, split.y_train, split.x_val, split.y_val, config=config,
+                          objective=objective, val_metric=val_metric, run_dir=out, progress=progress, log=log,
+                          identity=identity, hooks=hooks)
+        result = trainer.fit(resume=resume and (out / CHECKPOINT).exists())
+    correct = distributed.shard_evaluate(lambda x, y: (predict_logits(net, x).argmax(1) == y).float(),
+                                         ds.x_test, ds.y_test)
+    test_acc = correct.mean().item()
     seconds = time.perf_counter() - started
+    rolled_back = [m["rolled_back_to_epoch"] for m in result.history if "rolled_back_to_epoch" in m]
     card = {
         "model": spec,
         "dataset": ds.describe(),
         "seed": config.seed,
         "epochs": result.epochs_run,
-        "defense": {"name": defense, **defense_kwargs},
-        "train": {**dataclasses.asdict(config), "val_fraction": val_fraction},
+        "defense": {"name": defense, **defense_kwargs,
+                    "resolved": objective.describe() if hasattr(objective, "describe") else {}},
+        "train": {**dataclasses.asdict(config), "val_fraction": val_fraction,
+                  "world_size": distributed.world_size()},
         "metrics": {"test_accuracy": test_acc, "best_epoch": result.best_epoch,
-                    "stopped_early": result.stopped_early, "train_seconds": result.seconds,
-                    "history": result.history},
+                    "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+                    "rolled_back_to_epoch": rolled_back[-1] if rolled_back else None,
+                    "train_seconds": result.seconds, "history": result.history, **extra},
     }
-    save_run(out, net, card)
+    if distributed.is_main():
+        save_run(out, net, card)
+    distributed.barrier()
     return {"run_dir": str(out), "dataset": dataset, "model": model, "defense": defense,
             "epochs": result.epochs_run, "test_accuracy": test_acc, "seconds": seconds}

@@ -8,10 +8,21 @@ Checkpoints go to `RUN/checkpoint/state.safetensors` after every epoch: one atom
 model, optimizer and best-so-far weights as tensors, and the rest (epoch, history, config) as JSON
 metadata. Every epoch draws its randomness from generators derived from (seed, epoch), so a run
 resumed from the last completed epoch ends with the same weights as one that never stopped.
+
+Two small extension points keep defenses out of the loop itself:
+- hooks (`TrainerHook`): `fit_start(trainer)` and `epoch_end(trainer, metrics)`, which may add
+  metrics, roll the model back with `trainer.restore(snapshot)` and return a reason to stop
+  (fast adversarial training's catastrophic-overfitting check uses this);
+- an epoch plan (`plan(epoch) -> EpochPlan`): which data, objective and learning-rate scale an
+  epoch uses (robust self-training alternates clean and adversarial epochs with it).
+
+Under torchrun (advlab.distributed) every rank takes its slice of each batch, gradients are
+all-reduced so that all ranks take the same step, and rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -24,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import rng
+from .. import distributed, rng
 from ..errors import AdvlabError
 from ..io import flatten_state, load_tensors, save_tensors, unflatten_state
 from ..predict import accuracy, model_device
@@ -94,6 +105,28 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    stop_reason: Optional[str] = None  # why training ended before config.epochs (None: it did not)
+
+
+@dataclass
+class EpochPlan:
+    """What one epoch trains on: its data, its objective and a factor on the scheduled lr."""
+    x: torch.Tensor
+    y: torch.Tensor
+    objective: Objective
+    lr_scale: float = 1.0
+
+
+class TrainerHook:
+    """Called by Trainer.fit; override what you need. Hooks must act the same on every rank."""
+
+    def fit_start(self, trainer: "Trainer") -> None:
+        """Before the first epoch of this call to fit (also after a resume)."""
+
+    def epoch_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> Optional[str]:
+        """After an epoch and its validation. May add to `metrics` and change the model;
+        return a reason (a sentence) to stop training, or None to go on."""
+        return None
 
 
 class Trainer:
@@ -104,7 +137,8 @@ class Trainer:
                  config: TrainConfig | None = None, objective: Objective = clean_objective,
                  val_metric: ValMetric | None = None, run_dir: str | Path | None = None,
                  progress: bool = True, log: Callable[[str], None] | None = None,
-                 identity: dict[str, Any] | None = None):
+                 identity: dict[str, Any] | None = None, hooks: list[TrainerHook] | None = None,
+                 plan: Callable[[int], EpochPlan] | None = None):
         self.model = model
         self.x_train, self.y_train = x_train, y_train
         self.x_val, self.y_val = x_val, y_val
@@ -112,8 +146,10 @@ class Trainer:
         self.objective = objective
         self.val_metric = val_metric or accuracy
         self.run_dir = Path(run_dir) if run_dir else None
-        self.progress = progress
-        self.log = log or write
+        self.progress = progress and distributed.is_main()
+        self._log = log or write
+        self.hooks = list(hooks or [])
+        self.plan = plan or (lambda epoch: EpochPlan(self.x_train, self.y_train, self.objective))
         # What must match for a checkpoint to be resumed: the config plus whatever the caller adds
         # (model spec, dataset, defense).
         self.identity = {"config": dataclasses.asdict(self.config), **(identity or {})}
@@ -124,77 +160,115 @@ class Trainer:
         self.best_metric = -math.inf
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.stop_reason: str | None = None
+        self.stopped_early = False
+
+    def log(self, message: str) -> None:
+        if distributed.is_main():
+            self._log(message)
 
     # -- public -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         start = time.perf_counter()
         if resume:
             self.load_checkpoint()
-        stopped_early = False
+        for hook in self.hooks:
+            hook.fit_start(self)
         try:
-            while self.epoch < self.config.epochs:
+            while self.epoch < self.config.epochs and self.stop_reason is None:
                 metrics = self.train_epoch(self.epoch)
                 metrics.update(self.validate())
                 self.epoch += 1
                 metrics["epoch"] = self.epoch
+                reasons = [hook.epoch_end(self, metrics) for hook in self.hooks]
+                reason = next((r for r in reasons if r), None)
                 self.history.append(metrics)
-                improved = self._track_best(metrics)
+                # A hook that stops may have rolled the model back: these metrics no longer describe it.
+                improved = self._track_best(metrics) if reason is None else False
                 self.log(self._summary(metrics, improved))
+                if reason is not None:
+                    self.stop_reason = reason
+                elif self._should_stop():
+                    self.stopped_early = True
+                    self.stop_reason = (f"early stopping: no better validation metric for {self.config.patience} "
+                                        f"epochs; keeping epoch {self.best_epoch}")
+                if self.stop_reason is not None:
+                    self.log(self.stop_reason)
                 self.save_checkpoint()
-                if self._should_stop():
-                    stopped_early = True
-                    self.log(f"early stopping: no better validation metric for {self.config.patience} epochs; "
-                             f"keeping epoch {self.best_epoch}")
-                    break
         finally:
             self.model.eval()
         if self.config.patience is not None and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return TrainResult(self.epoch, self.best_epoch, list(self.history), stopped_early,
-                           time.perf_counter() - start)
+        return TrainResult(self.epoch, self.best_epoch, list(self.history), self.stopped_early,
+                           time.perf_counter() - start, self.stop_reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Model and optimizer state, copied (for hooks that may roll back)."""
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.config
-        n = len(self.y_train)
+        plan = self.plan(epoch)
+        n = len(plan.y)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
         order = torch.randperm(n, generator=rng.generator(cfg.seed, epoch, rng.STREAM_SHUFFLE))
-        gen = rng.generator(cfg.seed, epoch, rng.STREAM_OBJECTIVE, device=self.device)
+        # Each rank draws its own attack noise and dropout masks; one process draws as before.
+        ranks = (distributed.rank(),) if distributed.is_distributed() else ()
+        gen = rng.generator(cfg.seed, epoch, rng.STREAM_OBJECTIVE, *ranks, device=self.device)
         loss_sum, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         self.model.train()
         # Dropout draws from the global RNG: seed it per epoch, and restore it afterwards.
-        with rng.seeded(rng.derive_seed(cfg.seed, epoch, rng.STREAM_GLOBAL)):
+        with rng.seeded(rng.derive_seed(cfg.seed, epoch, rng.STREAM_GLOBAL, *ranks)):
             bar = progress_bar(range(steps_per_epoch), f"epoch {epoch + 1}/{cfg.epochs}", self.progress, unit="batch")
             for i in bar:
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x = self.x_train[idx].to(self.device, non_blocking=True)
-                y = self.y_train[idx].to(self.device, non_blocking=True)
-                lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
+                batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                idx = batch[distributed.shard_slice(len(batch))]  # this rank's share (all of it in one process)
+                lr = plan.lr_scale * learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, logits = self.objective(self.model, x, y, gen)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i}; "
-                                             "lower the learning rate")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if len(idx):
+                    x = plan.x[idx].to(self.device, non_blocking=True)
+                    y = plan.y[idx].to(self.device, non_blocking=True)
+                    loss, logits = plan.objective(self.model, x, y, gen)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, "
+                                                 f"batch {i}; lower the learning rate")
+                    loss.backward()
+                    loss_sum += loss.item() * len(y)
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += len(y)
+                distributed.all_reduce_gradients(self.model, len(idx) / len(batch))
                 self.optimizer.step()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+                if seen:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen])
         return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                 "epoch_seconds": time.perf_counter() - t0}
 
     def validate(self) -> dict[str, Any]:
+        """The validation metric (a mean over examples; under torchrun each rank scores its slice)."""
         if self.x_val is None or len(self.x_val) == 0:
             return {}
-        return {"val_metric": float(self.val_metric(self.model, self.x_val, self.y_val))}
+        sl = distributed.shard_slice(len(self.y_val))
+        x, y = self.x_val[sl], self.y_val[sl]
+        local = float(self.val_metric(self.model, x, y)) * len(y) if len(y) else 0.0
+        total, n = distributed.all_reduce_sum([local, len(y)])
+        return {"val_metric": total / n}
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         if self.run_dir is None:
+            return
+        if not distributed.is_main():
+            distributed.barrier()  # wait until rank 0 has written it
             return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim_tensors, optim_skeleton = flatten_state(self.optimizer.state_dict(), "optim")
@@ -202,8 +276,10 @@ class Trainer:
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         meta = {"epoch": self.epoch, "history": self.history, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "optimizer": optim_skeleton, "identity": self.identity}
+                "best_epoch": self.best_epoch, "optimizer": optim_skeleton, "identity": self.identity,
+                "stop_reason": self.stop_reason, "stopped_early": self.stopped_early}
         save_tensors(self.run_dir / CHECKPOINT, tensors, {"advlab": json.dumps(meta, default=str)})
+        distributed.barrier()
 
     def load_checkpoint(self) -> None:
         path = self.run_dir / CHECKPOINT if self.run_dir else None
@@ -224,6 +300,8 @@ class Trainer:
         self.epoch, self.history = meta["epoch"], meta["history"]
         self.best_metric = meta["best_metric"] if meta["best_metric"] is not None else -math.inf
         self.best_epoch = meta["best_epoch"]
+        self.stop_reason = meta.get("stop_reason")
+        self.stopped_early = bool(meta.get("stopped_early", False))
         self.log(f"resuming {self.run_dir} after epoch {self.epoch}")
 
     # -- internals ----------------------------------------------------------------------------
@@ -252,6 +330,8 @@ class Trainer:
                  f"train acc {m['train_accuracy']:.4f}"]
         if "val_metric" in m:
             parts.append(f"val {m['val_metric']:.4f}{' *' if improved else ''}")
+        standard = {"epoch", "train_loss", "train_accuracy", "val_metric", "epoch_seconds"}
+        parts += [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items() if k not in standard]
         parts.append(f"{m['epoch_seconds']:.1f}s")
         return "  ".join(parts)
 

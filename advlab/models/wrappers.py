@@ -17,6 +17,9 @@ class Normalized(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(-1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.ndim - 2)  # channel axis is 1 for both (N, D) and (N, C, H, W)
-        return self.net((x - self.mean.view(shape)) / self.std.view(shape))
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))

@@ -1,0 +1,77 @@
+"""Data-parallel training and sharded evaluation on 2 CPU processes (gloo on localhost)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from advlab import distributed
+from advlab.io import load_tensors
+
+
+def test_shards_cover_every_item_once_and_differ_by_at_most_one():
+    for n in [0, 1, 5, 64, 101]:
+        for w in [1, 2, 3, 7]:
+            parts = [distributed.shard_slice(n, r, w) for r in range(w)]
+            assert [i for p in parts for i in range(n)[p]] == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_single_process_helpers_are_identities():
+    assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
+    x = torch.arange(10.0)
+    assert torch.equal(distributed.shard_evaluate(lambda t: t * 2, x), x * 2)
+    assert distributed.all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank, port, n, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        x = torch.arange(n * 3, dtype=torch.float32).view(n, 3)
+        got = distributed.shard_evaluate(lambda t: t.sum(1, keepdim=True) * (distributed.rank() + 1) ** 0, x)
+        torch.save(got, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shard_evaluate_gathers_uneven_shards_in_order(tmp_path):
+    n = 7  # shards of 4 and 3 rows
+    torch.multiprocessing.spawn(_gather_worker, args=(_free_port(), n, str(tmp_path / "out")), nprocs=2)
+    expected = torch.arange(n * 3, dtype=torch.float32).view(n, 3).sum(1, keepdim=True)
+    for r in range(2):
+        assert torch.equal(torch.load(tmp_path / f"out.{r}"), expected)
+
+
+@pytest.mark.parametrize("defense", [["--defense", "pgd", "--eps", "0.1", "--defense-arg", "steps=3",
+                                      "--defense-arg", "random_start=false"]])
+def test_two_processes_match_one(tmp_path, defense):
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "2",
+            "--batch-size", "100", *defense, "--json", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                          "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "advlab",
+                          *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "advlab", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    import json
+    r2, r1 = json.loads(two.stdout.strip().splitlines()[-1]), json.loads(one.stdout)
+    assert abs(r2["test_accuracy"] - r1["test_accuracy"]) <= 1 / 359 + 1e-9
+    a, b = load_tensors(tmp_path / "two" / "model.safetensors"), load_tensors(tmp_path / "one" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=0), (k, (a[k] - b[k]).abs().max())
+    card = json.loads((tmp_path / "two" / "card.json").read_text())
+    assert card["train"]["world_size"] == 2
+    assert len(two.stdout.strip().splitlines()) == 1, "only rank 0 prints the record"
