@@ -102,3 +102,26 @@ def test_attack_bad_input(trained_run, args, message):
 def test_attack_on_a_missing_run(tmp_path):
     r = run_cli("attack", "--run", str(tmp_path), "--attack", "pgd", "--eps", "0.1")
     assert r.returncode == 2 and "not a run directory" in r.stderr
+
+
+def test_eps_per_class_file(trained_run, tmp_path):
+    budget = tmp_path / "eps.json"
+    budget.write_text(json.dumps({"norm": "linf", "eps": {str(c): (0.0 if c < 5 else 0.3) for c in range(10)}}))
+    r = run_cli("attack", "--run", str(trained_run), "--attack", "pgd", "--eps-per-class", str(budget), "--n", "120",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["eps_per_class"] == pytest.approx([0.0] * 5 + [0.3] * 5)
+    # Classes 0-4 have no budget, so only classes 5-9 can be broken: robust accuracy is at least
+    # the clean accuracy on classes 0-4 times their share.
+    r2 = run_cli("evaluate", "--run", str(trained_run), "--eps-per-class", str(budget), "--suite", "fast",
+                 "--n", "120", "--no-checks", "--json")
+    assert r2.returncode == 0, r2.stderr
+    per_class = json.loads(r2.stdout)["results"][0]["per_class"]
+    assert min(per_class[:5]) > 0.5 and max(per_class[5:]) < 0.2
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"eps": {"0": 0.1}}))
+    r3 = run_cli("attack", "--run", str(trained_run), "--attack", "pgd", "--eps-per-class", str(bad))
+    assert r3.returncode == 2 and "Traceback" not in r3.stderr
+    r4 = run_cli("attack", "--run", str(trained_run), "--attack", "pgd", "--eps", "0.1", "--eps-per-class", str(bad))
+    assert r4.returncode == 2 and "not allowed with" in r4.stderr

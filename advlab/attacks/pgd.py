@@ -14,6 +14,7 @@ import torch
 from ..errors import AdvlabError
 from ..threat import clip_to_bounds, per_example
 from .base import Attack, input_gradient
+from .budget import finite_eps
 from .losses import get_loss
 
 
@@ -47,6 +48,7 @@ class PGD(Attack):
         best = x.clone()
         best_loss = torch.full((n,), -torch.inf, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        eps = finite_eps(eps, x, self.norm, bounds, self.name)  # step sizes scale with eps
         alpha_all = self._step_sizes(eps)
         for _ in range(self.restarts):
             idx = (~done).nonzero().flatten() if early_stop else torch.arange(n, device=x.device)

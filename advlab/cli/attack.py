@@ -12,7 +12,7 @@ from ..attacks.registry import attack_parameters
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..io import save_tensors, write_json
 from ..runs import dataset_from_card, load_run
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_budget, add_common, budgets, add_data_dir, add_subcommand, emit, log
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
     p.add_argument("--norm", default=None, choices=["linf", "l2", "l1"],
                    help="threat model (default linf; spatial has none: its budget is a rotation/shift range)")
-    p.add_argument("--eps", required=True, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    add_budget(p)
     p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks)")
     p.add_argument("--step-size", default=None, help="absolute step size, e.g. 0.01 or 2/255")
     p.add_argument("--restarts", type=int, default=None, help="random restarts (PGD)")
@@ -53,16 +53,22 @@ def attack_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    eps = parse_eps_list(args.eps)
+    if args.eps is not None:
+        parse_eps_list(args.eps)  # fail on a bad budget before loading anything
     attack = build_attack(args.attack, **attack_options(args))
     model, card = load_run(args.run)
     data = dataset_from_card(card, args.data_dir)
     x, y = data.test_subset(args.n)
-    log(f"{attack.name} ({getattr(attack, 'norm', 'spatial')}) on {len(y)} {data.name} test points, eps {args.eps}")
+    norm = getattr(getattr(attack, "norm", None), "name", None)
+    eps, per_class = budgets(args, y, data.num_classes, norm)
+    log(f"{attack.name} ({norm or 'spatial'}) on {len(y)} {data.name} test points, "
+        f"eps {args.eps or 'per class from ' + args.eps_per_class}")
     result = attack(model, x, y, eps, bounds=data.bounds, progress=not args.no_progress)
     # result.norm: the attack's budget ("spatial" for the rotation/shift range).
     record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
               "seconds": result.seconds, "results": result.summary()}
+    if per_class is not None:
+        record["eps_per_class"] = per_class
     if args.save:
         out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{result.norm}")
         save_outputs(out, x, result, data.classes, record)

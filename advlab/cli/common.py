@@ -42,3 +42,23 @@ def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
         print(dumps(record))
     else:
         print(text)
+
+
+def add_budget(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--eps", help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    group.add_argument("--eps-per-class", metavar="FILE",
+                       help="JSON mapping class -> epsilon (from `advlab analyze distances`): one budget per class")
+
+
+def budgets(args: argparse.Namespace, y, num_classes: int, norm: str | None):
+    """The eps argument for an attack: a list of floats, or [per-example tensor] for --eps-per-class.
+    Returns (eps, description for records)."""
+    from ..config import parse_eps_list
+
+    if args.eps is not None:
+        return parse_eps_list(args.eps), None
+    from ..analysis.budgets import eps_for_labels, load_eps_per_class
+
+    per_class = load_eps_per_class(args.eps_per_class, num_classes, norm=norm)
+    return [eps_for_labels(per_class, y)], per_class.tolist()

@@ -13,14 +13,14 @@ from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
 from ..evaluate.suites import SUITES
 from ..io import atomic_write, write_json
 from ..runs import dataset_from_card, load_run
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_budget, add_common, budgets, add_data_dir, add_subcommand, emit, log
 
 
 def add_parser(subparsers) -> None:
     p = add_subcommand(subparsers, "evaluate", "Robust accuracy under a suite of attacks, with gradient-masking checks.",
                        "advlab evaluate --run runs/digits-cnn --eps 0.05,0.1 --suite standard --n 500 --json")
     p.add_argument("--run", required=True, help="run directory (from advlab train)")
-    p.add_argument("--eps", required=True, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    add_budget(p)
     p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
     p.add_argument("--suite", default="standard", choices=[*SUITES, "custom"],
                    help="fast: PGD-20; standard: APGD-CE, APGD-T, Square (AutoAttack's protocol); custom: --suite-file")
@@ -37,24 +37,27 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    eps = parse_eps_list(args.eps)
-    suite = get_suite(args.suite, args.suite_file)
+    if args.eps is not None:
+        parse_eps_list(args.eps)  # fail on a bad budget before loading anything
+    suite = get_suite(args.suite, args.suite_file, norm=args.norm)
     model, card = load_run(args.run)
     data = dataset_from_card(card, args.data_dir)
     x, y = data.test_subset(args.n)
+    eps, per_class = budgets(args, y, data.num_classes, args.norm)
     out = Path(args.out or Path(args.run) / "eval" / f"{args.suite}-{args.norm}")
     state = out / "state.safetensors"
     if args.fresh and state.exists():
         state.unlink()
     log(f"evaluating {args.run} on {len(y)} {data.name} test points: suite {args.suite} "
-        f"({', '.join(s.label for s in suite)}), {args.norm} eps {args.eps}")
+        f"({', '.join(s.label for s in suite)}), {args.norm} eps {args.eps or 'per class from ' + args.eps_per_class}")
     ev = evaluate_robustness(model, x, y, eps, suite, norm=args.norm, bounds=data.bounds, seed=args.seed,
                              batch_size=args.batch_size, state_dir=out, progress=not args.no_progress,
                              identity={"run": str(Path(args.run).resolve())})
     checks = []
     if not args.no_checks:
         log(f"gradient-masking checks on {min(args.check_n, len(y))} points ...")
-        checks = run_checks(model, x[:args.check_n], y[:args.check_n], eps, norm=args.norm, bounds=data.bounds,
+        check_eps = eps if per_class is None else sorted(set(per_class))
+        checks = run_checks(model, x[:args.check_n], y[:args.check_n], check_eps, norm=args.norm, bounds=data.bounds,
                             seed=args.seed, progress=log)
     record = {"suite": args.suite, "norm": args.norm, "n": len(y), "clean_accuracy": ev.clean_accuracy(),
               "seconds": time.perf_counter() - started, "attack_seconds": ev.attack_seconds,
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
               "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
               "adversarial_confusion": ev.adversarial_confusion(), "classes": list(data.classes),
               "checks": [c.as_dict() for c in checks]}
+    if per_class is not None:
+        record["eps_per_class"] = per_class
     write_json(out / "result.json", record)
     _write_csvs(out, record)
     emit(args, record, _text(record, out))

@@ -42,7 +42,17 @@ SUITES: dict[str, list[SuiteEntry]] = {
 }
 
 
-def get_suite(name: str, path: str | Path | None = None) -> list[SuiteEntry]:
+# APGD and Square exist for linf and l2 only; for l1 the standard suite is strong PGD with
+# restarts on two losses (no AutoAttack reference for l1 here).
+L1_STANDARD = [
+    SuiteEntry("pgd-100-ce", "pgd", {"steps": 100, "restarts": 3, "rel_step_size": 0.1}),
+    SuiteEntry("pgd-100-margin", "pgd", {"steps": 100, "restarts": 3, "rel_step_size": 0.1, "loss": "margin"}),
+]
+
+
+def get_suite(name: str, path: str | Path | None = None, norm: str = "linf") -> list[SuiteEntry]:
+    if name == "standard" and norm == "l1":
+        return list(L1_STANDARD)
     if name == "custom":
         if path is None:
             raise ConfigError("--suite custom needs --suite-file FILE.toml listing the attacks")
