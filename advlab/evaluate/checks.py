@@ -59,6 +59,9 @@ EXPLANATIONS = {
                  "the gradients are misleading. Trust the black-box number or fix the gradient.",
     "convergence": "More steps and restarts still lowered robust accuracy: the attack had not converged, so "
                    "the reported number is an overestimate. Increase steps and restarts until it stops moving.",
+    "detector": "Most adversarial examples from a boundary-stopping attack were rejected by the detector, "
+                "so its robustness rests on the attack being naive. Attack it adaptively: ask for confident "
+                "mistakes with the high-confidence attack (kappa above the detector's threshold).",
     "transfer": "Examples crafted on another model broke points the white-box attack missed: the white-box "
                 "gradients of this model are misleading.",
 }
@@ -125,8 +128,17 @@ def check_gradient_consistency(model, x, y, *, step: float, bounds: Bounds, seed
                                                    f"steps of size {step:g} and the gradient's prediction")
 
 
-def _robust(result) -> torch.Tensor:
-    return result.correct  # (E, N)
+def check_detector(detector, x, y, *, eps: float, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
+                   **_) -> CheckResult:
+    """For a model with a reject option (`accepts(x) -> bool`): how many of PGD's successful
+    adversarial examples does it reject? Many means its claim is untested against adaptive attacks."""
+    result = PGD(norm, steps=20, seed=seed)(detector, x, y, [eps], bounds=bounds)
+    fooled = result.success[0] & result.clean_correct
+    if not fooled.any():
+        return _result("detector", True, f"PGD-20 found no adversarial examples at eps {eps:g}")
+    rejected = (~detector.accepts(result.x_adv[0][fooled])).float().mean().item()
+    return _result("detector", rejected <= 0.5, f"at eps {eps:g} the detector rejected {100 * rejected:.0f}% of "
+                                                f"PGD-20's {int(fooled.sum())} adversarial examples")
 
 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], *, norm: str = "linf",
@@ -179,6 +191,8 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence
             extra = int((white & ~black).sum())
             results.append(_result("black_box", extra <= tolerance,
                                    f"at eps {mid:g}: Square broke {extra} points the white-box attacks missed"))
+    if hasattr(model, "accepts"):
+        results.append(check_detector(model, x, y, eps=mid, norm=norm, bounds=bounds, seed=seed))
     if transfer_from is not None:
         i = eps.index(mid)
         with attack_mode(transfer_from, evaluation=True):

@@ -1,6 +1,7 @@
 """Model families the field studies; every model maps raw inputs to logits."""
 
 from .cnn import MadryCNN, SmallCNN
+from .detector import ConfidenceDetector
 from .ensemble import Ensemble
 from .linear import LogisticRegression, SoftmaxRegression
 from .mlp import MLP, MaxoutNet
@@ -14,7 +15,7 @@ from .wrappers import Normalized
 
 MODEL_NAMES = tuple(MODELS)
 
-__all__ = ["BPDA", "Compose", "EOT", "Ensemble", "GaussianNoise", "JPEGLike", "LogisticRegression", "MLP", "MODELS",
+__all__ = ["BPDA", "Compose", "ConfidenceDetector", "EOT", "Ensemble", "GaussianNoise", "JPEGLike", "LogisticRegression", "MLP", "MODELS",
            "MODEL_NAMES", "MadryCNN", "MaxoutNet", "MedianFilter", "Normalized", "PREPROCESSORS", "Preprocessed",
            "Quantize", "RBFNet", "RandomAffine", "RandomResizePad", "Randomized", "SmallCNN", "SoftmaxRegression",
            "TRANSFORMS", "UniformNoise", "affine_transform", "build_from_spec", "build_model", "build_preprocessor",
