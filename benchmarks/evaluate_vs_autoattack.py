@@ -1,0 +1,88 @@
+"""advlab's `standard` evaluation suite against AutoAttack (pyautoattack, standard version).
+
+    benchmarks/.env-peers/bin/python benchmarks/evaluate_vs_autoattack.py      (or: make bench)
+
+Same models (the Fashion-MNIST small CNNs of attack_speed.py: standard, and FGSM + random start
+at eps 0.1), same first 1,000 test images, Linf eps 0.1, batch 250, one process. Targets (issue 4):
+advlab's robust accuracy at most 0.003 above AutoAttack's (lower means a stronger evaluation), in at
+most half of AutoAttack's wall time. AutoAttack is run once per model (it takes ~16 minutes on the
+robust model); advlab's number is the per-example worst case of APGD-CE, APGD-T (9 targets) and
+Square (5000 queries), each on the points still robust. The union of both is shown too: points
+only one of them breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, markdown_table, trained_model  # noqa: E402
+
+EPS, N, BATCH = 0.1, 1000, 250
+
+
+def run_advlab(model, x, y):
+    from advlab.evaluate import evaluate_robustness, get_suite
+    t0 = time.perf_counter()
+    ev = evaluate_robustness(model, x, y, [EPS], get_suite("standard"), bounds=(0.0, 1.0), batch_size=BATCH,
+                             progress=False)
+    return time.perf_counter() - t0, ev.robust[0], ev.attack_seconds
+
+
+def run_autoattack(model, x, y):
+    from pyautoattack import AutoAttack
+    adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device="cpu", seed=0)
+    adversary.verbose = False
+    t0 = time.perf_counter()
+    x_adv = adversary.run_standard_evaluation(x, y, batch_size=BATCH)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        robust = model(x_adv).argmax(1) == y
+    return seconds, robust
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=["standard", "FGSM-RS"])
+    parser.add_argument("--n", type=int, default=N)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    from advlab.data import load_dataset
+    data = load_dataset("fashion-mnist")
+    x, y = data.test_subset(args.n)
+    recipes = {"standard": lambda: trained_model("fm-cnn-standard", epochs=2),
+               "FGSM-RS": lambda: trained_model("fm-cnn-fgsmrs", defense="fgsm-rs", eps=EPS, epochs=5)}
+    rows, verdicts = [], []
+    for name in args.models:
+        model, _ = recipes[name]()
+        model.eval()
+        a_time, a_robust, per_attack = run_advlab(model, x, y)
+        aa_time, aa_robust = run_autoattack(model, x, y)
+        a_acc, aa_acc = a_robust.float().mean().item(), aa_robust.float().mean().item()
+        only_advlab = int((~a_robust & aa_robust).sum())
+        only_aa = int((a_robust & ~aa_robust).sum())
+        rows.append([name, "advlab standard", a_acc, a_time, ", ".join(f"{k} {v:.0f}s" for k, v in per_attack.items())])
+        rows.append([name, "AutoAttack standard", aa_acc, aa_time, ""])
+        rows.append([name, "worst case of both", (a_robust & aa_robust).float().mean().item(), "",
+                     f"only advlab breaks {only_advlab}, only AutoAttack breaks {only_aa}"])
+        ok = a_acc <= aa_acc + 0.003 and a_time <= aa_time / 2
+        verdicts.append(f"- {name}: robust accuracy {a_acc:.3f} vs AutoAttack {aa_acc:.3f} (target <= +0.003), "
+                        f"time {a_time:.0f} s vs {aa_time:.0f} s = {aa_time / a_time:.2f}x faster (target >= 2x): "
+                        f"{'PASS' if ok else 'FAIL'}")
+        print(markdown_table(["model", "evaluation", "robust acc", "seconds", "notes"], rows[-3:]), flush=True)
+    text = (f"# advlab standard suite vs AutoAttack\n\nFashion-MNIST, first {args.n} test images, Linf eps {EPS}, "
+            f"batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads.\n\n"
+            + markdown_table(["model", "evaluation", "robust acc", "seconds", "notes"], rows) + "\n\n"
+            + "\n".join(verdicts) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "evaluate.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
