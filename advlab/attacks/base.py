@@ -186,8 +186,12 @@ class Attack:
         if warn_train_mode and model.training and _mode_dependent(model):
             warnings.warn("the model is in train mode; attacking it in eval mode (dropout and batch-norm off) "
                           "and restoring its mode afterwards", AdvlabWarning, stacklevel=3)
-        with torch.no_grad(), attack_mode(model, evaluation=True):
-            probe = model(x[:2].to(model_device(model)))
+        try:
+            with torch.no_grad(), attack_mode(model, evaluation=True):
+                probe = model(x[:2].to(model_device(model)))
+        except (RuntimeError, ValueError) as e:
+            raise AdvlabError(f"the model cannot take inputs of shape {tuple(x.shape[1:])} (is this the dataset it "
+                              f"was trained on?): {str(e).splitlines()[0]}") from e
         if probe.ndim != 2 or probe.shape[0] != min(2, len(x)):
             raise AdvlabError(f"the model must return logits of shape (N, K); it returned {tuple(probe.shape)} "
                               f"for input {tuple(x[:2].shape)}")
@@ -302,5 +306,9 @@ def input_gradient(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, 
     with torch.enable_grad():
         logits = model(x)
         loss = loss_fn(logits, y, targets)
+        if not loss.requires_grad:
+            raise AdvlabError("the model's output does not depend differentiably on its input (it runs under "
+                              "no_grad, detaches, or converts to numpy); use a black-box attack (square) or wrap "
+                              "the non-differentiable part with BPDA (advlab.models.Preprocessed(...).bpda())")
         grad, = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), logits.detach(), grad

@@ -239,7 +239,7 @@ class Trainer:
                     y = plan.y[idx].to(self.device, non_blocking=True)
                     loss, logits = plan.objective(self.model, x, y, gen)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, "
+                        raise AdvlabError(f"training loss became {loss.item()} at epoch {epoch + 1}, "
                                                  f"batch {i}; lower the learning rate")
                     loss.backward()
                     loss_sum += loss.item() * len(y)

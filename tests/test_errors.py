@@ -1,0 +1,223 @@
+"""Every row of docs/errors.md: the input is rejected (or warned about) with its message."""
+
+import json
+import math
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlab.attacks import PGD, AdvlabWarning, Square
+from advlab.cli import main
+from advlab.errors import AdvlabError
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def table_rows():
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", cells[0]) and cells[0] != "id":
+            rows[cells[0]] = cells
+    return rows
+
+
+class Net(torch.nn.Module):
+    def __init__(self, kind="logits"):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+        self.drop = torch.nn.Dropout(0.5)
+        self.kind = kind
+
+    def forward(self, x):
+        if self.kind == "probabilities":
+            return self.lin(x).softmax(1)
+        if self.kind == "no_grad":
+            with torch.no_grad():
+                return self.lin(x)
+        if self.kind == "vector":
+            return self.lin(x)[:, 0]
+        return self.drop(self.lin(x))
+
+
+X, Y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def attack(model=None, x=None, y=None, eps=(0.1,), **kw):
+    model = model or Net().eval()
+    return PGD(steps=2, **kw.pop("attack_kw", {}))(model, X if x is None else x, Y if y is None else y, list(eps),
+                                                     **kw)
+
+
+def cli(*args):
+    return main(list(args))
+
+
+def expect_error(fn, message):
+    with pytest.raises(AdvlabError, match=message):
+        fn()
+
+
+def expect_exit_2(capsys, message, *args):
+    try:
+        code = cli(*args)
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err), err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("errors") / "run"
+    assert cli("train", "--dataset", "digits", "--model", "softmax", "--epochs", "1", "--out", str(out),
+               "--no-progress") == 0
+    return out
+
+
+def case(row_id, tmp_path, capsys, run_dir):
+    nan = X.clone()
+    nan[1, 2] = math.nan
+    inf = X.clone()
+    inf[0, 0] = math.inf
+    cases = {
+        "nan-inputs": lambda: expect_error(lambda: attack(x=nan), "NaN or inf"),
+        "inf-inputs": lambda: expect_error(lambda: attack(x=inf), "NaN or inf"),
+        "integer-inputs": lambda: expect_error(lambda: attack(x=torch.ones(6, 4, dtype=torch.long)), "floating-point"),
+        "no-batch-axis": lambda: expect_error(lambda: attack(x=torch.rand(4), y=torch.tensor([0])), "batch axis"),
+        "label-shape": lambda: expect_error(lambda: attack(y=Y[:5]), "labels must have shape"),
+        "float-labels": lambda: expect_error(lambda: attack(y=Y.float()), "integer tensor"),
+        "labels-out-of-range": lambda: expect_error(lambda: attack(y=torch.tensor([0, 1, 2, 3, 0, 1])),
+                                                    r"labels must be in 0\.\.2"),
+        "empty-batch": lambda: expect_error(lambda: attack(x=X[:0], y=Y[:0]), "empty batch"),
+        "negative-eps": lambda: (expect_error(lambda: attack(eps=(0.1, -0.2)), "epsilon must be >= 0"),
+                                 expect_exit_2(capsys, "epsilon must be >= 0", "attack", "--run", str(run_dir),
+                                               "--attack", "pgd", "--eps=-0.1")),
+        "non-numeric-eps": lambda: (expect_error(lambda: attack(eps=("abc",)), "must be a number"),
+                                    expect_exit_2(capsys, "must be a number such as", "attack", "--run", str(run_dir),
+                                                  "--attack", "pgd", "--eps", "abc")),
+        "infinite-eps-unbounded": lambda: (expect_error(lambda: attack(eps=(math.inf,)), "finite epsilon"),
+                                           expect_error(lambda: Square(n_queries=5)(Net().eval(), X, Y, [math.inf]),
+                                                        "finite epsilon")),
+        "bounds-violated": lambda: expect_error(lambda: attack(bounds=(0.0, 0.5)), "outside the bounds"),
+        "probabilities": lambda: _warns(lambda: attack(model=Net("probabilities").eval()), "probabilities"),
+        "train-mode": lambda: _warns(lambda: attack(model=Net().train()), "train mode"),
+        "no-gradients": lambda: expect_error(lambda: attack(model=Net("no_grad").eval()),
+                                             "differentiably.*square.*BPDA"),
+        "shape-mismatch": lambda: expect_error(lambda: attack(x=torch.rand(6, 5)), "cannot take inputs of shape"),
+        "not-logits": lambda: expect_error(lambda: attack(model=Net("vector").eval()), r"shape \(N, K\)"),
+        "target-is-label": lambda: expect_error(lambda: attack(targets=Y.clone(), attack_kw={"targeted": True}),
+                                                "different class"),
+        "unknown-attack-option": lambda: expect_exit_2(capsys, "no option stepz", "attack", "--run", str(run_dir),
+                                                       "--attack", "pgd", "--eps", "0.1", "--attack-arg", "stepz=3"),
+        "wrong-option-type": lambda: _suite(tmp_path, '[[attack]]\nname = "pgd"\nsteps = "many"\n', "wrong type"),
+        "unknown-config-key": lambda: _suite(tmp_path, 'colour = 1\n', "unknown key 'colour'"),
+        "invalid-toml": lambda: _suite(tmp_path, '[[attack]\n', "not valid TOML"),
+        "unknown-model-option": lambda: expect_exit_2(capsys, "no option depth", "train", "--dataset", "digits",
+                                                      "--model", "mlp", "--model-arg", "depth=3",
+                                                      "--out", str(tmp_path / "r")),
+        "unknown-dataset": lambda: expect_error(lambda: __import__("advlab").load_dataset("imagenet"),
+                                                "unknown dataset"),
+        "dataset-missing": lambda: expect_exit_2(capsys, "could not find.*", "train", "--dataset", "mnist", "--model",
+                                                 "mlp", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")),
+        "corrupt-dataset": lambda: _corrupt_dataset(tmp_path),
+        "malicious-pickle": lambda: _malicious_pickle(tmp_path),
+        "bad-training-option": lambda: expect_exit_2(capsys, "epochs=0 is invalid", "train", "--dataset", "digits",
+                                                     "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "r")),
+        "diverging-training": lambda: expect_exit_2(capsys, "lower the learning rate", "train", "--dataset", "digits",
+                                                    "--model", "mlp", "--lr", "1e30", "--epochs", "1",
+                                                    "--out", str(tmp_path / "r"), "--no-progress"),
+        "resume-different-settings": lambda: _resume_different(tmp_path, capsys),
+        "run-exists": lambda: expect_exit_2(capsys, "already holds a run", "train", "--dataset", "digits", "--model",
+                                            "softmax", "--epochs", "1", "--out", str(run_dir)),
+        "not-a-run": lambda: expect_exit_2(capsys, "not a run directory", "attack", "--run", str(tmp_path), "--attack",
+                                           "pgd", "--eps", "0.1"),
+        "bad-n": lambda: expect_exit_2(capsys, "--n must be a positive", "attack", "--run", str(run_dir), "--attack",
+                                       "pgd", "--eps", "0.1", "--n", "0"),
+        "bad-eps-per-class": lambda: _bad_budget(tmp_path, capsys, run_dir),
+        "corrupt-weights": lambda: _corrupt_weights(tmp_path, run_dir),
+    }
+    return cases
+
+
+def _warns(fn, message):
+    with pytest.warns(AdvlabWarning, match=message):
+        fn()
+
+
+def _suite(tmp_path, text, message):
+    from advlab.evaluate import load_suite_file
+    f = tmp_path / "suite.toml"
+    f.write_text(text)
+    expect_error(lambda: load_suite_file(f), message)
+
+
+def _corrupt_dataset(tmp_path):
+    import numpy as np
+    from advlab.data import load_dataset
+    from advlab.data.idx import write_idx
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 4), ("t10k", 3)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.zeros(n, np.uint8))
+    f = folder / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-5])
+    expect_error(lambda: load_dataset("mnist", data_dir=tmp_path), "truncated")
+
+
+def _malicious_pickle(tmp_path):
+    from advlab.data.cifar import parse_batch
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    expect_error(lambda: parse_batch(pickle.dumps({b"data": Exploit(), b"labels": []})), "refusing to load")
+    assert not marker.exists()
+
+
+def _resume_different(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "--model", "softmax", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert cli(*args, "--epochs", "2") == 0
+    # Remove the finished card so the run looks interrupted after its last checkpoint.
+    (tmp_path / "r" / "card.json").unlink()
+    expect_exit_2(capsys, "different settings.*config.epochs was 2, now 3", *args, "--epochs", "3", "--resume")
+
+
+def _bad_budget(tmp_path, capsys, run_dir):
+    f = tmp_path / "eps.json"
+    f.write_text(json.dumps({"eps": {"0": 0.1}}))
+    expect_exit_2(capsys, "missing|class", "attack", "--run", str(run_dir), "--attack", "pgd", "--eps-per-class", str(f))
+
+
+def _corrupt_weights(tmp_path, run_dir):
+    import shutil
+    from advlab import load_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    w = copy / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:50])
+    expect_error(lambda: load_run(copy), "not a valid safetensors file")
+
+
+ROWS = table_rows()
+
+
+def test_every_row_has_a_test_and_every_test_a_row(tmp_path, capsys, run_dir):
+    assert set(ROWS) == set(case("", tmp_path, capsys, run_dir)), set(ROWS) ^ set(case("", tmp_path, capsys, run_dir))
+
+
+@pytest.mark.parametrize("row_id", sorted(ROWS))
+def test_row(row_id, tmp_path, capsys, run_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AdvlabWarning)  # only the rows about warnings look for them
+        if row_id in ("probabilities", "train-mode"):
+            warnings.simplefilter("default", AdvlabWarning)
+        case(row_id, tmp_path, capsys, run_dir)[row_id]()
