@@ -30,7 +30,7 @@ def ensure_env() -> None:
 
 def main() -> None:
     ensure_env()
-    for script in ["attack_speed.py", "evaluate_vs_autoattack.py", "training.py"]:
+    for script in ["attack_speed.py", "evaluate_vs_autoattack.py", "memory.py", "training.py"]:
         print(f"== {script}", flush=True)
         subprocess.run([str(PY), str(HERE / script)], check=True, cwd=ROOT)
 

@@ -10,6 +10,7 @@ with the same numbers as one that never stopped.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +139,10 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                     newly = ~r.correct[0]
                     hit = idx[newly]
                     state.broken_by[e, hit] = a + 1
+                    state.found_at[e, hit] = e
                     state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
                     state.logits[e, hit] = r.logits[0][newly]
+                    state.save_part(stage_number, b, e, hit, state.x_adv[e, hit])
                     state.batch = b + 1
                     state.seconds = time.perf_counter() - start
                     state.save()
@@ -163,12 +166,19 @@ def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: l
     prev = order[pos - 1]
     carry = (state.broken_by[prev] != ROBUST) & (state.broken_by[e] == ROBUST) & (eps_list[prev] <= eps_list[e])
     state.broken_by[e, carry] = state.broken_by[prev, carry]
+    state.found_at[e, carry] = state.found_at[prev, carry]
     state.x_adv[e, carry] = state.x_adv[prev, carry]
     state.logits[e, carry] = state.logits[prev, carry]
 
 
 class _State:
-    """Everything an evaluation needs to continue: tensors in safetensors, the rest as metadata."""
+    """Everything an evaluation needs to continue.
+
+    Small bookkeeping (which attack broke which point at which budget, logits, where in the
+    schedule we are) is rewritten after every batch; the adversarial examples themselves go to one
+    append-only part file per batch holding just the rows that batch broke, so saving costs
+    O(batch), not O(N). On resume the parts are replayed in order.
+    """
 
     def __init__(self, path: Path | None, identity: dict[str, Any]):
         self.path, self.identity = path, identity
@@ -177,36 +187,66 @@ class _State:
         self.seconds = 0.0
         self.attack_seconds: dict[str, float] = {}
 
+    @property
+    def parts(self) -> Path:
+        return self.path.parent / "parts"
+
     @classmethod
     def load_or_start(cls, state_dir, identity, model, x, y, n_eps) -> "_State":
         path = Path(state_dir) / STATE_FILE if state_dir is not None else None
         state = cls(path, json.loads(json.dumps(identity, default=str)))
+        state.x_adv = x.detach().cpu().unsqueeze(0).repeat(n_eps, *[1] * x.ndim)
         if path is not None and path.is_file():
             from safetensors import safe_open
             with safe_open(str(path), "pt") as f:
                 meta = json.loads(f.metadata()["advlab"])
             if meta["identity"] == state.identity:
                 t = load_tensors(path)
-                state.clean_logits, state.broken_by, state.x_adv, state.logits = (
-                    t["clean_logits"], t["broken_by"], t["x_adv"], t["logits"])
+                state.clean_logits, state.broken_by, state.found_at, state.logits = (
+                    t["clean_logits"], t["broken_by"], t["found_at"], t["logits"])
                 state.subset = t.get("subset")
                 state.stage, state.batch = meta["stage"], meta["batch"]
                 state.seconds, state.attack_seconds = meta["seconds"], meta["attack_seconds"]
+                state._replay_parts()
                 write(f"resuming the evaluation saved in {path.parent} (stage {state.stage + 1}, batch {state.batch})")
                 return state
             write(f"{path} belongs to a different evaluation; starting over")
+        if path is not None and state.parts.is_dir():
+            shutil.rmtree(state.parts)
         state.clean_logits = predict_logits(model, x.to(model_device(model)))
         wrong = state.clean_logits.argmax(1) != y.cpu()
         state.broken_by = torch.full((n_eps, len(y)), ROBUST, dtype=torch.int64)
         state.broken_by[:, wrong] = CLEAN_MISTAKE
-        state.x_adv = x.detach().cpu().unsqueeze(0).repeat(n_eps, *[1] * x.ndim)
+        state.found_at = torch.full((n_eps, len(y)), -1, dtype=torch.int64)  # budget index of each example
         state.logits = state.clean_logits.unsqueeze(0).repeat(n_eps, 1, 1)
         return state
+
+    def save_part(self, stage: int, batch: int, e: int, idx: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.path is None or len(idx) == 0:
+            return
+        save_tensors(self.parts / f"{stage:05d}-{batch:06d}.safetensors", {"idx": idx, "x": rows},
+                     {"eps_index": str(e)})
+
+    def _replay_parts(self) -> None:
+        """Examples from the part files up to the saved position, then carried to larger budgets."""
+        from safetensors import safe_open
+        if self.parts.is_dir():
+            for f in sorted(self.parts.glob("*.safetensors")):
+                stage, batch = (int(v) for v in f.stem.split("-"))
+                if (stage, batch) >= (self.stage, self.batch):
+                    continue  # written by a batch whose bookkeeping was never saved: it will rerun
+                with safe_open(str(f), "pt") as g:
+                    e = int(g.metadata()["eps_index"])
+                t = load_tensors(f)
+                self.x_adv[e, t["idx"]] = t["x"].to(self.x_adv.dtype)
+        for e in range(len(self.found_at)):
+            carried = (self.found_at[e] >= 0) & (self.found_at[e] != e)
+            self.x_adv[e, carried] = self.x_adv[self.found_at[e, carried], carried.nonzero().flatten()]
 
     def save(self) -> None:
         if self.path is None:
             return
-        tensors = {"clean_logits": self.clean_logits, "broken_by": self.broken_by, "x_adv": self.x_adv,
+        tensors = {"clean_logits": self.clean_logits, "broken_by": self.broken_by, "found_at": self.found_at,
                    "logits": self.logits}
         if self.subset is not None:
             tensors["subset"] = self.subset
