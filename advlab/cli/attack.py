@@ -90,7 +90,8 @@ def save_outputs(out: Path, x, result, classes, record: dict, per_grid: int = 8)
     from ..report.figures import adversarial_grid
 
     x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
-    tensors = {"x_adv": result.x_adv, "logits": result.logits, "y": result.y, "clean_logits": result.clean_logits}
+    tensors = {"x": x, "x_adv": result.x_adv, "logits": result.logits, "y": result.y,
+               "clean_logits": result.clean_logits}
     save_tensors(out / "adversarial.safetensors", tensors, {"eps": ",".join(map(str, result.eps))})
     write_json(out / "result.json", record)
     probs = result.logits.softmax(2)  # (E, N, K)

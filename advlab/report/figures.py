@@ -59,3 +59,86 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
+
+
+# -- figures for the HTML report: rendered to PNG bytes, inlined as data URIs --------------------
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    import base64
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# A palette that stays readable in grayscale print: colour per model, line style per attack.
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+STYLES = ["-", "--", ":", "-."]
+
+
+def robustness_curves(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> bytes:
+    """series: [{"label", "group", "style", "eps": [..], "acc": [..], "lo": [..], "hi": [..]}]; a shaded
+    band per line is its 95% Clopper-Pearson interval. `group` picks the colour, `style` the dash."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    groups = list(dict.fromkeys(s.get("group", s["label"]) for s in series))
+    styles = list(dict.fromkeys(s.get("style", "") for s in series))
+    for s in series:
+        color = COLORS[groups.index(s.get("group", s["label"])) % len(COLORS)]
+        ls = STYLES[styles.index(s.get("style", "")) % len(STYLES)]
+        ax.plot(s["eps"], s["acc"], ls, marker="o", ms=3.5, color=color, label=s["label"])
+        ax.fill_between(s["eps"], s["lo"], s["hi"], color=color, alpha=0.12, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper right", frameon=False)
+    return png_bytes(fig)
+
+
+def matrix_heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
+                   xlabel: str = "", ylabel: str = "", fmt: str = "{:.2f}", vmin=None, vmax=None,
+                   cmap: str = "viridis") -> bytes:
+    """An annotated heatmap (small matrices: transfer errors, per-class accuracies)."""
+    m = np.asarray(matrix, dtype=float)
+    w = max(3.2, 0.55 * m.shape[1] + 1.8)
+    h = max(2.4, 0.45 * m.shape[0] + 1.2)
+    fig, ax = plt.subplots(figsize=(w, h))
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(m.shape[1]), [str(c) for c in col_labels], fontsize=8, rotation=30 if
+                  max((len(str(c)) for c in col_labels), default=0) > 6 else 0, ha="right" if
+                  max((len(str(c)) for c in col_labels), default=0) > 6 else "center")
+    ax.set_yticks(range(m.shape[0]), [str(r) for r in row_labels], fontsize=8)
+    lo, hi = np.nanmin(m) if m.size else 0, np.nanmax(m) if m.size else 1
+    mid = (lo + hi) / 2
+    if m.size <= 400:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                v = m[i, j]
+                if np.isfinite(v):
+                    ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                            color="white" if v < mid else "black")
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return png_bytes(fig)
+
+
+def tile_png(x: torch.Tensor, size: int = 112) -> bytes:
+    """One input as a small PNG (nearest-neighbour upscaling keeps pixels visible)."""
+    from PIL import Image
+
+    a = to_image(x)
+    a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    img = Image.fromarray(a)  # (H, W) -> L, (H, W, 3) -> RGB
+    scale = max(1, size // max(img.size))
+    img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

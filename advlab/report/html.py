@@ -1,0 +1,425 @@
+"""`advlab report RUN_DIR`: one self-contained HTML file from the artefacts a run directory holds.
+
+    from advlab.report import build_report
+    path = build_report("runs/demo")          # -> runs/demo/report.html
+
+It reads what the other commands already wrote and renders a section for each kind it finds;
+a kind that is missing is simply left out:
+
+    RUN/card.json                          a trained run (also every sub-directory holding one)
+    RUN/attacks/NAME-NORM/result.json      `advlab attack --save`: curve, grids (grid-eps*.png),
+                    adversarial.safetensors  and the epsilon slider
+    RUN/eval/SUITE-NORM/result.json        `advlab evaluate`: worst-case curve, intervals, per class, checks
+    **/distances.json                      `advlab analyze distances`: heatmaps and suggested budgets
+    **/transfer.json                       the transfer matrix (`advlab.evaluate.transfer`, written by the demo)
+    **/blobs.json, **/perceptibility.json  `advlab analyze blobs` / `perceptibility`
+    **/reproduce.json                      `advlab reproduce NAME`: ours beside the published numbers
+    demo.json                              `advlab demo`: summary table and timings
+
+Every figure is a PNG inlined as base64, the slider is a few lines of inline JavaScript, and there is
+no external resource: the file opens offline and prints cleanly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AdvlabError
+from ..evaluate.stats import clopper_pearson
+from ..io import atomic_write, load_tensors, read_json
+from . import figures as F
+
+REPORT_FILE = "report.html"
+SKIP_DIRS = {"checkpoint", "parts", "__pycache__"}
+MAX_DEPTH = 4
+
+
+# -- discovery ------------------------------------------------------------------------------------
+def _walk(root: Path, name: str, depth: int = MAX_DEPTH) -> list[Path]:
+    """Files called `name` under root, at most `depth` levels down, in a stable order."""
+    found: list[Path] = []
+
+    def visit(d: Path, level: int) -> None:
+        if (d / name).is_file():
+            found.append(d / name)
+        if level >= depth:
+            return
+        try:
+            children = sorted(p for p in d.iterdir() if p.is_dir() and p.name not in SKIP_DIRS
+                              and not p.name.startswith("."))
+        except OSError:
+            return
+        for c in children:
+            visit(c, level + 1)
+
+    visit(root, 0)
+    return found
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except (OSError, AdvlabError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _rel(root: Path, path: Path) -> str:
+    rel = os.path.relpath(path, root)
+    return "." if rel == "." else rel
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{100 * float(v):.{digits}f}%"
+
+
+# -- runs -----------------------------------------------------------------------------------------
+def _run_name(root: Path, run_dir: Path, card: dict[str, Any]) -> str:
+    if run_dir == root:
+        defense = card.get("defense", {}).get("name", "none")
+        return f"{card['model']['name']}" + ("" if defense == "none" else f" ({defense})")
+    return _rel(root, run_dir)
+
+
+def _attacks(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((run_dir / "attacks").glob("*/result.json")):
+        rec = _read(path)
+        if rec and rec.get("results"):
+            grids = []
+            for r in rec["results"]:
+                png = path.parent / f"grid-eps{float(r['eps']):g}.png"
+                if png.is_file():
+                    grids.append({"eps": r["eps"], "src": F.data_uri(png.read_bytes())})
+            out.append({"dir": path.parent, "record": rec, "grids": grids})
+    return out
+
+
+def _evals(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((run_dir / "eval").glob("*/result.json")):
+        rec = _read(path)
+        if rec and rec.get("results"):
+            out.append({"dir": path.parent, "record": rec})
+    return out
+
+
+def _series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    n = int(rec["n"])
+    eps, acc = [], []
+    if all(float(r["eps"]) > 0 for r in rec["results"]):
+        eps.append(0.0)
+        acc.append(float(rec["clean_accuracy"]))
+    for r in rec["results"]:
+        eps.append(float(r["eps"]))
+        acc.append(float(r["robust_accuracy"]))
+    lo, hi = zip(*(clopper_pearson(round(a * n), n) for a in acc))
+    return {"label": f"{name} · {rec['attack']}", "group": name, "style": rec["attack"], "eps": eps, "acc": acc,
+            "lo": list(lo), "hi": list(hi), "n": n, "norm": rec.get("norm", "linf")}
+
+
+def _series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    n = int(rec["n"])
+    eps, acc, lo, hi = [], [], [], []
+    if all(float(r["eps"]) > 0 for r in rec["results"]):
+        c = float(rec["clean_accuracy"])
+        a, b = clopper_pearson(round(c * n), n)
+        eps.append(0.0), acc.append(c), lo.append(a), hi.append(b)
+    for r in rec["results"]:
+        eps.append(float(r["eps"]))
+        acc.append(float(r["robust_accuracy"]))
+        lo.append(float(r["ci95"][0]))
+        hi.append(float(r["ci95"][1]))
+    return {"label": f"{name} · {rec['suite']} suite (worst case)", "group": name, "style": f"suite {rec['suite']}",
+            "eps": eps, "acc": acc, "lo": lo, "hi": hi, "n": n, "norm": rec.get("norm", "linf")}
+
+
+def _slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dict[str, Any]],
+            images: int = 4) -> dict[str, Any] | None:
+    """Precomputed adversarial versions of a few images, one frame per epsilon (frame 0: the original)."""
+    candidates = sorted((a for a in attacks if (a["dir"] / "adversarial.safetensors").is_file()),
+                        key=lambda a: (a["record"]["attack"] != "pgd", a["record"]["attack"]))
+    for a in candidates:
+        try:
+            t = load_tensors(a["dir"] / "adversarial.safetensors")
+        except AdvlabError:
+            continue
+        x_adv, logits, y = t["x_adv"], t["logits"], t["y"]
+        if x_adv.dim() < 4:  # (E, N, C, H, W) or (E, N, H, W): images only
+            continue
+        x = t.get("x")
+        if x is None:
+            try:
+                from ..runs import dataset_from_card
+                x, _ = dataset_from_card(card).test_subset(len(y))
+            except Exception:  # the dataset is not available here: frames start at the first epsilon
+                x = None
+        eps = [float(r["eps"]) for r in a["record"]["results"]]
+        if len(eps) != x_adv.shape[0]:
+            continue
+        classes = card.get("dataset", {}).get("classes") or [str(i) for i in range(logits.shape[-1])]
+        clean_logits = t.get("clean_logits")
+        pred = logits.argmax(2)  # (E, N)
+        ok = (clean_logits.argmax(1) == y) if clean_logits is not None else torch.ones_like(y, dtype=torch.bool)
+        # Points that the attack flips at some budget first, the earliest flips first.
+        flips = (pred != y) & ok
+        first = torch.where(flips.any(0), flips.float().argmax(0), torch.full_like(y, len(eps)))
+        order = sorted(range(len(y)), key=lambda i: (not bool(ok[i]), int(first[i]), i))[:images]
+        frames = []
+        if x is not None:
+            probs = clean_logits.softmax(1) if clean_logits is not None else None
+            frames.append({"eps": 0.0, "images": [_tile(x[i], y[i], probs[i] if probs is not None else None,
+                                                        classes) for i in order]})
+        probs = logits.softmax(2)
+        for e, value in enumerate(eps):
+            frames.append({"eps": value, "images": [_tile(x_adv[e][i], y[i], probs[e][i], classes) for i in order]})
+        return {"run": run_name, "attack": a["record"]["attack"], "norm": a["record"].get("norm", "linf"),
+                "frames": frames, "id": f"slider-{abs(hash((run_name, a['record']['attack']))) % 10**8}"}
+    return None
+
+
+def _tile(x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor | None, classes) -> dict[str, Any]:
+    true = classes[int(y)]
+    if probs is None:
+        return {"src": F.data_uri(F.tile_png(x)), "caption": f"true {true}", "wrong": False}
+    p = int(probs.argmax())
+    return {"src": F.data_uri(F.tile_png(x)), "caption": f"true {true} → {classes[p]} ({100 * float(probs[p]):.0f}%)",
+            "wrong": p != int(y)}
+
+
+def _per_class(rec: dict[str, Any]) -> dict[str, Any]:
+    rows = [{"eps": r["eps"], "cells": [{"v": v, "text": _pct(v, 0), "bg": _cell_color(v)} for v in r["per_class"]]}
+            for r in rec["results"] if r.get("per_class")]
+    return {"classes": rec.get("classes") or [str(i) for i in range(len(rows[0]["cells"]))] if rows else [],
+            "rows": rows}
+
+
+def _cell_color(v: Any) -> str:
+    """Red (0) to green (1), light enough to read black text on it and to print."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "#eeeeee"
+    v = min(1.0, max(0.0, float(v)))
+    r, g, b = int(245 * (1 - v) + 200 * v), int(190 * (1 - v) + 235 * v), int(190 * (1 - v) + 200 * v)
+    return f"rgb({r},{g},{b})"
+
+
+def _docs_dir() -> Path | None:
+    d = Path(__file__).resolve().parents[2] / "docs" / "checks"
+    return d if d.is_dir() else None
+
+
+def _checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+    docs = _docs_dir()
+    rows = []
+    for c in rec.get("checks", []):
+        doc = c.get("doc") or f"docs/checks/{c['name']}.md"
+        href, body = None, None
+        if docs is not None:
+            path = docs / Path(doc).name
+            if path.is_file():
+                href = Path(os.path.relpath(path, out_dir)).as_posix()
+                body = path.read_text()
+        rows.append({**c, "doc": doc, "href": href, "body": body})
+    return rows
+
+
+# -- analyses found anywhere under the root -------------------------------------------------------
+def _distances(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in _walk(root, "distances.json"):
+        rec = _read(path)
+        if not rec or "norms" not in rec:
+            continue
+        norms = []
+        for norm, e in rec["norms"].items():
+            figs = []
+            files = e.get("figures", {})
+            for key, label in (("class_distance", "mean distance between classes"),
+                               ("nn_class_distance", "nearest-neighbour distance between classes")):
+                png_file = path.parent / Path(files.get(key, "-")).name
+                if png_file.is_file():  # the analysis drew it already
+                    figs.append({"label": label, "src": F.data_uri(png_file.read_bytes())})
+                elif key in e:
+                    png = F.matrix_heatmap(e[key], rec["classes"], rec["classes"], f"{norm}: {label}",
+                                           "class", "class", fmt="{:.2g}", cmap="magma")
+                    figs.append({"label": label, "src": F.data_uri(png)})
+            hist = path.parent / Path(files.get("nn_histogram", "-")).name
+            if hist.is_file():
+                figs.append({"label": "nearest-neighbour distances", "src": F.data_uri(hist.read_bytes())})
+            norms.append({"norm": norm, "suggested": e.get("suggested_eps"),
+                          "suggested_percentile": e.get("suggested_eps_percentile"),
+                          "separation": e.get("separation"), "reasoning": e.get("reasoning", ""),
+                          "one_nn": e.get("train_test_nn", {}).get("one_nn_accuracy"),
+                          "per_class": e.get("eps_per_class"), "closer": e.get("closer_than_itself", []),
+                          "figures": figs})
+        out.append({"where": _rel(root, path.parent), "dataset": rec.get("dataset"), "per_class_n": rec.get("per_class"),
+                    "classes": rec.get("classes", []), "norms": norms})
+    return out
+
+
+def _transfer(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in _walk(root, "transfer.json"):
+        rec = _read(path)
+        if not rec or "names" not in rec or "error" not in rec:
+            continue
+        names = rec["names"]
+        figs = []
+        for e, eps in enumerate(rec["eps"]):
+            m = [[rec["error"][s][t][e] for t in names] for s in names]
+            png = F.matrix_heatmap(m, names, names, f"error under transferred {rec.get('attack', 'attack')} "
+                                                    f"examples, eps {eps:g}", "evaluated on (target)",
+                                   "crafted on (source)", fmt="{:.0%}", vmin=0, vmax=1, cmap="Reds")
+            table = [{"source": s, "cells": [_pct(rec["error"][s][t][e]) for t in names]} for s in names]
+            figs.append({"eps": eps, "src": F.data_uri(png), "table": table})
+        out.append({"where": _rel(root, path.parent), "names": names, "attack": rec.get("attack", "?"),
+                    "n": rec.get("n"), "clean_error": rec.get("clean_error", {}), "figures": figs,
+                    "ensemble": rec.get("ensemble")})
+    return out
+
+
+def _simple_figures(root: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for path in _walk(root, f"{name}.json"):
+        rec = _read(path)
+        if not rec:
+            continue
+        figs = [{"label": k, "src": F.data_uri((path.parent / Path(v).name).read_bytes())}
+                for k, v in (rec.get("figures") or {}).items() if (path.parent / Path(v).name).is_file()]
+        out.append({"where": _rel(root, path.parent), "record": rec, "figures": figs})
+    return out
+
+
+def _reproductions(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in _walk(root, "reproduce.json"):
+        rec = _read(path)
+        if not rec or "rows" not in rec:
+            continue
+        figs = [{"label": k, "src": F.data_uri((path.parent / v).read_bytes())}
+                for k, v in (rec.get("figures") or {}).items() if (path.parent / v).is_file()]
+        out.append({"where": _rel(root, path.parent), "record": rec, "figures": figs})
+    return out
+
+
+# -- the report -----------------------------------------------------------------------------------
+def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data (figures already rendered to data URIs)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
+    out_dir = out_dir or root
+    runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
+    for card_path in _walk(root, "card.json"):
+        run_dir_ = card_path.parent
+        card = _read(card_path)
+        if not card or "model" not in card:
+            continue
+        name = _run_name(root, run_dir_, card)
+        attacks, evaluations = _attacks(run_dir_), _evals(run_dir_)
+        metrics = card.get("metrics", {})
+        runs.append({"name": name, "model": card["model"].get("name"), "dataset": card.get("dataset", {}).get("name"),
+                     "defense": card.get("defense", {}), "test_accuracy": metrics.get("test_accuracy"),
+                     "epochs": card.get("epochs"), "seed": card.get("seed"),
+                     "train_seconds": metrics.get("train_seconds")})
+        for a in attacks:
+            curves.append(_series_from_attack(name, a["record"]) | {"dataset": runs[-1]["dataset"]})
+            if a["grids"]:
+                grids.append({"run": name, "attack": a["record"]["attack"], "norm": a["record"].get("norm"),
+                              "grids": a["grids"]})
+        for ev in evaluations:
+            rec = ev["record"]
+            curves.append(_series_from_eval(name, rec) | {"dataset": runs[-1]["dataset"]})
+            evals.append({"run": name, "record": rec, "checks": _checks(rec, out_dir),
+                          "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
+                                    "broken_by": r.get("broken_by", {}),
+                                    "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
+            pc = _per_class(rec)
+            if pc["rows"]:
+                per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
+        slider = _slider(name, run_dir_, card, attacks)
+        if slider:
+            sliders.append(slider)
+        timings = [("training", metrics.get("train_seconds"))]
+        timings += [(f"attack {a['record']['attack']} ({a['record']['n']} points)", a["record"].get("seconds"))
+                    for a in attacks]
+        timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
+                    for e in evaluations]
+        shown = {k: v for k, v in card.items() if k != "metrics"}
+        shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
+        configs.append({"run": name, "seed": card.get("seed"), "versions": card.get("versions", {}),
+                        "timings": [(k, v) for k, v in timings if v is not None],
+                        "card": json.dumps(shown, indent=2, default=str)})
+
+    curve_figures = []
+    for key in dict.fromkeys((s["dataset"], s["norm"]) for s in curves):
+        group = [s for s in curves if (s["dataset"], s["norm"]) == key]
+        title = f"{key[0]}, {key[1]}: robust accuracy (bands: 95% Clopper-Pearson)"
+        curve_figures.append({"title": title, "src": F.data_uri(F.robustness_curves(group, title, f"epsilon ({key[1]})")),
+                              "series": group})
+    demo = _read(root / "demo.json") if (root / "demo.json").is_file() else None
+    context = {
+        "title": f"advlab report: {root.resolve().name}",
+        "root": str(root.resolve()),
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "demo": demo, "runs": runs, "curves": curve_figures, "grids": grids, "sliders": sliders,
+        "evals": evals, "per_class": per_class, "distances": _distances(root), "transfer": _transfer(root),
+        "blobs": _simple_figures(root, "blobs"), "perceptibility": _simple_figures(root, "perceptibility"),
+        "reproductions": _reproductions(root), "configs": configs,
+    }
+    from .. import __version__
+    context["version"] = __version__
+    return context
+
+
+def render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("advlab.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)  # a missing key renders empty: artefacts vary
+    env.filters["fmt"] = _fmt
+    env.filters["pct"] = _pct
+    return env.get_template("report.html.j2").render(**context)
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write RUN_DIR/report.html (or `out`) and return its path."""
+    return write_report(run_dir, out)[0]
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
+    """build_report, also returning the context it rendered."""
+    root = Path(run_dir)
+    path = Path(out) if out is not None else root / REPORT_FILE
+    context = collect(root, path.parent)
+    if not (context["runs"] or context["distances"] or context["transfer"] or context["reproductions"]
+            or context["blobs"] or context["perceptibility"]):
+        raise AdvlabError(f"{root} holds nothing to report: no card.json (advlab train), no distances.json "
+                          "(advlab analyze distances), no transfer.json and no reproduce.json were found "
+                          f"within {MAX_DEPTH} levels")
+    atomic_write(path, render(context).encode("utf-8"))
+    return path, context
+
+
+def sections(context: dict[str, Any]) -> list[str]:
+    """Names of the sections a context will show (for --json output and tests)."""
+    keys = ["demo", "runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer", "blobs",
+            "perceptibility", "reproductions", "configs"]
+    return [k for k in keys if context.get(k)]

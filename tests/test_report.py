@@ -1,0 +1,102 @@
+"""advlab report: sections come from the artefacts, the file is self-contained, numbers are the saved ones."""
+
+import base64
+import json
+import re
+import shutil
+
+import pytest
+
+from advlab.cli import main
+from advlab.evaluate.stats import clopper_pearson
+from advlab.report.html import build_report, collect, sections, write_report
+
+from report_run import report_run_dir  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def run_root(report_run_dir):  # noqa: F811
+    return report_run_dir
+
+
+def images(html: str) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
+
+
+def test_report_has_every_section_and_is_self_contained(run_root, capsys):
+    assert main(["report", str(run_root), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["report"] == str(run_root / "report.html")
+    assert {"runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer",
+            "configs"} <= set(record["sections"])
+    html = (run_root / "report.html").read_text()
+    srcs = images(html)
+    assert len(srcs) >= 10
+    for src in srcs:  # every picture inline, and a real PNG
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing fetched from anywhere: no external scripts, styles or images
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<link" not in html
+    for name in ("monotone", "unbounded", "single_step"):  # the checklist, with the doc pages
+        assert f"docs/checks/{name}.md" in html
+    assert "@media print" in html
+
+
+def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
+    ctx = collect(run_root)
+    saved = json.loads((run_root / "std" / "attacks" / "pgd-linf" / "result.json").read_text())
+    series = [s for c in ctx["curves"] for s in c["series"] if s["label"] == "std · pgd"]
+    assert len(series) == 1
+    s = series[0]
+    assert s["eps"] == [0.0, 0.05, 0.1, 0.2]
+    assert s["acc"][0] == pytest.approx(saved["clean_accuracy"])
+    n = saved["n"]
+    for r, acc, lo, hi in zip(saved["results"], s["acc"][1:], s["lo"][1:], s["hi"][1:]):
+        assert acc == pytest.approx(r["robust_accuracy"])
+        k = round(r["robust_accuracy"] * n)
+        assert (lo, hi) == pytest.approx(clopper_pearson(k, n))
+    ev = json.loads((run_root / "std" / "eval" / "fast-linf" / "result.json").read_text())
+    suite = [s for c in ctx["curves"] for s in c["series"] if "suite" in s["label"]][0]
+    assert suite["lo"][1:] == pytest.approx([r["ci95"][0] for r in ev["results"]])
+
+
+def test_slider_frames_match_the_saved_adversarial_examples(run_root):
+    from advlab.io import load_tensors
+    from advlab.report import figures
+
+    ctx = collect(run_root)
+    (slider,) = [s for s in ctx["sliders"] if s["run"] == "std"]
+    assert slider["attack"] == "pgd"
+    t = load_tensors(run_root / "std" / "attacks" / "pgd-linf" / "adversarial.safetensors")
+    assert [f["eps"] for f in slider["frames"]] == [0.0, 0.05, 0.1, 0.2]
+    # frame 0 is the clean image, frame e+1 the attack at eps e: find which saved image each tile is
+    tiles0 = [im["src"] for im in slider["frames"][0]["images"]]
+    clean = [figures.data_uri(figures.tile_png(t["x"][i])) for i in range(len(t["y"]))]
+    idx = [clean.index(src) for src in tiles0]
+    for e in range(3):
+        expected = [figures.data_uri(figures.tile_png(t["x_adv"][e][i])) for i in idx]
+        assert [im["src"] for im in slider["frames"][e + 1]["images"]] == expected
+        for i, im in zip(idx, slider["frames"][e + 1]["images"]):
+            assert im["wrong"] == (int(t["logits"][e][i].argmax()) != int(t["y"][i]))
+
+
+def test_missing_sections_are_left_out(run_root, tmp_path):
+    only = tmp_path / "only-a-model"
+    shutil.copytree(run_root / "other", only)
+    path, ctx = write_report(only)
+    assert sections(ctx) == ["runs", "configs"]
+    html = path.read_text()
+    assert 'id="curves"' not in html and 'id="transfer"' not in html and "<img" not in html
+    dist = tmp_path / "distances-only"
+    shutil.copytree(run_root / "analysis", dist / "analysis")
+    ctx = collect(dist)
+    assert sections(ctx) == ["distances"]
+
+
+def test_nothing_to_report_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    with pytest.raises(ValueError, match="not a directory"):
+        build_report(tmp_path / "missing")
