@@ -303,6 +303,21 @@ def test_attack_cli_errors(cli_runs, tmp_path, capsys, extra, message):
     assert "embedding run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--embedding", "NOPE"], "does not exist"),
+    (["--percentile", "101"], "--percentile"),
+    (["--pixel-eps", "0.1,-1"], ">= 0"),
+    (["--embedding-eps", "abc"], "must be a number"),
+    (["--epochs", "0"], "--epochs"),
+    (["--targets", "1.5"], "--targets"),
+])
+def test_analyze_embedding_cli_errors(tmp_path, capsys, extra, message):
+    extra = [str(tmp_path / a) if a == "NOPE" else a for a in extra]
+    assert main(["analyze", "embedding", "--dataset", "digits", "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "embedding.json").exists()
+
+
 def test_api_errors():
     emb = small_net(0, 9, 4, normalize=True)
     with pytest.raises(AdvlabError, match="pixel_eps"):

@@ -84,6 +84,9 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     for name, grid in (("--pixel-eps", pixel_eps), ("--embedding-eps", embedding_eps)):
         if grid is not None and (not len(grid) or min(grid) < 0):
             raise AdvlabError(f"{name} needs budgets >= 0, got {list(grid)}")
+    if not 0 <= percentile <= 100 or per_class < 1 or k < 1:
+        raise AdvlabError(f"--percentile must be in [0, 100], --per-class and --k >= 1; got {percentile}, "
+                          f"{per_class}, {k}")
     if any(not 0 <= t <= 1 for t in targets):
         raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
     started = time.perf_counter()

@@ -158,7 +158,9 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
 
     knn_clean = knn(x)
     attacks = {"pixel": PGD(pixel_norm, steps=steps, seed=seed),
-               "embedding": EmbeddingPGD(net, pixel_norm=pixel_norm, steps=steps, seed=seed)}
+               # Unbounded features have no box to size the steps by: use the pixel grid's largest budget.
+               "embedding": EmbeddingPGD(net, pixel_norm=pixel_norm, steps=steps, seed=seed,
+                                         step_size=None if ds.bounds else 2.5 * max(pixel_eps) / steps)}
     grids = {"pixel": list(pixel_eps), "embedding": list(embedding_eps)}
     out: dict[str, Any] = {"n": len(y), "k": k, "steps": steps, "pixel_norm": pixel_norm,
                            "knn_clean_accuracy": float((knn_clean == y).float().mean())}
