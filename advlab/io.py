@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import CorruptFileError
+from .errors import ConfigError, CorruptFileError
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -37,6 +37,23 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "path") -> Path:
+    """root/relative, refusing anything that would land outside root.
+
+    Paths that come from config files (output names, figure files) go through here, so a config
+    cannot write to or read from `../../somewhere` or an absolute path. Symlinks are resolved.
+    """
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ConfigError(f"{what} {str(relative)!r} must be a relative path inside {root} "
+                          "(no absolute paths, no '..')")
+    base = Path(root).resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise ConfigError(f"{what} {str(relative)!r} resolves to {target}, outside {base} (a symlink?)")
+    return target
 
 
 def jsonable(obj: Any) -> Any:

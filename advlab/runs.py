@@ -72,6 +72,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = Non
 
 def build_model_from_card(card: dict[str, Any]) -> nn.Module:
     from .models import build_from_spec
+    if card.get("kind") == "acgan":
+        raise AdvlabError("this run directory holds an AC-GAN, not a classifier: load it with "
+                          "advlab.generative.load_gan, or use it with `advlab generate sample|attack --gan`")
     return build_from_spec(card["model"])
 
 

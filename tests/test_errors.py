@@ -13,6 +13,7 @@ import torch
 from advlab.attacks import PGD, AdvlabWarning, Square
 from advlab.cli import main
 from advlab.errors import AdvlabError
+from advlab.io import inside
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 
@@ -126,6 +127,9 @@ def case(row_id, tmp_path, capsys, run_dir):
                                                  "mlp", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")),
         "corrupt-dataset": lambda: _corrupt_dataset(tmp_path),
         "malicious-pickle": lambda: _malicious_pickle(tmp_path),
+        "config-path-escapes": lambda: [expect_error(lambda p=p: inside(tmp_path, p, "out"), "relative path inside")
+                                        for p in ("../x", "a/../../x", "/etc/passwd")],
+        "config-path-symlink": lambda: _symlink_escape(tmp_path),
         "bad-training-option": lambda: expect_exit_2(capsys, "epochs=0 is invalid", "train", "--dataset", "digits",
                                                      "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "r")),
         "diverging-training": lambda: expect_exit_2(capsys, "lower the learning rate", "train", "--dataset", "digits",
@@ -181,6 +185,13 @@ def _malicious_pickle(tmp_path):
 
     expect_error(lambda: parse_batch(pickle.dumps({b"data": Exploit(), b"labels": []})), "refusing to load")
     assert not marker.exists()
+
+
+def _symlink_escape(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "link").symlink_to(tmp_path.parent)
+    expect_error(lambda: inside(tmp_path / "run", "link/x", "out"), "outside")
+    assert inside(tmp_path / "run", "figures/a.png") == (tmp_path / "run" / "figures" / "a.png").resolve()
 
 
 def _resume_different(tmp_path, capsys):

@@ -23,6 +23,7 @@ from .. import rng
 from ..attacks.base import _describe_eps, _eps_list, attack_mode, check_inputs
 from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
+from ..heap import release_freed_memory
 from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -146,6 +147,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                     state.batch = b + 1
                     state.seconds = time.perf_counter() - start
                     state.save()
+                    del r
+                    release_freed_memory()
                 state.stage, state.batch, state.subset = stage_number + 1, 0, None
                 state.save()
     except KeyboardInterrupt:
