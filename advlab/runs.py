@@ -59,6 +59,9 @@ def read_card(run_dir: str | os.PathLike) -> dict[str, Any]:
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a run from its card and weights. Returns (model in eval mode, card)."""
     card = read_card(run_dir)
+    if card.get("kind") == "embedding":
+        raise AdvlabError(f"{run_dir} is an embedding run (a triplet network), not a classifier; use it as "
+                          "`--threat embedding --embedding RUN` or load it with advlab.metric.load_embedding")
     model = build_model_from_card(card)
     state = load_tensors(Path(run_dir) / MODEL_FILE)
     try:

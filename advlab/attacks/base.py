@@ -81,7 +81,7 @@ class Attack:
                                                 for i, t in enumerate(zip(*outputs)))
         y, targets = y.cpu(), targets.cpu() if targets is not None else None
         goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
-        return AttackResult(self.name, self.norm.name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
+        return AttackResult(self.name, self.threat_name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
                             time.perf_counter() - start, min_dist, goal=goal)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
@@ -102,7 +102,7 @@ class Attack:
                 x_adv = torch.where(keep.view(-1, *[1] * (x.ndim - 1)), x_min, x)
             else:
                 x_adv = self._perturb(model, x, y, eps_t, targets, bounds, gen, early_stop)
-        return enforce(x, x_adv.detach(), self.norm, eps_t, bounds)
+        return self._enforce(x, x_adv.detach(), eps_t, bounds)
 
     # -- per batch ----------------------------------------------------------------------------
     def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, batch_index):
@@ -142,7 +142,7 @@ class Attack:
                     gen = rng.generator(self.seed, batch_index, e, device=x.device)
                     t = targets[idx] if targets is not None else None
                     new = self._perturb(model, x[idx], y[idx], eps[idx], t, bounds, gen, True).detach()
-                new = enforce(x[idx], new, self.norm, eps[idx], bounds)
+                new = self._enforce(x[idx], new, eps[idx], bounds)
                 with torch.no_grad():
                     new_logits = model(new)
                 x_cur[idx] = new
@@ -152,7 +152,7 @@ class Attack:
             x_adv[e] = x_cur.clone()
             logits[e] = logits_cur.clone()
         x_adv_t = torch.stack(x_adv)
-        dist = torch.stack([self.norm.distance(xa - x) for xa in x_adv])
+        dist = torch.stack([self._distance(x, xa) for xa in x_adv])
         return (x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
                 min_dist.cpu() if min_dist is not None else None)
 
@@ -162,6 +162,20 @@ class Attack:
         override it. Must work on any device."""
         pred = logits.argmax(1)
         return pred == targets if targets is not None else pred != y
+
+    # -- threat-model hooks (an Lp ball by default; advlab.metric measures budgets in an embedding) --
+    @property
+    def threat_name(self) -> str:
+        """What AttackResult.norm reports: the name of the budget's norm."""
+        return self.norm.name
+
+    def _enforce(self, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        """Bring x_adv inside the budget and the bounds (what every returned example passes through)."""
+        return enforce(x, x_adv, self.norm, eps, bounds)
+
+    def _distance(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """(N,) size of each perturbation in the units of the budget."""
+        return self.norm.distance(x_adv - x)
 
     # -- subclass hooks -----------------------------------------------------------------------
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):

@@ -41,8 +41,23 @@ def attack_parameters(name: str) -> set[str]:
     return {k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"}
 
 
-def build_attack(name: str, **options: Any) -> Attack:
-    """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error."""
+THREATS = ("lp", "embedding")
+
+
+def build_attack(name: str, threat: str = "lp", **options: Any) -> Attack:
+    """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error.
+
+    threat="embedding" builds the embedding-space version (advlab.metric): the budget is
+    ||f(x') - f(x)||_2 for the embedding net passed as embedding=..., and `norm` is the pixel norm
+    of the steps (pgd, bim and fgsm only).
+    """
+    if threat not in THREATS:
+        raise AdvlabError(f"unknown threat model {threat!r}; choose one of {', '.join(THREATS)}")
+    if threat == "embedding":
+        from ..metric.embedding_threat import embedding_attack  # advlab.metric builds on the attacks
+        if "embedding" not in options:
+            raise AdvlabError("the embedding threat model needs embedding=NET (an embedding network)")
+        return embedding_attack(name, options.pop("embedding"), **options)
     allowed = attack_parameters(name)
     factory = ATTACKS[name]
     unknown = sorted(set(options) - allowed)

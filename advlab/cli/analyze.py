@@ -5,6 +5,7 @@
     advlab analyze linearity      eps * ||w||_1 grows with the input dimension (Goodfellow et al. 2015)
     advlab analyze theory         robust accuracy vs dimension and vs training samples (Schmidt et al. 2018)
     advlab analyze blobs          the first picture: blobs, logistic regression, FGSM, closed-form error
+    advlab analyze embedding      triplet network, eps in the embedding, pixel vs embedding attacks
 
 Each writes NAME.json plus PNG figures to --out (default runs/analyze/NAME-DATASET); the layouts
 are documented in docs/analysis.md.
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     p = add_subcommand(
         subparsers, "analyze",
         "Analyse the data and the phenomenon: which epsilon makes sense, and why adversarial examples exist. "
-        "Sub-commands: distances, perceptibility, linearity, theory, blobs (each has --help and --json).",
+        "Sub-commands: distances, perceptibility, linearity, theory, blobs, embedding (each has --help and --json).",
         EXAMPLE)
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     _distances(sub)
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
     _linearity(sub)
     _theory(sub)
     _blobs(sub)
+    _embedding(sub)
 
 
 # -- distances ----------------------------------------------------------------------------------
@@ -276,4 +278,106 @@ def run_blobs(args: argparse.Namespace) -> int:
             f"(predicted: closed form for this model; best linear: w = 1 through the midpoint)\n"
             f"results in {out}/blobs.json")
     emit(args, record, text)
+    return 0
+
+
+# -- embedding ----------------------------------------------------------------------------------
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    return None if text is None else parse_eps_list(text)
+
+
+def _embedding(sub) -> None:
+    p = add_subcommand(
+        sub, "embedding",
+        "Epsilon in a learned embedding: train (or load) a triplet network, report k-NN accuracy and Recall@1, "
+        "within/between-class embedding distances and a suggested embedding budget eps_e, then attack a classifier "
+        "in pixel space and in the embedding (||f(x')-f(x)||_2 <= eps_e) and compare, at matched success rates, how "
+        "often the adversarial examples change the embedding's k-NN label. Writes embedding.json and figures.",
+        "advlab analyze embedding --dataset digits --epochs 10 --n 300 --out runs/analyze/embedding-digits --json")
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
+    p.add_argument("--embedding", default=None, metavar="RUN_DIR", help="use this embedding run instead of training "
+                   "one in OUT/embedding")
+    p.add_argument("--run", default=None, metavar="RUN_DIR", help="classifier to attack (default: train one in "
+                   "OUT/classifier)")
+    p.add_argument("--retrain", action="store_true", help="train a new triplet network even if OUT/embedding exists")
+    g = p.add_argument_group("triplet network")
+    g.add_argument("--arch", default=None, help="backbone from the model registry (default cnn-small for images, "
+                   "mlp for features)")
+    g.add_argument("--dim", type=int, default=32, help="embedding dimension")
+    g.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha (embeddings are on the unit sphere)")
+    g.add_argument("--mining", default="batch-hard", choices=["batch-hard", "semi-hard", "all"])
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (adam, one-cycle)")
+    g = p.add_argument_group("quality and calibration")
+    g.add_argument("--k", type=int, default=5, help="neighbours for k-NN accuracy and the k-NN label")
+    g.add_argument("--per-class", type=int, default=100, help="training points per class for the distance matrix")
+    g.add_argument("--percentile", type=float, default=5.0,
+                   help="suggested eps_e = half this percentile of the between-class nearest-neighbour distances")
+    g.add_argument("--projection", default="pca", choices=["pca", "tsne"], help="2-D projection for the plot")
+    g = p.add_argument_group("comparison")
+    g.add_argument("--no-compare", action="store_true", help="skip the attacks (embedding and calibration only)")
+    g.add_argument("--classifier-model", default=None, help="model of the trained classifier (default cnn-small/mlp)")
+    g.add_argument("--classifier-epochs", type=int, default=10)
+    g.add_argument("--n", type=int, default=300, help="attack the first N test points")
+    g.add_argument("--steps", type=int, default=20, help="PGD steps (both threat models)")
+    g.add_argument("--pixel-norm", default="linf", choices=["linf", "l2", "l1"])
+    g.add_argument("--pixel-eps", default=None, help="pixel budgets (default: a grid for the norm)")
+    g.add_argument("--embedding-eps", default=None,
+                   help="embedding budgets (default: fractions of the mean between-class embedding distance)")
+    g.add_argument("--targets", default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
+    add_common(p, "output directory (default runs/analyze/embedding-DATASET)")
+    add_data_dir(p)
+    p.set_defaults(handler=run_embedding)
+
+
+def run_embedding(args: argparse.Namespace) -> int:
+    from ..metric.analyze import analyze_embedding
+    pixel_eps, embedding_eps = _floats(args.pixel_eps, "--pixel-eps"), _floats(args.embedding_eps, "--embedding-eps")
+    targets = parse_eps_list(args.targets)
+    for flag, value in (("--epochs", args.epochs), ("--dim", args.dim), ("--k", args.k), ("--steps", args.steps),
+                        ("--batch-size", args.batch_size), ("--classifier-epochs", args.classifier_epochs)):
+        if value < 1:
+            raise AdvlabError(f"{flag} must be >= 1, got {value}")
+    if args.margin < 0 or args.lr <= 0:
+        raise AdvlabError(f"--margin must be >= 0 and --lr > 0, got {args.margin}, {args.lr}")
+    ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    out = Path(args.out or f"runs/analyze/embedding-{args.dataset}")
+    train = {"arch": args.arch, "dim": args.dim, "margin": args.margin, "mining": args.mining, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "k": args.k}
+    record = analyze_embedding(ds, out, embedding=args.embedding, run=args.run, train=train, retrain=args.retrain,
+                               classifier_model=args.classifier_model, classifier_epochs=args.classifier_epochs,
+                               k=args.k, per_class=args.per_class, percentile=args.percentile,
+                               projection=args.projection, n=args.n, steps=args.steps, pixel_norm=args.pixel_norm,
+                               pixel_eps=pixel_eps, embedding_eps=embedding_eps, targets=targets,
+                               compare_attacks=not args.no_compare, seed=args.seed, data_dir=args.data_dir,
+                               progress=not args.no_progress, log=None if args.json else log)
+    q, c = record["quality"], record["calibration"]
+    lines = [f"{args.dataset}: triplet embedding {record['embedding_run']} ({record['embedding']['arch']}, "
+             f"dim {record['embedding']['dim']}, {record['embedding']['mining']})",
+             f"  k-NN accuracy {q['knn_accuracy']:.4f} (k={q['k']}), Recall@1 {q['recall_at_1']:.4f} on "
+             f"{q['n_test']} test points",
+             f"  embedding distances: mean within-class {c['mean_within_class']:.4g}, mean between-class "
+             f"{c['mean_between_class']:.4g}; between-class NN median {c['between_class_nn']['median']:.4g}",
+             f"  suggested eps_e {c['suggested_eps']:.4g} (half the {c['percentile']:g}th percentile of between-class "
+             f"NN distances; half the smallest: {c['suggested_eps_separation']:.4g})"]
+    if "comparison" in record:
+        cmp = record["comparison"]
+        lines.append(f"\nclassifier {record['classifier_run']}: clean accuracy {cmp['clean_accuracy']:.4f}; "
+                     f"{cmp['n']} points, PGD {cmp['steps']} steps")
+        lines.append(f"{'threat':<10} {'eps':>8} {'success':>8} {'kNN change':>10} {'kNN=attack':>10} "
+                     f"{'pix L2':>7} {'pix Linf':>8} {'emb dist':>8}")
+        for name in ("pixel", "embedding"):
+            for r in cmp[name]["rows"]:
+                lines.append(f"{name:<10} {r['eps']:>8.4g} {r['success_rate']:>8.3f} {r['knn_change_rate']:>10.3f} "
+                             f"{r['knn_agrees_with_attack']:>10.3f} {r['median_pixel_l2']:>7.3f} "
+                             f"{r['median_pixel_linf']:>8.3f} {r['median_embedding_distance']:>8.3f}")
+        lines.append("\nmatched success rates (k-NN label change among successful adversarial examples):")
+        for m in cmp["matched"]:
+            p, e = m["pixel"], m["embedding"]
+            lines.append(f"  target {m['target_success']:.2f}: pixel eps {p['eps']:g} (success {p['success_rate']:.3f}) "
+                         f"changes kNN {p['knn_change_rate']:.3f}; embedding eps_e {e['eps']:g} (success "
+                         f"{e['success_rate']:.3f}) changes kNN {e['knn_change_rate']:.3f}")
+    lines.append(f"results in {record['json']}; figures: {', '.join(record['figures'].values())}")
+    emit(args, record, "\n".join(lines))
     return 0

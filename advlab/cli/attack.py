@@ -10,6 +10,7 @@ import torch
 from ..attacks import ATTACKS, build_attack
 from ..attacks.registry import attack_parameters
 from ..config import parse_eps_list, parse_key_values, parse_number
+from ..errors import AdvlabError
 from ..io import save_tensors, write_json
 from ..runs import dataset_from_card, load_run
 from .common import add_budget, add_common, budgets, add_data_dir, add_subcommand, emit, log
@@ -29,6 +30,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--restarts", type=int, default=None, help="random restarts (PGD)")
     p.add_argument("--loss", default=None, choices=["ce", "margin", "dlr"], help="loss to ascend")
     p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="any other attack option, repeatable")
+    p.add_argument("--threat", default="lp", choices=["lp", "embedding"],
+                   help="lp: --eps bounds the perturbation's --norm; embedding: --eps bounds ||f(x')-f(x)||_2 in the "
+                        "embedding of --embedding (pgd, bim, fgsm; --norm is then the norm of the pixel steps)")
+    p.add_argument("--embedding", default=None, metavar="RUN_DIR",
+                   help="--threat embedding: an embedding run (triplet network from `advlab analyze embedding`)")
+    p.add_argument("--pixel-eps", default=None,
+                   help="--threat embedding: also keep the perturbation inside this --norm ball in pixel space")
     p.add_argument("--n", type=int, default=None, help="attack the first N test points (default: all)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
@@ -55,13 +63,25 @@ def attack_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.eps is not None:
         parse_eps_list(args.eps)  # fail on a bad budget before loading anything
-    attack = build_attack(args.attack, **attack_options(args))
+    embedding_card = None
+    if args.threat == "embedding":
+        if args.eps_per_class is not None:
+            raise AdvlabError("--eps-per-class holds pixel budgets; with --threat embedding give --eps (embedding units)")
+        attack, embedding_card = _embedding_attack(args)
+    else:
+        if args.embedding is not None or args.pixel_eps is not None:
+            raise AdvlabError("--embedding and --pixel-eps belong to the embedding threat model: add --threat embedding")
+        attack = build_attack(args.attack, **attack_options(args))
     model, card = load_run(args.run)
     data = dataset_from_card(card, args.data_dir)
+    if embedding_card is not None and list(embedding_card["dataset"]["input_shape"]) != list(data.input_shape):
+        raise AdvlabError(f"the embedding run {args.embedding} takes inputs of shape "
+                          f"{tuple(embedding_card['dataset']['input_shape'])} ({embedding_card['dataset']['name']}) but "
+                          f"the run {args.run} takes {data.input_shape} ({data.name}); use an embedding of the same dataset")
     x, y = data.test_subset(args.n)
     norm = getattr(getattr(attack, "norm", None), "name", None)
     eps, per_class = budgets(args, y, data.num_classes, norm)
-    log(f"{attack.name} ({norm or 'spatial'}) on {len(y)} {data.name} test points, "
+    log(f"{attack.name} ({getattr(attack, 'threat_name', None) or 'spatial'}) on {len(y)} {data.name} test points, "
         f"eps {args.eps or 'per class from ' + args.eps_per_class}")
     result = attack(model, x, y, eps, bounds=data.bounds, progress=not args.no_progress)
     # result.norm: the attack's budget ("spatial" for the rotation/shift range).
@@ -69,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
               "seconds": result.seconds, "results": result.summary()}
     if per_class is not None:
         record["eps_per_class"] = per_class
+    if embedding_card is not None:
+        record.update(threat="embedding", embedding=str(args.embedding), pixel_norm=result.info["pixel_norm"],
+                      pixel_eps=result.info["pixel_eps"],
+                      median_pixel_norm=[float(d[(result.success[e] & result.clean_correct)].median())
+                                         if (result.success[e] & result.clean_correct).any() else float("nan")
+                                         for e, d in enumerate(result.info["pixel_distances"])])
     if args.save:
         out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{result.norm}")
         save_outputs(out, x, result, data.classes, record)
@@ -83,6 +109,22 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"saved to {record['saved']}")
     emit(args, record, "\n".join(lines))
     return 0
+
+
+def _embedding_attack(args: argparse.Namespace):
+    """The embedding-space attack of --threat embedding, and the embedding run's card."""
+    from ..metric.triplet import load_embedding
+
+    if args.embedding is None:
+        raise AdvlabError("--threat embedding needs --embedding RUN_DIR: an embedding run (train one with "
+                          "`advlab analyze embedding --dataset D --out DIR`; it is written to DIR/embedding)")
+    options = attack_options(args)
+    if args.pixel_eps is not None:
+        options["pixel_eps"] = parse_number(args.pixel_eps, "--pixel-eps")
+        if options["pixel_eps"] < 0:
+            raise AdvlabError(f"--pixel-eps must be >= 0, got {args.pixel_eps}")
+    embedding, card = load_embedding(args.embedding)
+    return build_attack(args.attack, threat="embedding", embedding=embedding, **options), card
 
 
 def save_outputs(out: Path, x, result, classes, record: dict, per_grid: int = 8) -> None:
