@@ -353,11 +353,12 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
     out_dir = out_dir or root
     runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
-    for card_path in _walk(root, "card.json"):
-        run_dir_ = card_path.parent
-        card = _read(card_path)
-        if not card or "model" not in card or card.get("kind") == "acgan":
-            continue  # AC-GAN runs have their own section
+    cards = [(p.parent, _read(p)) for p in _walk(root, "card.json")]
+    # AC-GAN runs have their own section.
+    cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
+    # Undefended models first, then by name: the baseline reads before the defense.
+    cards.sort(key=lambda dc: (dc[1].get("defense", {}).get("name", "none") != "none", _rel(root, dc[0])))
+    for run_dir_, card in cards:
         name = _run_name(root, run_dir_, card)
         attacks, evaluations = _attacks(run_dir_), _evals(run_dir_)
         metrics = card.get("metrics", {})
