@@ -97,7 +97,11 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     train.setdefault("dim", 32)
     train.setdefault("epochs", 10)
     net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log)
-    quality = embedding_quality(net, ds, k)
+    m = card.get("metrics", {})
+    if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
+        quality = {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
+    else:
+        quality = embedding_quality(net, ds, k)
     z_train = embed(net, ds.x_train)
     calib = compare.calibrate(net, ds, per_class=per_class, percentile=percentile, seed=seed, z_train=z_train)
     figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
