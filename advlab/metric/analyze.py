@@ -125,7 +125,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
                                                 data_dir)
         pixel_eps = list(pixel_eps) if pixel_eps is not None else DEFAULT_PIXEL_EPS[pixel_norm]
         if embedding_eps is None:
-            embedding_eps = [round(f * calib["mean_between_class"], 4) for f in EMBEDDING_FRACTIONS]
+            embedding_eps = [float(f"{f * calib['mean_between_class']:.3g}") for f in EMBEDDING_FRACTIONS]
         log(f"comparing pixel ({pixel_norm} {pixel_eps}) and embedding ({list(embedding_eps)}) PGD on "
             f"{n or len(ds.y_test)} test points")
         cmp = compare.compare_threats(classifier, net, ds, pixel_eps=pixel_eps, embedding_eps=embedding_eps,
