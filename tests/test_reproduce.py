@@ -134,3 +134,14 @@ def test_reproduce_blobs_quick_end_to_end(tmp_path, capsys):
     assert record["verdict"] == overall([r["verdict"] for r in record["rows"]])
     html = (tmp_path / "blobs" / "report.html").read_text()
     assert 'id="reproduce"' in html and "closed form" in html and "data:image/png;base64," in html
+
+
+def test_missing_mnist_falls_back_with_a_label(isolated_cache, monkeypatch):
+    from advlab.reproduce.protocols import pick_dataset
+
+    monkeypatch.setenv("ADVLAB_OFFLINE", "0")  # pick_dataset never downloads, whatever this says
+    ds, note = pick_dataset("mnist", "digits", data_dir=str(isolated_cache / "nowhere"))
+    assert ds.name == "digits"
+    assert "mnist files were not found" in note and "published numbers are for mnist" in note
+    ds, note = pick_dataset("digits", "blobs", data_dir=None)
+    assert ds.name == "digits" and note == ""
