@@ -387,6 +387,7 @@ def test_cli_train_sample_attack(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["n"] == 18 and 0 <= record["success_rate"] <= 1
     assert set(record["legitimacy"]) >= {"pass_fraction", "judge_agrees_source", "closer_to_predicted"}
+    assert record["legitimacy_unattacked"]["n_successful"] == record["legitimacy"]["n_successful"]
     assert (tmp_path / "a" / "examples.png").is_file() and (tmp_path / "a" / "examples.safetensors").is_file()
     assert json.loads((tmp_path / "a" / "unrestricted.json").read_text())["n"] == 18
 

@@ -265,7 +265,7 @@ def test_cli_analyze_embedding_and_attack_with_embedding_threat(tmp_path, capsys
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["quality"] == record["quality"]
 
-    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding",
+    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding", "--save",
                  "--embedding", str(out / "embedding"), "--eps", "0,0.3", "--steps", "3", "--n", "20",
                  "--pixel-eps", "0.2", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)

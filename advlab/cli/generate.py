@@ -143,6 +143,11 @@ def run_attack(args: argparse.Namespace) -> int:
         data = dataset_from_card(card, args.data_dir)
         legit = check_legitimacy(result.x, source, result.pred, result.success, judge, data.x_train, data.y_train, k)
         record["legitimacy"] = legit.summary(source, result.pred, result.success)
+        # Control: the same checks on the unattacked G(z0, s), against the same predicted class p.
+        # Without it one cannot tell how much of a flag rate the attack caused.
+        control = check_legitimacy(result.x0, source, result.pred, result.success, judge, data.x_train,
+                                   data.y_train, k)
+        record["legitimacy_unattacked"] = control.summary(source, result.pred, result.success)
     record["per_source"] = _per_source(result, legit, k)
     name = f"{Path(args.model).name}-{args.target}"
     out = Path(args.out or Path(args.gan) / "attacks" / name)

@@ -92,7 +92,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     started = time.perf_counter()
     out = Path(out)
     train = {"seed": seed, **(train or {})}
-    train.setdefault("mining", "batch-hard")
+    train.setdefault("mining", "semi-hard")
     train.setdefault("margin", 0.2)
     train.setdefault("dim", 32)
     train.setdefault("epochs", 10)

@@ -254,7 +254,7 @@ def change_curve(cmp: dict[str, Any], path) -> str:
         lines[f"{name}-space attack"] = {"x": [r["success_rate"] for r in rows],
                                          "y": [r["knn_change_rate"] for r in rows], "style": "measured",
                                          "color": f"C{i}"}
-    return curves([], lines, "how often an adversarial example also changes the embedding's k-NN label",
+    return curves([], lines, "adversarial examples that also change the k-NN label",
                   "attack success rate", "k-NN label change rate (among successes)", path, ylim=(-0.02, 1.02))
 
 
