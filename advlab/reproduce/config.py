@@ -249,6 +249,8 @@ def fmt_value(v: float | None, unit: str) -> str:
 def fmt_tolerance(row: Published) -> str:
     if row.compare == "info" or row.value is None:
         return "-"
+    if row.tolerance == 0:
+        return {"abs": "exact", "at_most": "≤", "at_least": "≥"}[row.compare]
     t = f"{100 * row.tolerance:.1f} pts" if row.unit == "%" else f"{row.tolerance:.3g}"
     return {"abs": "±", "at_most": "≤ +", "at_least": "≥ -"}[row.compare] + t
 
