@@ -49,7 +49,7 @@ def test_compare_rows_dataset_filter_and_reference_key():
                          Published("gap", "gap", value=0.0, tolerance=0.0, compare="at_most", unit="")],
                         {"acc": 0.88, "err": 0.076, "predicted": 0.08, "gap": 1.0}, dataset="fashion-mnist")
     assert [r["verdict"] for r in rows] == ["info", "match", "match", "differs"]
-    assert "published on mnist" in rows[0]["setting"] and rows[0]["tolerance"] is None
+    assert "reference for mnist; this run: fashion-mnist" in rows[0]["setting"] and rows[0]["tolerance"] is None
     assert rows[2]["published"] == 0.08 and rows[2]["published_text"] == "8.0%"
     assert rows[1]["ours_text"] == "88.0%" and rows[1]["tolerance_text"] == "±2.0 pts"
     assert rows[3]["ours_text"] == "1" and rows[3]["tolerance_text"] == "≤"

@@ -268,7 +268,7 @@ def compare_rows(published: list[Published], measured: dict[str, Any], dataset: 
         setting = p.setting
         if p.dataset is not None and p.dataset != dataset:
             compare = "info"  # published for another dataset: shown, not judged
-            setting = f"{setting} (published on {p.dataset}; ours on {dataset})".strip()
+            setting = f"{setting} (reference for {p.dataset}; this run: {dataset})".strip()
         v = verdict(ours, value, p.tolerance, compare)
         rows.append({"key": p.key, "quantity": p.quantity, "setting": setting, "ours": ours, "published": value,
                      "tolerance": p.tolerance if compare != "info" else None, "compare": compare, "unit": p.unit,
