@@ -17,8 +17,8 @@ from torch import nn
 from advlab.cli import main
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
-from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, knn_predict, load_embedding, mine_triplets,
-                           pairwise_distances, recall_at_1, train_embedding, triplet_loss)
+from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, embedding_quality, knn_predict, load_embedding,
+                           mine_triplets, pairwise_distances, recall_at_1, train_embedding, triplet_loss)
 from advlab.metric.compare import calibrate, match, refine
 from advlab.rng import seeded
 
@@ -254,6 +254,8 @@ def test_cli_analyze_embedding_and_attack_with_embedding_threat(tmp_path, capsys
     record = json.loads(capsys.readouterr().out)
     assert 0 <= record["quality"]["knn_accuracy"] <= 1 and 0 <= record["quality"]["recall_at_1"] <= 1
     assert record["suggested_eps"] > 0
+    net, _ = load_embedding(out / "embedding")
+    assert record["quality"] == embedding_quality(net, load_dataset("digits"), 5)
     cmp = record["comparison"]
     assert {r["eps"] for r in cmp["pixel"]["rows"]} >= {0.05, 0.2}
     assert all(0 <= r["success_rate"] <= 1 for r in cmp["embedding"]["rows"])
@@ -265,7 +267,7 @@ def test_cli_analyze_embedding_and_attack_with_embedding_threat(tmp_path, capsys
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["quality"] == record["quality"]
 
-    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding",
+    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding", "--save",
                  "--embedding", str(out / "embedding"), "--eps", "0,0.3", "--steps", "3", "--n", "20",
                  "--pixel-eps", "0.2", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)

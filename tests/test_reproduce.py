@@ -49,10 +49,10 @@ def test_compare_rows_dataset_filter_and_reference_key():
                          Published("gap", "gap", value=0.0, tolerance=0.0, compare="at_most", unit="")],
                         {"acc": 0.88, "err": 0.076, "predicted": 0.08, "gap": 1.0}, dataset="fashion-mnist")
     assert [r["verdict"] for r in rows] == ["info", "match", "match", "differs"]
-    assert "published on mnist" in rows[0]["setting"] and rows[0]["tolerance"] is None
+    assert "reference for mnist; this run: fashion-mnist" in rows[0]["setting"] and rows[0]["tolerance"] is None
     assert rows[2]["published"] == 0.08 and rows[2]["published_text"] == "8.0%"
     assert rows[1]["ours_text"] == "88.0%" and rows[1]["tolerance_text"] == "±2.0 pts"
-    assert rows[3]["ours_text"] == "1" and rows[3]["tolerance_text"] == "≤ +0"
+    assert rows[3]["ours_text"] == "1" and rows[3]["tolerance_text"] == "≤"
 
 
 @pytest.mark.parametrize("path", ["../elsewhere", "a/../../b", "/tmp/x", "~/x", "C:\\temp", "\\\\server\\share",
@@ -105,6 +105,10 @@ def test_cli_rejects_a_config_that_escapes_the_run_directory(tmp_path, capsys):
     assert not (tmp_path / "outside").exists() and not (tmp_path / "run").exists()
     assert main(["reproduce", "no-such-experiment"]) == 2
     assert "available: " in capsys.readouterr().err
+    assert main(["reproduce", "blobs", "--set", "sigmaa=1", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown setting 'sigmaa'" in capsys.readouterr().err
+    assert main(["reproduce", "blobs", "--set", "out_dir=../x", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_shipped_experiment_parses():
@@ -117,8 +121,10 @@ def test_every_shipped_experiment_parses():
 
 
 def test_reproduce_blobs_quick_end_to_end(tmp_path, capsys):
-    assert main(["reproduce", "blobs", "--quick", "--out", str(tmp_path), "--json", "--no-progress"]) == 0
+    assert main(["reproduce", "blobs", "--quick", "--set", "sigma=0.55", "--out", str(tmp_path), "--json",
+                 "--no-progress"]) == 0
     record = json.loads(capsys.readouterr().out)
+    assert record["settings"]["sigma"] == 0.55 and "overridden: sigma=0.55" in record["scale"]
     saved = json.loads((tmp_path / "blobs" / "reproduce.json").read_text())
     assert saved["rows"] == record["rows"] and saved["quick"] is True and "QUICK" in saved["scale"]
     blobs = json.loads((tmp_path / "blobs" / "blobs.json").read_text())  # what the analysis measured
@@ -134,3 +140,14 @@ def test_reproduce_blobs_quick_end_to_end(tmp_path, capsys):
     assert record["verdict"] == overall([r["verdict"] for r in record["rows"]])
     html = (tmp_path / "blobs" / "report.html").read_text()
     assert 'id="reproduce"' in html and "closed form" in html and "data:image/png;base64," in html
+
+
+def test_missing_mnist_falls_back_with_a_label(isolated_cache, monkeypatch):
+    from advlab.reproduce.protocols import pick_dataset
+
+    monkeypatch.setenv("ADVLAB_OFFLINE", "0")  # pick_dataset never downloads, whatever this says
+    ds, note = pick_dataset("mnist", "digits", data_dir=str(isolated_cache / "nowhere"))
+    assert ds.name == "digits"
+    assert "mnist files were not found" in note and "published numbers are for mnist" in note
+    ds, note = pick_dataset("digits", "blobs", data_dir=None)
+    assert ds.name == "digits" and note == ""

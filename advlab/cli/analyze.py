@@ -305,7 +305,8 @@ def _embedding(sub) -> None:
                    "mlp for features)")
     g.add_argument("--dim", type=int, default=32, help="embedding dimension")
     g.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha (embeddings are on the unit sphere)")
-    g.add_argument("--mining", default="batch-hard", choices=["batch-hard", "semi-hard", "all"])
+    g.add_argument("--mining", default="semi-hard", choices=["batch-hard", "semi-hard", "all"],
+                   help="triplets per batch (batch-hard can sit at loss = margin for epochs on normalised embeddings)")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (adam, one-cycle)")

@@ -92,12 +92,16 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     started = time.perf_counter()
     out = Path(out)
     train = {"seed": seed, **(train or {})}
-    train.setdefault("mining", "batch-hard")
+    train.setdefault("mining", "semi-hard")
     train.setdefault("margin", 0.2)
     train.setdefault("dim", 32)
     train.setdefault("epochs", 10)
     net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log)
-    quality = embedding_quality(net, ds, k)
+    m = card.get("metrics", {})
+    if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
+        quality = {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
+    else:
+        quality = embedding_quality(net, ds, k)
     z_train = embed(net, ds.x_train)
     calib = compare.calibrate(net, ds, per_class=per_class, percentile=percentile, seed=seed, z_train=z_train)
     figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
@@ -121,7 +125,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
                                                 data_dir)
         pixel_eps = list(pixel_eps) if pixel_eps is not None else DEFAULT_PIXEL_EPS[pixel_norm]
         if embedding_eps is None:
-            embedding_eps = [round(f * calib["mean_between_class"], 4) for f in EMBEDDING_FRACTIONS]
+            embedding_eps = [float(f"{f * calib['mean_between_class']:.3g}") for f in EMBEDDING_FRACTIONS]
         log(f"comparing pixel ({pixel_norm} {pixel_eps}) and embedding ({list(embedding_eps)}) PGD on "
             f"{n or len(ds.y_test)} test points")
         cmp = compare.compare_threats(classifier, net, ds, pixel_eps=pixel_eps, embedding_eps=embedding_eps,

@@ -217,32 +217,38 @@ def projection_plot(z: torch.Tensor, y: torch.Tensor, classes: Sequence[str], pa
 
 def side_by_side_grid(x: torch.Tensor, y: torch.Tensor, pixel_found: tuple, embedding_found: tuple,
                       classes: Sequence[str], path, per_grid: int = 8) -> str | None:
-    """Rows: points fooled by both attacks; columns: original, pixel adversarial, embedding
-    adversarial and both perturbations (magnified). Row captions: classifier and k-NN labels.
-    `*_found` are (AttackResult, epsilon index, k-NN labels of its adversarial examples)."""
-    (pixel, e_pixel, knn_pixel), (embedding, e_emb, knn_emb) = pixel_found, embedding_found
-    from ..analysis.figures import image_grid
+    """Rows: points fooled by both attacks; columns: original (true label), pixel adversarial,
+    embedding adversarial (each captioned with the classifier's label and the k-NN label) and both
+    perturbations, magnified by the same factor. `*_found` are (AttackResult, epsilon index, k-NN
+    labels of its adversarial examples)."""
+    from ..analysis.figures import new_figure, save_png
     from ..report.figures import to_image
 
+    (pixel, e_pixel, knn_pixel), (embedding, e_emb, knn_emb) = pixel_found, embedding_found
     both = pixel.success[e_pixel] & embedding.success[e_emb] & pixel.clean_correct
     idx = both.nonzero().flatten()[:per_grid]
     if len(idx) == 0:
         return None
-    xp, xe = pixel.x_adv[e_pixel][idx], embedding.x_adv[e_emb][idx]
-    rows, labels = [], []
-    for j, i in enumerate(idx.tolist()):
-        dp, de = xp[j] - x[i], xe[j] - x[i]
+    c = list(classes)
+    fig = new_figure(7.5, 1.45 * len(idx) + 0.8)
+    fig.suptitle(f"pixel (eps={pixel.eps[e_pixel]:.3g}) vs embedding (eps_e={embedding.eps[e_emb]:.3g}) "
+                 "adversarial examples\ncaptions: classifier label / k-NN label in the embedding", fontsize=9)
+    axes = fig.subplots(len(idx), 5, squeeze=False)
+    for r, i in enumerate(idx.tolist()):
+        xp, xe = pixel.x_adv[e_pixel][i], embedding.x_adv[e_emb][i]
+        dp, de = xp - x[i], xe - x[i]
         scale = 0.5 / max(dp.abs().max().item(), de.abs().max().item(), 1e-12)
-        rows.append([to_image(x[i]), to_image(xp[j]), to_image(xe[j]), to_image(0.5 + scale * dp),
-                     to_image(0.5 + scale * de)])
-        c = classes
-        labels.append(f"{c[y[i]]} | pix: {c[pixel.predictions[e_pixel][i]]}, kNN {c[knn_pixel[i]]}\n"
-                      f"emb: {c[embedding.predictions[e_emb][i]]}, kNN {c[knn_emb[i]]}")
-    images = np.array(rows)
-    cols = ["original", f"pixel eps={pixel.eps[e_pixel]:g}", f"embedding eps_e={embedding.eps[e_emb]:g}",
-            "pixel delta", "embedding delta"]
-    return image_grid(images, labels, cols, "pixel vs embedding adversarial examples (classifier label, k-NN label)",
-                      path)
+        cells = [(x[i], f"true {c[y[i]]}"),
+                 (xp, f"pixel: {c[pixel.predictions[e_pixel][i]]} / {c[knn_pixel[i]]}"),
+                 (xe, f"embedding: {c[embedding.predictions[e_emb][i]]} / {c[knn_emb[i]]}"),
+                 (0.5 + scale * dp, f"pixel delta x{scale:.0f}"), (0.5 + scale * de, f"embedding delta x{scale:.0f}")]
+        for col, (img, title) in enumerate(cells):
+            ax = axes[r][col]
+            ax.imshow(to_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=6.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return save_png(fig, path)
 
 
 def change_curve(cmp: dict[str, Any], path) -> str:
@@ -254,7 +260,7 @@ def change_curve(cmp: dict[str, Any], path) -> str:
         lines[f"{name}-space attack"] = {"x": [r["success_rate"] for r in rows],
                                          "y": [r["knn_change_rate"] for r in rows], "style": "measured",
                                          "color": f"C{i}"}
-    return curves([], lines, "how often an adversarial example also changes the embedding's k-NN label",
+    return curves([], lines, "adversarial examples that also change the k-NN label",
                   "attack success rate", "k-NN label change rate (among successes)", path, ylim=(-0.02, 1.02))
 
 

@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,8 @@ def _slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[di
         for e, value in enumerate(eps):
             frames.append({"eps": value, "images": [_tile(x_adv[e][i], y[i], probs[e][i], classes) for i in order]})
         return {"run": run_name, "attack": a["record"]["attack"], "norm": a["record"].get("norm", "linf"),
-                "frames": frames, "id": f"slider-{abs(hash((run_name, a['record']['attack']))) % 10**8}"}
+                "frames": frames,
+                "id": "slider-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{run_name}-{a['record']['attack']}").strip("-")}
     return None
 
 

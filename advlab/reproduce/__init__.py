@@ -24,14 +24,18 @@ __all__ = ["Experiment", "PROTOCOLS", "available", "compare_rows", "defaults", "
 
 def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool = False, data_dir: str | None = None,
               progress: bool = True, log: Callable[[str], None] | None = None, report: bool = True,
-              seed: int | None = None) -> dict[str, Any]:
-    """Run experiment NAME into RUN_DIR/OUT; `seed` replaces the config's seed."""
+              seed: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run experiment NAME into RUN_DIR/OUT; `seed` replaces the config's seed, `overrides` any setting
+    (checked like the config's own; the record lists them so a scaled run is labelled)."""
     from ..io import write_json
 
     exp = load_experiment(name)
     settings = {**defaults(exp.experiment), **exp.resolved_settings(quick)}
     if seed is not None:
         settings["seed"] = seed
+    if overrides:
+        from .config import check_settings
+        settings.update(check_settings(dict(overrides), defaults(exp.experiment), "--set"))
     out = Path(run_dir) / exp.out
     log = log or (lambda m: None)
     log(f"{exp.title}" + (" (quick settings)" if quick else ""))
@@ -41,9 +45,11 @@ def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool 
     scale = info.get("scale", "")
     if quick:
         scale = "QUICK settings (a smoke test, not a reproduction)" + (f"; {scale}" if scale else "")
+    if overrides:
+        scale += ("; " if scale else "") + "overridden: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     record = {"name": exp.name, "experiment": exp.experiment, "title": exp.title, "reference": exp.reference,
               "dataset": info["dataset"], "note": " ".join(t for t in (exp.note, info.get("note", "")) if t),
-              "scale": scale, "quick": quick, "settings": settings, "measured": measured, "rows": rows,
+              "scale": scale, "quick": quick, "overrides": overrides or {}, "settings": settings, "measured": measured, "rows": rows,
               "verdict": overall([r["verdict"] for r in rows]), "figures": info.get("figures", {}),
               "config": exp.source, "seconds": time.perf_counter() - started}
     write_json(out / "reproduce.json", record)

@@ -249,6 +249,8 @@ def fmt_value(v: float | None, unit: str) -> str:
 def fmt_tolerance(row: Published) -> str:
     if row.compare == "info" or row.value is None:
         return "-"
+    if row.tolerance == 0:
+        return {"abs": "exact", "at_most": "≤", "at_least": "≥"}[row.compare]
     t = f"{100 * row.tolerance:.1f} pts" if row.unit == "%" else f"{row.tolerance:.3g}"
     return {"abs": "±", "at_most": "≤ +", "at_least": "≥ -"}[row.compare] + t
 
@@ -266,7 +268,7 @@ def compare_rows(published: list[Published], measured: dict[str, Any], dataset: 
         setting = p.setting
         if p.dataset is not None and p.dataset != dataset:
             compare = "info"  # published for another dataset: shown, not judged
-            setting = f"{setting} (published on {p.dataset}; ours on {dataset})".strip()
+            setting = f"{setting} (reference for {p.dataset}; this run: {dataset})".strip()
         v = verdict(ours, value, p.tolerance, compare)
         rows.append({"key": p.key, "quantity": p.quantity, "setting": setting, "ours": ours, "published": value,
                      "tolerance": p.tolerance if compare != "info" else None, "compare": compare, "unit": p.unit,
