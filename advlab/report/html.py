@@ -341,7 +341,9 @@ def _generative(root: Path) -> list[dict[str, Any]]:
             attacks.append({"where": _rel(root, path.parent), "record": rec,
                             "legitimacy": rec.get("legitimacy") or {},
                             "src": F.data_uri(grid.read_bytes()) if grid.is_file() else None})
-        out.append({"where": _rel(root, card_path.parent), "dataset": card.get("dataset", {}).get("name"),
+        where = _rel(root, card_path.parent)
+        out.append({"where": card_path.parent.resolve().name if where == "." else where,
+                    "dataset": card.get("dataset", {}).get("name"),
                     "epochs": card.get("epochs"), "quality": card.get("metrics", {}).get("quality"),
                     "figures": figs, "attacks": attacks})
     return out
