@@ -220,6 +220,23 @@ def test_embedding_attack_reduces_accuracy():
         assert result.distances[1][fooled].max() > 0.05
 
 
+def test_comparison_rows_and_referee():
+    from trained_digits import digits_cnn
+    from advlab.metric.compare import compare_threats
+    ds, net, _ = digits_embedding()
+    cmp = compare_threats(digits_cnn(), net, ds, pixel_eps=[0.05, 0.2], embedding_eps=[0.1, 0.5], n=30, steps=3,
+                          targets=[0.5], refine_rounds=1, referee=net)
+    for name in ("pixel", "embedding"):
+        rows = cmp[name]["rows"]
+        assert [r["eps"] for r in rows] == sorted(r["eps"] for r in rows) and {0.05, 0.2, 0.1, 0.5} >= \
+            {r["eps"] for r in rows if not r["refined"]}
+        for r in rows:  # the same net as referee: the same answer
+            assert r["referee_knn_change_rate"] == r["knn_change_rate"] or r["n_fooled"] == 0
+            assert 0 <= r["success_rate"] <= 1
+    m = cmp["matched"][0]
+    assert m["success_gap"] == abs(m["pixel"]["success_rate"] - m["embedding"]["success_rate"])
+
+
 def test_training_resumes_to_the_same_weights(tmp_path):
     ds = load_dataset("digits")
     kwargs = dict(epochs=2, mining="batch-hard", lr=3e-3, dim=8, progress=False)
@@ -307,6 +324,7 @@ def test_attack_cli_errors(cli_runs, tmp_path, capsys, extra, message):
 
 @pytest.mark.parametrize("extra, message", [
     (["--embedding", "NOPE"], "does not exist"),
+    (["--referee", "NOPE"], "does not exist"),
     (["--percentile", "101"], "--percentile"),
     (["--pixel-eps", "0.1,-1"], ">= 0"),
     (["--embedding-eps", "abc"], "must be a number"),

@@ -69,6 +69,7 @@ def get_classifier(ds: Dataset, out: Path, run: str | None, model: str | None, e
 
 
 def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = None, run: str | None = None,
+                      referee: str | None = None,
                       train: dict[str, Any] | None = None, retrain: bool = False, classifier_model: str | None = None,
                       classifier_epochs: int = 10, k: int = 5, per_class: int = 100, percentile: float = 5.0,
                       projection: str = "pca", n: int | None = 300, steps: int = 20, pixel_norm: str = "linf",
@@ -91,6 +92,10 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
         raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
     started = time.perf_counter()
     out = Path(out)
+    referee_net = None
+    if referee is not None and compare_attacks:
+        referee_net, referee_card = load_embedding(referee)  # fails now, not after training
+        _same_data(referee_card, ds, "referee embedding", referee)
     train = {"seed": seed, **(train or {})}
     train.setdefault("mining", "semi-hard")
     train.setdefault("margin", 0.2)
@@ -130,7 +135,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
             f"{n or len(ds.y_test)} test points")
         cmp = compare.compare_threats(classifier, net, ds, pixel_eps=pixel_eps, embedding_eps=embedding_eps,
                                       pixel_norm=pixel_norm, n=n, steps=steps, k=k, targets=targets, seed=seed,
-                                      z_train=z_train, progress=progress)
+                                      z_train=z_train, referee=referee_net, progress=progress)
         figures["change_curve"] = compare.change_curve(cmp, out / "knn-change.png")
         if cmp["matched"]:
             mid = min(cmp["matched"], key=lambda m: abs(m["target_success"] - 0.5))
@@ -141,6 +146,8 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
             if grid:
                 figures["side_by_side"] = grid
         record["classifier_run"] = clf_dir
+        if referee is not None:
+            record["referee_run"] = str(referee)
         record["comparison"] = {k_: v for k_, v in cmp.items() if not k_.startswith("_")}
     record["seconds"] = time.perf_counter() - started
     record["json"] = str(out / "embedding.json")

@@ -79,7 +79,8 @@ def calibrate(net: nn.Module, ds: Dataset, *, per_class: int = 100, percentile: 
 
 
 def _rows(result, x: torch.Tensor, knn_clean: torch.Tensor, knn_adv: list[torch.Tensor],
-          emb_dist: torch.Tensor) -> list[dict[str, Any]]:
+          emb_dist: torch.Tensor, referee: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+          ) -> list[dict[str, Any]]:
     ok = result.clean_correct
     rows = []
     for e, eps in enumerate(result.eps):
@@ -105,6 +106,10 @@ def _rows(result, x: torch.Tensor, knn_clean: torch.Tensor, knn_adv: list[torch.
             "median_pixel_linf": median(delta.abs().amax(1)),
             "median_embedding_distance": median(emb_dist[e]),
         })
+        if referee is not None:  # the same question asked of an independently trained embedding
+            ref_changed = referee[1][e] != referee[0]
+            rows[-1]["referee_knn_change_rate"] = float((ref_changed & fooled).sum()) / n_fooled if n_fooled \
+                else float("nan")
     return rows
 
 
@@ -142,11 +147,14 @@ def refine(rows: list[dict], targets: Sequence[float]) -> list[float]:
 def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel_eps: Sequence[float],
                     embedding_eps: Sequence[float], pixel_norm: str = "linf", n: int | None = 300, steps: int = 20,
                     k: int = 5, targets: Sequence[float] = (0.25, 0.5, 0.75), refine_rounds: int = 2, seed: int = 0,
-                    z_train: torch.Tensor | None = None, progress: bool = False) -> dict[str, Any]:
+                    z_train: torch.Tensor | None = None, referee: nn.Module | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Pixel PGD and embedding PGD on the first `n` test points; success and k-NN label changes.
 
     Both threats run over their grid, then `refine_rounds` times over budgets interpolated towards
-    each target success rate (one call per round, so success rises with eps within a call)."""
+    each target success rate (one call per round, so success rises with eps within a call).
+    `referee`: a second embedding net (e.g. trained with another seed) whose k-NN label is checked
+    too (`referee_knn_change_rate`), a judge independent of the embedding that bounds the attack."""
     from ..attacks import PGD
 
     x, y = ds.test_subset(n)
@@ -157,6 +165,13 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
         return knn_predict(embed(net, inputs), z_train, ds.y_train, ds.num_classes, k)
 
     knn_clean = knn(x)
+    if referee is not None:
+        z_ref = embed(referee, ds.x_train)
+
+        def knn_ref(inputs):
+            return knn_predict(embed(referee, inputs), z_ref, ds.y_train, ds.num_classes, k)
+
+        ref_clean = knn_ref(x)
     attacks = {"pixel": PGD(pixel_norm, steps=steps, seed=seed),
                # Unbounded features have no box to size the steps by: use the pixel grid's largest budget.
                "embedding": EmbeddingPGD(net, pixel_norm=pixel_norm, steps=steps, seed=seed,
@@ -174,7 +189,8 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
             seconds += time.perf_counter() - started
             knn_adv = [knn(xa) for xa in res.x_adv]
             emb_dist = torch.stack([(embed(net, xa) - z).norm(dim=1) for xa in res.x_adv])
-            new = _rows(res, x, knn_clean, knn_adv, emb_dist)
+            ref = (ref_clean, [knn_ref(xa) for xa in res.x_adv]) if referee is not None else None
+            new = _rows(res, x, knn_clean, knn_adv, emb_dist, ref)
             for e, r in enumerate(new):
                 r["refined"] = bool(rows)
                 found[r["eps"]] = (res, e, knn_adv[e])
