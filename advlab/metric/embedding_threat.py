@@ -12,8 +12,8 @@ embedding: if the new point x + delta breaks the embedding constraint, it is mov
 x + t * delta, the largest feasible t a search finds: the secant guess t = eps_e / d_e(x + delta)
 (exact when the embedding distance grows linearly along the segment), then 3 bisection steps above
 it if it is feasible, or `bisection_steps` below it if not. The search only ever accepts points
-whose embedding distance it has computed, with a relative slack of `tolerance`
-so that recomputing the distance in another batch (different float rounding) still passes.
+whose embedding distance it has computed, with a relative slack of `tolerance` and an absolute one
+of ATOL = 1e-6, so that recomputing the distance in another batch (other float rounding) still passes.
 
 Whatever the optimiser did, `_enforce` (called by the Attack base class on every returned example)
 clips to the bounds and the pixel ball, recomputes the embedding distance and reverts every point
@@ -33,6 +33,9 @@ from ..attacks.budget import box_diameter
 from ..attacks.losses import get_loss
 from ..errors import AdvlabError
 from ..threat import Bounds, clip_to_bounds, enforce
+
+
+ATOL = 1e-6  # absolute slack on embedding distances: float32 rounding differs between batch compositions
 
 
 class EmbeddingPGD(Attack):
@@ -98,7 +101,8 @@ class EmbeddingPGD(Attack):
         """Bounds and pixel ball by clipping; the embedding constraint by check and revert."""
         x_adv = self._pixel_clip(x, x_adv, bounds)
         eps = torch.as_tensor(eps, dtype=torch.float32, device=x.device).expand(len(x))
-        ok = (self.embedding_distance(x, x_adv) <= eps) & (eps > 0)
+        # ATOL below eps: a recomputation in another batch (other float rounding) must pass too.
+        ok = (self.embedding_distance(x, x_adv) <= eps - ATOL) & (eps > 0)
         return torch.where(ok.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
 
     def _shrink(self, x0: torch.Tensor, x_new: torch.Tensor, z0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
@@ -149,10 +153,10 @@ class EmbeddingPGD(Attack):
         n = len(x)
         alpha = self._alpha(x, bounds)
         z_all = self._embed(x)
-        limit_all = eps * (1 - self.tolerance)
+        limit_all = eps * (1 - self.tolerance) - ATOL
         best = x.clone()
         best_loss = torch.full((n,), -torch.inf, device=x.device)
-        done = eps <= 0  # eps_e = 0: nothing may move
+        done = eps <= ATOL  # eps_e = 0 (or below float resolution): nothing may move
         with attack_mode(self.embedding.to(x.device), evaluation=True):
             for _ in range(self.restarts):
                 idx = (~done).nonzero().flatten()
