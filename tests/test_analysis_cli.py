@@ -14,7 +14,7 @@ from advlab.cli import main
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
 
-ANALYSES = ["distances", "perceptibility", "linearity", "theory", "blobs"]
+ANALYSES = ["distances", "perceptibility", "linearity", "theory", "blobs", "embedding"]
 
 
 def run_cli(*args, timeout=600):

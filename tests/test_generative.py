@@ -387,8 +387,18 @@ def test_cli_train_sample_attack(tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["n"] == 18 and 0 <= record["success_rate"] <= 1
     assert set(record["legitimacy"]) >= {"pass_fraction", "judge_agrees_source", "closer_to_predicted"}
+    assert record["legitimacy_unattacked"]["n_successful"] == record["legitimacy"]["n_successful"]
     assert (tmp_path / "a" / "examples.png").is_file() and (tmp_path / "a" / "examples.safetensors").is_file()
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["n"] == 18
+    assert json.loads((tmp_path / "a" / "unrestricted.json").read_text())["n"] == 18
+
+    # the default output goes under the GAN run, where `advlab report` finds it
+    assert main(["generate", "attack", "--gan", str(gan_dir), "--model", str(clf), "--source", "0", "--n", "2",
+                 "--steps", "3", "--no-progress"]) == 0
+    assert (gan_dir / "attacks" / "clf-untargeted" / "unrestricted.json").is_file()
+    capsys.readouterr()
+    from advlab.report import build_report
+    html = build_report(tmp_path).read_text()
+    assert "Unrestricted adversarial examples from an AC-GAN" in html and "clf-untargeted" in html
 
     bad = [
         (["generate", "attack", "--gan", str(clf), "--model", str(clf)], "not an AC-GAN"),

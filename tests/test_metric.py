@@ -17,8 +17,8 @@ from torch import nn
 from advlab.cli import main
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
-from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, knn_predict, load_embedding, mine_triplets,
-                           pairwise_distances, recall_at_1, train_embedding, triplet_loss)
+from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, embedding_quality, knn_predict, load_embedding,
+                           mine_triplets, pairwise_distances, recall_at_1, train_embedding, triplet_loss)
 from advlab.metric.compare import calibrate, match, refine
 from advlab.rng import seeded
 
@@ -220,6 +220,23 @@ def test_embedding_attack_reduces_accuracy():
         assert result.distances[1][fooled].max() > 0.05
 
 
+def test_comparison_rows_and_referee():
+    from trained_digits import digits_cnn
+    from advlab.metric.compare import compare_threats
+    ds, net, _ = digits_embedding()
+    cmp = compare_threats(digits_cnn(), net, ds, pixel_eps=[0.05, 0.2], embedding_eps=[0.1, 0.5], n=30, steps=3,
+                          targets=[0.5], refine_rounds=1, referee=net)
+    for name in ("pixel", "embedding"):
+        rows = cmp[name]["rows"]
+        assert [r["eps"] for r in rows] == sorted(r["eps"] for r in rows) and {0.05, 0.2, 0.1, 0.5} >= \
+            {r["eps"] for r in rows if not r["refined"]}
+        for r in rows:  # the same net as referee: the same answer
+            assert r["referee_knn_change_rate"] == r["knn_change_rate"] or r["n_fooled"] == 0
+            assert 0 <= r["success_rate"] <= 1
+    m = cmp["matched"][0]
+    assert m["success_gap"] == abs(m["pixel"]["success_rate"] - m["embedding"]["success_rate"])
+
+
 def test_training_resumes_to_the_same_weights(tmp_path):
     ds = load_dataset("digits")
     kwargs = dict(epochs=2, mining="batch-hard", lr=3e-3, dim=8, progress=False)
@@ -254,6 +271,8 @@ def test_cli_analyze_embedding_and_attack_with_embedding_threat(tmp_path, capsys
     record = json.loads(capsys.readouterr().out)
     assert 0 <= record["quality"]["knn_accuracy"] <= 1 and 0 <= record["quality"]["recall_at_1"] <= 1
     assert record["suggested_eps"] > 0
+    net, _ = load_embedding(out / "embedding")
+    assert record["quality"] == embedding_quality(net, load_dataset("digits"), 5)
     cmp = record["comparison"]
     assert {r["eps"] for r in cmp["pixel"]["rows"]} >= {0.05, 0.2}
     assert all(0 <= r["success_rate"] <= 1 for r in cmp["embedding"]["rows"])
@@ -265,7 +284,7 @@ def test_cli_analyze_embedding_and_attack_with_embedding_threat(tmp_path, capsys
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["quality"] == record["quality"]
 
-    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding",
+    assert main(["attack", "--run", str(out / "classifier"), "--attack", "pgd", "--threat", "embedding", "--save",
                  "--embedding", str(out / "embedding"), "--eps", "0,0.3", "--steps", "3", "--n", "20",
                  "--pixel-eps", "0.2", "--json", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -301,6 +320,22 @@ def test_attack_cli_errors(cli_runs, tmp_path, capsys, extra, message):
     # An embedding run is not a classifier.
     assert main(["attack", "--run", str(emb_dir), "--attack", "pgd", "--eps", "0.1"]) == 2
     assert "embedding run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--embedding", "NOPE"], "does not exist"),
+    (["--referee", "NOPE"], "does not exist"),
+    (["--percentile", "101"], "--percentile"),
+    (["--pixel-eps", "0.1,-1"], ">= 0"),
+    (["--embedding-eps", "abc"], "must be a number"),
+    (["--epochs", "0"], "--epochs"),
+    (["--targets", "1.5"], "--targets"),
+])
+def test_analyze_embedding_cli_errors(tmp_path, capsys, extra, message):
+    extra = [str(tmp_path / a) if a == "NOPE" else a for a in extra]
+    assert main(["analyze", "embedding", "--dataset", "digits", "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "embedding.json").exists()
 
 
 def test_api_errors():

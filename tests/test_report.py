@@ -13,6 +13,9 @@ from advlab.report.html import build_report, collect, sections, write_report
 
 from report_run import report_run_dir  # noqa: F401  (fixture)
 
+# slow: the shared quick-demo fixture takes 15-40 s; one xdist group so it is made once per `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("report")]
+
 
 @pytest.fixture
 def run_root(report_run_dir):  # noqa: F811
@@ -27,7 +30,7 @@ def test_report_has_every_section_and_is_self_contained(run_root, capsys):
     assert main(["report", str(run_root), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["report"] == str(run_root / "report.html")
-    assert {"runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer",
+    assert {"demo", "runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer",
             "configs"} <= set(record["sections"])
     html = (run_root / "report.html").read_text()
     srcs = images(html)
@@ -45,19 +48,19 @@ def test_report_has_every_section_and_is_self_contained(run_root, capsys):
 
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
     ctx = collect(run_root)
-    saved = json.loads((run_root / "std" / "attacks" / "pgd-linf" / "result.json").read_text())
-    series = [s for c in ctx["curves"] for s in c["series"] if s["label"] == "std · pgd"]
+    saved = json.loads((run_root / "standard" / "attacks" / "pgd-linf" / "result.json").read_text())
+    series = [s for c in ctx["curves"] for s in c["series"] if s["label"] == "standard · pgd"]
     assert len(series) == 1
     s = series[0]
-    assert s["eps"] == [0.0, 0.05, 0.1, 0.2]
+    assert s["eps"] == [0.0] + [r["eps"] for r in saved["results"]] and len(s["eps"]) >= 3
     assert s["acc"][0] == pytest.approx(saved["clean_accuracy"])
     n = saved["n"]
     for r, acc, lo, hi in zip(saved["results"], s["acc"][1:], s["lo"][1:], s["hi"][1:]):
         assert acc == pytest.approx(r["robust_accuracy"])
         k = round(r["robust_accuracy"] * n)
         assert (lo, hi) == pytest.approx(clopper_pearson(k, n))
-    ev = json.loads((run_root / "std" / "eval" / "fast-linf" / "result.json").read_text())
-    suite = [s for c in ctx["curves"] for s in c["series"] if "suite" in s["label"]][0]
+    ev = json.loads((run_root / "standard" / "eval" / "fast-linf" / "result.json").read_text())
+    suite = [s for c in ctx["curves"] for s in c["series"] if s["label"].startswith("standard · fast suite")][0]
     assert suite["lo"][1:] == pytest.approx([r["ci95"][0] for r in ev["results"]])
 
 
@@ -66,30 +69,37 @@ def test_slider_frames_match_the_saved_adversarial_examples(run_root):
     from advlab.report import figures
 
     ctx = collect(run_root)
-    (slider,) = [s for s in ctx["sliders"] if s["run"] == "std"]
+    (slider,) = [s for s in ctx["sliders"] if s["run"] == "standard"]
     assert slider["attack"] == "pgd"
-    t = load_tensors(run_root / "std" / "attacks" / "pgd-linf" / "adversarial.safetensors")
-    assert [f["eps"] for f in slider["frames"]] == [0.0, 0.05, 0.1, 0.2]
+    t = load_tensors(run_root / "standard" / "attacks" / "pgd-linf" / "adversarial.safetensors")
+    eps = load_eps(run_root / "standard" / "attacks" / "pgd-linf")
+    assert [f["eps"] for f in slider["frames"]] == [0.0, *eps]
     # frame 0 is the clean image, frame e+1 the attack at eps e: find which saved image each tile is
     tiles0 = [im["src"] for im in slider["frames"][0]["images"]]
     clean = [figures.data_uri(figures.tile_png(t["x"][i])) for i in range(len(t["y"]))]
     idx = [clean.index(src) for src in tiles0]
-    for e in range(3):
+    for e in range(len(eps)):
         expected = [figures.data_uri(figures.tile_png(t["x_adv"][e][i])) for i in idx]
         assert [im["src"] for im in slider["frames"][e + 1]["images"]] == expected
         for i, im in zip(idx, slider["frames"][e + 1]["images"]):
             assert im["wrong"] == (int(t["logits"][e][i].argmax()) != int(t["y"][i]))
 
 
+def load_eps(attack_dir):
+    return [r["eps"] for r in json.loads((attack_dir / "result.json").read_text())["results"]]
+
+
 def test_missing_sections_are_left_out(run_root, tmp_path):
     only = tmp_path / "only-a-model"
-    shutil.copytree(run_root / "other", only)
+    only.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        shutil.copy(run_root / "adversarial" / name, only / name)
     path, ctx = write_report(only)
     assert sections(ctx) == ["runs", "configs"]
     html = path.read_text()
     assert 'id="curves"' not in html and 'id="transfer"' not in html and "<img" not in html
     dist = tmp_path / "distances-only"
-    shutil.copytree(run_root / "analysis", dist / "analysis")
+    shutil.copytree(run_root / "analysis" / "distances", dist / "analysis")
     ctx = collect(dist)
     assert sections(ctx) == ["distances"]
 
@@ -100,3 +110,39 @@ def test_nothing_to_report_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     with pytest.raises(ValueError, match="not a directory"):
         build_report(tmp_path / "missing")
+
+
+def test_demo_summary_is_the_saved_numbers(run_root):
+    record = json.loads((run_root / "demo-stdout.json").read_text())
+    assert record == json.loads((run_root / "demo.json").read_text())
+    assert (run_root / "report.html").is_file() and record["report"] == str(run_root / "report.html")
+    s = record["summary"]
+    cols = s["columns"]
+    for row in s["rows"]:
+        model = row[0]
+        card = json.loads((run_root / model / "card.json").read_text())
+        assert float(row[1]) == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-4)
+        for attack in ("fgsm", "pgd"):
+            saved = json.loads((run_root / model / "attacks" / f"{attack}-linf" / "result.json").read_text())
+            for r in saved["results"]:
+                col = f"{attack.upper()} @ {r['eps']:g}"
+                if col in cols:
+                    assert float(row[cols.index(col)]) == pytest.approx(r["robust_accuracy"], abs=5e-4)
+        ev = json.loads((run_root / model / "eval" / "fast-linf" / "result.json").read_text())
+        assert row[-1] == ev["verdict"]
+    assert json.loads((run_root / "standard" / "card.json").read_text())["defense"]["name"] == "none"
+    assert json.loads((run_root / "adversarial" / "card.json").read_text())["defense"]["name"] == "pgd"
+    t = json.loads((run_root / "transfer" / "transfer.json").read_text())
+    assert t["names"] == ["standard", "adversarial"] and t["n"] == 40
+    # the diagonal is each model's white-box FGSM error: the same attack, the same points as the attack step
+    fgsm = json.loads((run_root / "standard" / "attacks" / "fgsm-linf" / "result.json").read_text())
+    by_eps = {r["eps"]: 1 - r["robust_accuracy"] for r in fgsm["results"]}
+    for e, eps in enumerate(t["eps"]):
+        if eps in by_eps:
+            assert t["error"]["standard"]["standard"][e] == pytest.approx(by_eps[eps], abs=1e-6)
+
+
+def test_demo_rejects_a_dataset_without_images(capsys):
+    assert main(["demo", "--dataset", "blobs"]) == 2
+    assert main(["demo", "--epochs", "0", "--quick", "--out", "/nonexistent/x"]) == 2
+    assert "--epochs" in capsys.readouterr().err

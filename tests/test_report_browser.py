@@ -18,7 +18,9 @@ from advlab.cli import main
 from report_run import report_run_dir  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+# slow: the shared quick-demo fixture takes 15-40 s; one xdist group so it is made once per `make test`.
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+              pytest.mark.slow, pytest.mark.xdist_group("report")]
 
 PROBE = """<script>
 (function () {
@@ -70,9 +72,11 @@ def chromium(*args, timeout=90):
 
 
 @pytest.fixture(scope="module")
-def report(report_run_dir, tmp_path_factory):  # noqa: F811
-    assert main(["report", str(report_run_dir)]) == 0
-    return report_run_dir / "report.html"
+def report(report_run_dir):  # noqa: F811
+    path = report_run_dir / "report.html"  # written by the demo
+    if not path.is_file():
+        assert main(["report", str(report_run_dir)]) == 0
+    return path
 
 
 def test_report_renders_in_chromium(report, tmp_path):

@@ -299,13 +299,17 @@ def _embedding(sub) -> None:
                    "one in OUT/embedding")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="classifier to attack (default: train one in "
                    "OUT/classifier)")
+    p.add_argument("--referee", default=None, metavar="RUN_DIR",
+                   help="a second embedding run (e.g. --seed 1) whose k-NN label also judges the adversarial "
+                        "examples: a referee independent of the embedding that bounds the attack")
     p.add_argument("--retrain", action="store_true", help="train a new triplet network even if OUT/embedding exists")
     g = p.add_argument_group("triplet network")
     g.add_argument("--arch", default=None, help="backbone from the model registry (default cnn-small for images, "
                    "mlp for features)")
     g.add_argument("--dim", type=int, default=32, help="embedding dimension")
     g.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha (embeddings are on the unit sphere)")
-    g.add_argument("--mining", default="batch-hard", choices=["batch-hard", "semi-hard", "all"])
+    g.add_argument("--mining", default="semi-hard", choices=["batch-hard", "semi-hard", "all"],
+                   help="triplets per batch (batch-hard can sit at loss = margin for epochs on normalised embeddings)")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (adam, one-cycle)")
@@ -345,7 +349,8 @@ def run_embedding(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/analyze/embedding-{args.dataset}")
     train = {"arch": args.arch, "dim": args.dim, "margin": args.margin, "mining": args.mining, "epochs": args.epochs,
              "batch_size": args.batch_size, "lr": args.lr, "k": args.k}
-    record = analyze_embedding(ds, out, embedding=args.embedding, run=args.run, train=train, retrain=args.retrain,
+    record = analyze_embedding(ds, out, embedding=args.embedding, run=args.run, referee=args.referee, train=train,
+                               retrain=args.retrain,
                                classifier_model=args.classifier_model, classifier_epochs=args.classifier_epochs,
                                k=args.k, per_class=args.per_class, percentile=args.percentile,
                                projection=args.projection, n=args.n, steps=args.steps, pixel_norm=args.pixel_norm,
@@ -365,19 +370,23 @@ def run_embedding(args: argparse.Namespace) -> int:
         cmp = record["comparison"]
         lines.append(f"\nclassifier {record['classifier_run']}: clean accuracy {cmp['clean_accuracy']:.4f}; "
                      f"{cmp['n']} points, PGD {cmp['steps']} steps")
+        ref = "referee_run" in record
         lines.append(f"{'threat':<10} {'eps':>8} {'success':>8} {'kNN change':>10} {'kNN=attack':>10} "
-                     f"{'pix L2':>7} {'pix Linf':>8} {'emb dist':>8}")
+                     f"{'pix L2':>7} {'pix Linf':>8} {'emb dist':>8}" + (f" {'referee chg':>11}" if ref else ""))
         for name in ("pixel", "embedding"):
             for r in cmp[name]["rows"]:
                 lines.append(f"{name:<10} {r['eps']:>8.4g} {r['success_rate']:>8.3f} {r['knn_change_rate']:>10.3f} "
                              f"{r['knn_agrees_with_attack']:>10.3f} {r['median_pixel_l2']:>7.3f} "
-                             f"{r['median_pixel_linf']:>8.3f} {r['median_embedding_distance']:>8.3f}")
+                             f"{r['median_pixel_linf']:>8.3f} {r['median_embedding_distance']:>8.3f}"
+                             + (f" {r['referee_knn_change_rate']:>11.3f}" if ref else ""))
         lines.append("\nmatched success rates (k-NN label change among successful adversarial examples):")
         for m in cmp["matched"]:
             p, e = m["pixel"], m["embedding"]
             lines.append(f"  target {m['target_success']:.2f}: pixel eps {p['eps']:g} (success {p['success_rate']:.3f}) "
                          f"changes kNN {p['knn_change_rate']:.3f}; embedding eps_e {e['eps']:g} (success "
-                         f"{e['success_rate']:.3f}) changes kNN {e['knn_change_rate']:.3f}")
+                         f"{e['success_rate']:.3f}) changes kNN {e['knn_change_rate']:.3f}"
+                         + (f"; referee: pixel {p['referee_knn_change_rate']:.3f}, embedding "
+                            f"{e['referee_knn_change_rate']:.3f}" if ref else ""))
     lines.append(f"results in {record['json']}; figures: {', '.join(record['figures'].values())}")
     emit(args, record, "\n".join(lines))
     return 0

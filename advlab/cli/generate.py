@@ -66,9 +66,9 @@ def add_parser(subparsers) -> None:
                    help="'untargeted', 'all' (every other class, targeted) or one class index")
     a.add_argument("--n", type=int, default=10, help="random latent codes per (source, target) pair")
     a.add_argument("--steps", type=int, default=200)
-    a.add_argument("--lr", type=float, default=0.01, help="Adam step size in latent space")
-    a.add_argument("--lambda1", type=float, default=100.0, help="weight of the latent distance term")
-    a.add_argument("--lambda2", type=float, default=100.0, help="weight of the auxiliary-classifier term")
+    a.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space")
+    a.add_argument("--lambda1", type=float, default=10.0, help="weight of the latent distance term")
+    a.add_argument("--lambda2", type=float, default=10.0, help="weight of the auxiliary-classifier term")
     a.add_argument("--latent-eps", type=float, default=0.1,
                    help="free zone of the latent term: mean(max(|z - z0| - latent_eps, 0)); 0 gives ||z - z0||_1 / m")
     a.add_argument("--latent-radius", type=float, default=None,
@@ -143,13 +143,19 @@ def run_attack(args: argparse.Namespace) -> int:
         data = dataset_from_card(card, args.data_dir)
         legit = check_legitimacy(result.x, source, result.pred, result.success, judge, data.x_train, data.y_train, k)
         record["legitimacy"] = legit.summary(source, result.pred, result.success)
+        # Control: the same checks on the unattacked G(z0, s), against the same predicted class p.
+        # Without it one cannot tell how much of a flag rate the attack caused.
+        control = check_legitimacy(result.x0, source, result.pred, result.success, judge, data.x_train,
+                                   data.y_train, k)
+        record["legitimacy_unattacked"] = control.summary(source, result.pred, result.success)
     record["per_source"] = _per_source(result, legit, k)
     name = f"{Path(args.model).name}-{args.target}"
     out = Path(args.out or Path(args.gan) / "attacks" / name)
     unrestricted_grid(result, classes, out / "examples.png", judge_label=legit.judge_label if legit else None,
                       title=f"unrestricted ({args.target}) vs {Path(args.model).name}")
     record["out"] = str(out)
-    write_json(out / "summary.json", record)
+    record["figures"] = {"examples": "examples.png"}
+    write_json(out / "unrestricted.json", record)
     if args.save:
         tensors = {"x": result.x, "x0": result.x0, "z": result.z, "z0": result.z0, "source": result.source,
                    "target": result.target, "pred": result.pred, "aux_pred": result.aux_pred,
@@ -165,7 +171,7 @@ def run_attack(args: argparse.Namespace) -> int:
         pf = "n/a" if lg["pass_fraction"] is None else f"{lg['pass_fraction']:.3f}"
         ja = "n/a" if lg["judge_agrees_source"] is None else f"{lg['judge_agrees_source']:.3f}"
         text += f"; of the successes, judge says source {ja}, pass legitimacy checks {pf}"
-    emit(args, record, text + f" ({seconds:.1f} s); details in {out}")
+    emit(args, record, text + f" ({seconds:.1f} s); details in {out / 'unrestricted.json'}")
     return 0
 
 

@@ -26,13 +26,15 @@ def unrestricted_grid(result, classes, path, judge_label: torch.Tensor | None = 
     attack succeeded) and, when given, the independent judge's label."""
     idx = pick_examples(result, limit)
     n = max(len(idx), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.8, 3.4), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.8, 3.6), squeeze=False)
     for col, i in enumerate(idx):
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(to_image(result.x0[i]), cmap="gray", vmin=0, vmax=1)
         top.set_title(f"source {classes[result.source[i]]}\nmodel: {classes[result.pred0[i]]}", fontsize=7)
         bottom.imshow(to_image(result.x[i]), cmap="gray", vmin=0, vmax=1)
         label = f"model: {classes[result.pred[i]]} {100 * float(result.confidence[i]):.0f}%"
+        if int(result.target[i]) >= 0:
+            label = f"target {classes[result.target[i]]}\n" + label
         if judge_label is not None:
             label += f"\njudge: {classes[judge_label[i]]}"
         bottom.set_title(label, fontsize=7, color="#b00020" if bool(result.success[i]) else "black")

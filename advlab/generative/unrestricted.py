@@ -115,9 +115,9 @@ class UnrestrictedAttack:
     """Hyperparameters of the latent-space attack; call it with (gan, model, source, target, ...)."""
 
     steps: int = 200
-    lr: float = 0.01
-    lambda1: float = 100.0
-    lambda2: float = 100.0
+    lr: float = 0.05
+    lambda1: float = 10.0
+    lambda2: float = 10.0
     latent_eps: float = 0.1
     latent_radius: float | None = None
     noise: float = 0.0

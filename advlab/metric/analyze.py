@@ -69,6 +69,7 @@ def get_classifier(ds: Dataset, out: Path, run: str | None, model: str | None, e
 
 
 def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = None, run: str | None = None,
+                      referee: str | None = None,
                       train: dict[str, Any] | None = None, retrain: bool = False, classifier_model: str | None = None,
                       classifier_epochs: int = 10, k: int = 5, per_class: int = 100, percentile: float = 5.0,
                       projection: str = "pca", n: int | None = 300, steps: int = 20, pixel_norm: str = "linf",
@@ -84,17 +85,28 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     for name, grid in (("--pixel-eps", pixel_eps), ("--embedding-eps", embedding_eps)):
         if grid is not None and (not len(grid) or min(grid) < 0):
             raise AdvlabError(f"{name} needs budgets >= 0, got {list(grid)}")
+    if not 0 <= percentile <= 100 or per_class < 1 or k < 1:
+        raise AdvlabError(f"--percentile must be in [0, 100], --per-class and --k >= 1; got {percentile}, "
+                          f"{per_class}, {k}")
     if any(not 0 <= t <= 1 for t in targets):
         raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
     started = time.perf_counter()
     out = Path(out)
+    referee_net = None
+    if referee is not None and compare_attacks:
+        referee_net, referee_card = load_embedding(referee)  # fails now, not after training
+        _same_data(referee_card, ds, "referee embedding", referee)
     train = {"seed": seed, **(train or {})}
-    train.setdefault("mining", "batch-hard")
+    train.setdefault("mining", "semi-hard")
     train.setdefault("margin", 0.2)
     train.setdefault("dim", 32)
     train.setdefault("epochs", 10)
     net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log)
-    quality = embedding_quality(net, ds, k)
+    m = card.get("metrics", {})
+    if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
+        quality = {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
+    else:
+        quality = embedding_quality(net, ds, k)
     z_train = embed(net, ds.x_train)
     calib = compare.calibrate(net, ds, per_class=per_class, percentile=percentile, seed=seed, z_train=z_train)
     figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
@@ -118,12 +130,12 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
                                                 data_dir)
         pixel_eps = list(pixel_eps) if pixel_eps is not None else DEFAULT_PIXEL_EPS[pixel_norm]
         if embedding_eps is None:
-            embedding_eps = [round(f * calib["mean_between_class"], 4) for f in EMBEDDING_FRACTIONS]
+            embedding_eps = [float(f"{f * calib['mean_between_class']:.3g}") for f in EMBEDDING_FRACTIONS]
         log(f"comparing pixel ({pixel_norm} {pixel_eps}) and embedding ({list(embedding_eps)}) PGD on "
             f"{n or len(ds.y_test)} test points")
         cmp = compare.compare_threats(classifier, net, ds, pixel_eps=pixel_eps, embedding_eps=embedding_eps,
                                       pixel_norm=pixel_norm, n=n, steps=steps, k=k, targets=targets, seed=seed,
-                                      z_train=z_train, progress=progress)
+                                      z_train=z_train, referee=referee_net, progress=progress)
         figures["change_curve"] = compare.change_curve(cmp, out / "knn-change.png")
         if cmp["matched"]:
             mid = min(cmp["matched"], key=lambda m: abs(m["target_success"] - 0.5))
@@ -134,6 +146,8 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
             if grid:
                 figures["side_by_side"] = grid
         record["classifier_run"] = clf_dir
+        if referee is not None:
+            record["referee_run"] = str(referee)
         record["comparison"] = {k_: v for k_, v in cmp.items() if not k_.startswith("_")}
     record["seconds"] = time.perf_counter() - started
     record["json"] = str(out / "embedding.json")

@@ -79,7 +79,8 @@ def calibrate(net: nn.Module, ds: Dataset, *, per_class: int = 100, percentile: 
 
 
 def _rows(result, x: torch.Tensor, knn_clean: torch.Tensor, knn_adv: list[torch.Tensor],
-          emb_dist: torch.Tensor) -> list[dict[str, Any]]:
+          emb_dist: torch.Tensor, referee: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+          ) -> list[dict[str, Any]]:
     ok = result.clean_correct
     rows = []
     for e, eps in enumerate(result.eps):
@@ -105,6 +106,10 @@ def _rows(result, x: torch.Tensor, knn_clean: torch.Tensor, knn_adv: list[torch.
             "median_pixel_linf": median(delta.abs().amax(1)),
             "median_embedding_distance": median(emb_dist[e]),
         })
+        if referee is not None:  # the same question asked of an independently trained embedding
+            ref_changed = referee[1][e] != referee[0]
+            rows[-1]["referee_knn_change_rate"] = float((ref_changed & fooled).sum()) / n_fooled if n_fooled \
+                else float("nan")
     return rows
 
 
@@ -142,11 +147,14 @@ def refine(rows: list[dict], targets: Sequence[float]) -> list[float]:
 def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel_eps: Sequence[float],
                     embedding_eps: Sequence[float], pixel_norm: str = "linf", n: int | None = 300, steps: int = 20,
                     k: int = 5, targets: Sequence[float] = (0.25, 0.5, 0.75), refine_rounds: int = 2, seed: int = 0,
-                    z_train: torch.Tensor | None = None, progress: bool = False) -> dict[str, Any]:
+                    z_train: torch.Tensor | None = None, referee: nn.Module | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Pixel PGD and embedding PGD on the first `n` test points; success and k-NN label changes.
 
     Both threats run over their grid, then `refine_rounds` times over budgets interpolated towards
-    each target success rate (one call per round, so success rises with eps within a call)."""
+    each target success rate (one call per round, so success rises with eps within a call).
+    `referee`: a second embedding net (e.g. trained with another seed) whose k-NN label is checked
+    too (`referee_knn_change_rate`), a judge independent of the embedding that bounds the attack."""
     from ..attacks import PGD
 
     x, y = ds.test_subset(n)
@@ -157,8 +165,17 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
         return knn_predict(embed(net, inputs), z_train, ds.y_train, ds.num_classes, k)
 
     knn_clean = knn(x)
+    if referee is not None:
+        z_ref = embed(referee, ds.x_train)
+
+        def knn_ref(inputs):
+            return knn_predict(embed(referee, inputs), z_ref, ds.y_train, ds.num_classes, k)
+
+        ref_clean = knn_ref(x)
     attacks = {"pixel": PGD(pixel_norm, steps=steps, seed=seed),
-               "embedding": EmbeddingPGD(net, pixel_norm=pixel_norm, steps=steps, seed=seed)}
+               # Unbounded features have no box to size the steps by: use the pixel grid's largest budget.
+               "embedding": EmbeddingPGD(net, pixel_norm=pixel_norm, steps=steps, seed=seed,
+                                         step_size=None if ds.bounds else 2.5 * max(pixel_eps) / steps)}
     grids = {"pixel": list(pixel_eps), "embedding": list(embedding_eps)}
     out: dict[str, Any] = {"n": len(y), "k": k, "steps": steps, "pixel_norm": pixel_norm,
                            "knn_clean_accuracy": float((knn_clean == y).float().mean())}
@@ -172,7 +189,8 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
             seconds += time.perf_counter() - started
             knn_adv = [knn(xa) for xa in res.x_adv]
             emb_dist = torch.stack([(embed(net, xa) - z).norm(dim=1) for xa in res.x_adv])
-            new = _rows(res, x, knn_clean, knn_adv, emb_dist)
+            ref = (ref_clean, [knn_ref(xa) for xa in res.x_adv]) if referee is not None else None
+            new = _rows(res, x, knn_clean, knn_adv, emb_dist, ref)
             for e, r in enumerate(new):
                 r["refined"] = bool(rows)
                 found[r["eps"]] = (res, e, knn_adv[e])
@@ -215,32 +233,38 @@ def projection_plot(z: torch.Tensor, y: torch.Tensor, classes: Sequence[str], pa
 
 def side_by_side_grid(x: torch.Tensor, y: torch.Tensor, pixel_found: tuple, embedding_found: tuple,
                       classes: Sequence[str], path, per_grid: int = 8) -> str | None:
-    """Rows: points fooled by both attacks; columns: original, pixel adversarial, embedding
-    adversarial and both perturbations (magnified). Row captions: classifier and k-NN labels.
-    `*_found` are (AttackResult, epsilon index, k-NN labels of its adversarial examples)."""
-    (pixel, e_pixel, knn_pixel), (embedding, e_emb, knn_emb) = pixel_found, embedding_found
-    from ..analysis.figures import image_grid
+    """Rows: points fooled by both attacks; columns: original (true label), pixel adversarial,
+    embedding adversarial (each captioned with the classifier's label and the k-NN label) and both
+    perturbations, magnified by the same factor. `*_found` are (AttackResult, epsilon index, k-NN
+    labels of its adversarial examples)."""
+    from ..analysis.figures import new_figure, save_png
     from ..report.figures import to_image
 
+    (pixel, e_pixel, knn_pixel), (embedding, e_emb, knn_emb) = pixel_found, embedding_found
     both = pixel.success[e_pixel] & embedding.success[e_emb] & pixel.clean_correct
     idx = both.nonzero().flatten()[:per_grid]
     if len(idx) == 0:
         return None
-    xp, xe = pixel.x_adv[e_pixel][idx], embedding.x_adv[e_emb][idx]
-    rows, labels = [], []
-    for j, i in enumerate(idx.tolist()):
-        dp, de = xp[j] - x[i], xe[j] - x[i]
+    c = list(classes)
+    fig = new_figure(7.5, 1.45 * len(idx) + 0.8)
+    fig.suptitle(f"pixel (eps={pixel.eps[e_pixel]:.3g}) vs embedding (eps_e={embedding.eps[e_emb]:.3g}) "
+                 "adversarial examples\ncaptions: classifier label / k-NN label in the embedding", fontsize=9)
+    axes = fig.subplots(len(idx), 5, squeeze=False)
+    for r, i in enumerate(idx.tolist()):
+        xp, xe = pixel.x_adv[e_pixel][i], embedding.x_adv[e_emb][i]
+        dp, de = xp - x[i], xe - x[i]
         scale = 0.5 / max(dp.abs().max().item(), de.abs().max().item(), 1e-12)
-        rows.append([to_image(x[i]), to_image(xp[j]), to_image(xe[j]), to_image(0.5 + scale * dp),
-                     to_image(0.5 + scale * de)])
-        c = classes
-        labels.append(f"{c[y[i]]} | pix: {c[pixel.predictions[e_pixel][i]]}, kNN {c[knn_pixel[i]]}\n"
-                      f"emb: {c[embedding.predictions[e_emb][i]]}, kNN {c[knn_emb[i]]}")
-    images = np.array(rows)
-    cols = ["original", f"pixel eps={pixel.eps[e_pixel]:g}", f"embedding eps_e={embedding.eps[e_emb]:g}",
-            "pixel delta", "embedding delta"]
-    return image_grid(images, labels, cols, "pixel vs embedding adversarial examples (classifier label, k-NN label)",
-                      path)
+        cells = [(x[i], f"true {c[y[i]]}"),
+                 (xp, f"pixel: {c[pixel.predictions[e_pixel][i]]} / {c[knn_pixel[i]]}"),
+                 (xe, f"embedding: {c[embedding.predictions[e_emb][i]]} / {c[knn_emb[i]]}"),
+                 (0.5 + scale * dp, f"pixel delta x{scale:.0f}"), (0.5 + scale * de, f"embedding delta x{scale:.0f}")]
+        for col, (img, title) in enumerate(cells):
+            ax = axes[r][col]
+            ax.imshow(to_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=6.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return save_png(fig, path)
 
 
 def change_curve(cmp: dict[str, Any], path) -> str:
@@ -252,7 +276,7 @@ def change_curve(cmp: dict[str, Any], path) -> str:
         lines[f"{name}-space attack"] = {"x": [r["success_rate"] for r in rows],
                                          "y": [r["knn_change_rate"] for r in rows], "style": "measured",
                                          "color": f"C{i}"}
-    return curves([], lines, "how often an adversarial example also changes the embedding's k-NN label",
+    return curves([], lines, "adversarial examples that also change the k-NN label",
                   "attack success rate", "k-NN label change rate (among successes)", path, ylim=(-0.02, 1.02))
 
 

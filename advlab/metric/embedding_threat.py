@@ -8,9 +8,11 @@ bounds and, optionally, inside a pixel Lp ball (`pixel_eps` in `pixel_norm`, the
 The optimiser is PGD on the classifier's loss minus a penalty `penalty * (d_e / eps_e)^2` that
 steers it towards directions the embedding barely notices. A step is taken in `pixel_norm`'s
 steepest-ascent direction, clipped to the bounds and the pixel ball, and then "projected" in the
-embedding: if the new point x + delta breaks the embedding constraint, a bisection on t in [0, 1]
-finds a point x + t * delta that satisfies it (the step back toward x). The bisection only ever
-accepts points whose embedding distance it has computed, with a relative slack of `tolerance`
+embedding: if the new point x + delta breaks the embedding constraint, it is moved back toward x to
+x + t * delta, the largest feasible t a search finds: the secant guess t = eps_e / d_e(x + delta)
+(exact when the embedding distance grows linearly along the segment), then 3 bisection steps above
+it if it is feasible, or `bisection_steps` below it if not. The search only ever accepts points
+whose embedding distance it has computed, with a relative slack of `tolerance`
 so that recomputing the distance in another batch (different float rounding) still passes.
 
 Whatever the optimiser did, `_enforce` (called by the Attack base class on every returned example)
@@ -101,22 +103,37 @@ class EmbeddingPGD(Attack):
 
     def _shrink(self, x0: torch.Tensor, x_new: torch.Tensor, z0: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
         """x0 + t * (x_new - x0) with t = 1 if that satisfies ||f(.) - z0|| <= limit, else the
-        largest feasible t a bisection finds (t = 0, i.e. x0, at worst)."""
+        largest feasible t a search finds (t = 0, i.e. x0, at worst). The search starts from the
+        secant guess t = limit / d(1), exact when d grows linearly along the segment: if the guess
+        is feasible, 3 bisection steps on [guess, 1] follow, else `bisection_steps` on [0, guess]."""
         delta = x_new - x0
-        bad = ((self._embed(x_new) - z0).norm(dim=1) > limit).nonzero().flatten()
+        d_new = (self._embed(x_new) - z0).norm(dim=1)
+        bad = (d_new > limit).nonzero().flatten()
         if len(bad) == 0:
             return x_new
-        lo = torch.zeros(len(bad), device=x0.device, dtype=x0.dtype)
-        hi = torch.ones_like(lo)
         shape = (-1, *[1] * (x0.ndim - 1))
         xb, db, zb, lb = x0[bad], delta[bad], z0[bad], limit[bad]
-        for _ in range(self.bisection_steps):
-            mid = (lo + hi) / 2
-            good = (self._embed(xb + mid.view(shape) * db) - zb).norm(dim=1) <= lb
-            lo = torch.where(good, mid, lo)
-            hi = torch.where(good, hi, mid)
+
+        def feasible(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return (self._embed(xb[rows] + t.view(shape) * db[rows]) - zb[rows]).norm(dim=1) <= lb[rows]
+
+        every = torch.arange(len(bad), device=x0.device)
+        guess = (lb / d_new[bad]).clamp(0, 1).to(x0.dtype)
+        ok = feasible(guess, every)
+        lo = torch.where(ok, guess, torch.zeros_like(guess))
+        hi = torch.where(ok, torch.ones_like(guess), guess)
+        for rows, steps in ((every[ok], min(3, self.bisection_steps)), (every[~ok], self.bisection_steps)):
+            if len(rows) == 0:
+                continue
+            lo_r, hi_r = lo[rows], hi[rows]
+            for _ in range(steps):
+                mid = (lo_r + hi_r) / 2
+                good = feasible(mid, rows)
+                lo_r = torch.where(good, mid, lo_r)
+                hi_r = torch.where(good, hi_r, mid)
+            lo[rows] = lo_r
         out = x_new.clone()
-        out[bad] = xb + lo.view(shape) * db  # the same arithmetic as the accepted midpoint
+        out[bad] = xb + lo.view(shape) * db  # the same arithmetic as the accepted point
         return out
 
     # -- the optimiser ----------------------------------------------------------------------------------

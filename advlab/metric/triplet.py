@@ -208,7 +208,7 @@ def recall_metric(num_classes: int) -> Callable[[nn.Module, torch.Tensor, torch.
 
 # -- training ----------------------------------------------------------------------------------------
 def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | None = None, dim: int = 32,
-                    l2_normalize: bool = True, margin: float = 0.2, mining: str = "batch-hard", epochs: int = 10,
+                    l2_normalize: bool = True, margin: float = 0.2, mining: str = "semi-hard", epochs: int = 10,
                     batch_size: int = 128, lr: float = 1e-3, seed: int = 0, val_fraction: float = 0.1,
                     k: int = 5, model_kwargs: dict[str, Any] | None = None, resume: bool = False,
                     overwrite: bool = False, progress: bool = True,

@@ -113,15 +113,14 @@ def matrix_heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str],
                   max((len(str(c)) for c in col_labels), default=0) > 6 else 0, ha="right" if
                   max((len(str(c)) for c in col_labels), default=0) > 6 else "center")
     ax.set_yticks(range(m.shape[0]), [str(r) for r in row_labels], fontsize=8)
-    lo, hi = np.nanmin(m) if m.size else 0, np.nanmax(m) if m.size else 1
-    mid = (lo + hi) / 2
     if m.size <= 400:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 v = m[i, j]
                 if np.isfinite(v):
+                    r, g, b, _ = im.cmap(im.norm(v))  # dark cell: white text
                     ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                            color="white" if v < mid else "black")
+                            color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     if title:

@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,8 @@ def _slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[di
         for e, value in enumerate(eps):
             frames.append({"eps": value, "images": [_tile(x_adv[e][i], y[i], probs[e][i], classes) for i in order]})
         return {"run": run_name, "attack": a["record"]["attack"], "norm": a["record"].get("norm", "linf"),
-                "frames": frames, "id": f"slider-{abs(hash((run_name, a['record']['attack']))) % 10**8}"}
+                "frames": frames,
+                "id": "slider-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{run_name}-{a['record']['attack']}").strip("-")}
     return None
 
 
@@ -319,6 +321,34 @@ def _reproductions(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _generative(root: Path) -> list[dict[str, Any]]:
+    """AC-GAN runs (sample grid, judge quality) and unrestricted attacks (`advlab generate`)."""
+    out = []
+    for card_path in _walk(root, "card.json"):
+        card = _read(card_path)
+        if not card or card.get("kind") != "acgan":
+            continue
+        figs = [{"label": label, "src": F.data_uri((card_path.parent / "figures" / f).read_bytes())}
+                for f, label in (("samples.png", "samples, one row per class"),
+                                 ("quality.png", "judge accuracy on generated images"))
+                if (card_path.parent / "figures" / f).is_file()]
+        attacks = []
+        for path in _walk(card_path.parent / "attacks", "unrestricted.json", depth=1):
+            rec = _read(path)
+            if not rec or "success_rate" not in rec:
+                continue
+            grid = path.parent / "examples.png"
+            attacks.append({"where": _rel(root, path.parent), "record": rec,
+                            "legitimacy": rec.get("legitimacy") or {},
+                            "src": F.data_uri(grid.read_bytes()) if grid.is_file() else None})
+        where = _rel(root, card_path.parent)
+        out.append({"where": card_path.parent.resolve().name if where == "." else where,
+                    "dataset": card.get("dataset", {}).get("name"),
+                    "epochs": card.get("epochs"), "quality": card.get("metrics", {}).get("quality"),
+                    "figures": figs, "attacks": attacks})
+    return out
+
+
 # -- the report -----------------------------------------------------------------------------------
 def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (figures already rendered to data URIs)."""
@@ -327,11 +357,12 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
     out_dir = out_dir or root
     runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
-    for card_path in _walk(root, "card.json"):
-        run_dir_ = card_path.parent
-        card = _read(card_path)
-        if not card or "model" not in card:
-            continue
+    cards = [(p.parent, _read(p)) for p in _walk(root, "card.json")]
+    # AC-GAN runs have their own section.
+    cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
+    # Undefended models first, then by name: the baseline reads before the defense.
+    cards.sort(key=lambda dc: (dc[1].get("defense", {}).get("name", "none") != "none", _rel(root, dc[0])))
+    for run_dir_, card in cards:
         name = _run_name(root, run_dir_, card)
         attacks, evaluations = _attacks(run_dir_), _evals(run_dir_)
         metrics = card.get("metrics", {})
@@ -382,7 +413,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         "demo": demo, "runs": runs, "curves": curve_figures, "grids": grids, "sliders": sliders,
         "evals": evals, "per_class": per_class, "distances": _distances(root), "transfer": _transfer(root),
         "blobs": _simple_figures(root, "blobs"), "perceptibility": _simple_figures(root, "perceptibility"),
-        "reproductions": _reproductions(root), "configs": configs,
+        "reproductions": _reproductions(root), "configs": configs, "generative": _generative(root),
     }
     from .. import __version__
     context["version"] = __version__
@@ -410,7 +441,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     path = Path(out) if out is not None else root / REPORT_FILE
     context = collect(root, path.parent)
     if not (context["runs"] or context["distances"] or context["transfer"] or context["reproductions"]
-            or context["blobs"] or context["perceptibility"]):
+            or context["blobs"] or context["perceptibility"] or context["generative"]):
         raise AdvlabError(f"{root} holds nothing to report: no card.json (advlab train), no distances.json "
                           "(advlab analyze distances), no transfer.json and no reproduce.json were found "
                           f"within {MAX_DEPTH} levels")
@@ -421,5 +452,5 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def sections(context: dict[str, Any]) -> list[str]:
     """Names of the sections a context will show (for --json output and tests)."""
     keys = ["demo", "runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer", "blobs",
-            "perceptibility", "reproductions", "configs"]
+            "perceptibility", "reproductions", "generative", "configs"]
     return [k for k in keys if context.get(k)]
