@@ -415,3 +415,14 @@ def test_cli_train_sample_attack(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_example_grid_prefers_successes_the_attack_caused():
+    from types import SimpleNamespace
+
+    from advlab.generative.figures import pick_examples
+    r = SimpleNamespace(source=torch.tensor([0, 0, 0, 1, 1]), pred0=torch.tensor([2, 0, 0, 1, 1]),
+                        success=torch.tensor([True, True, False, False, True]))
+    # class 0: index 1 (model was right before) beats index 0; class 1: index 4; then the rest
+    assert pick_examples(r, limit=5) == [1, 4, 0, 2, 3]
+    assert pick_examples(r, limit=2) == [1, 4]

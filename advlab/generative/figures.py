@@ -8,11 +8,15 @@ from ..report.figures import plt, save_figure, to_image
 
 
 def pick_examples(result, limit: int = 10) -> list[int]:
-    """Up to `limit` indices: a successful example per source class first, then other successes, then failures."""
+    """Up to `limit` indices: a successful example per source class first (preferring ones whose
+    unattacked sample the model got right: those show what the attack did), then other successes,
+    then failures."""
     chosen: list[int] = []
     succ = result.success.tolist()
+    was_right = (result.pred0 == result.source).tolist()
     for c in torch.unique(result.source).tolist():
-        idx = [i for i in range(len(succ)) if succ[i] and int(result.source[i]) == c]
+        idx = sorted((i for i in range(len(succ)) if succ[i] and int(result.source[i]) == c),
+                     key=lambda i: not was_right[i])
         if idx:
             chosen.append(idx[0])
     chosen += [i for i in range(len(succ)) if succ[i] and i not in chosen]
