@@ -11,8 +11,6 @@ disk, and the growth that neither explains.
 
 from __future__ import annotations
 
-import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -24,12 +22,14 @@ from common import CACHE, RESULTS, markdown_table, trained_model  # noqa: E402
 N_EPS = 2
 
 
-def peak_rss_mb(args: list[str]) -> float:
-    """Run the command in a fresh child process and return its peak RSS in MB."""
-    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+def measure(argv: list[str]) -> tuple[float, float]:
+    """Run `advlab ARGV` in a fresh process: (peak RSS, RSS when it finished), in MB."""
+    code = ("import resource, sys; from advlab.cli import main; rc = main(sys.argv[1:]); "
+            "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0]; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    peak, end = (int(v) / 1024 for v in out.stdout.strip().splitlines()[-1].split())
+    return peak, end
 
 
 def main() -> None:
@@ -38,19 +38,21 @@ def main() -> None:
     rows = []
     for n in (1000, 10000):
         out = CACHE / f"memory-eval-{n}"
-        args = [sys.executable, "-m", "advlab", "evaluate", "--run", str(run), "--eps", "0.05,0.1", "--suite", "fast",
+        args = ["evaluate", "--run", str(run), "--eps", "0.05,0.1", "--suite", "fast",
                 "--n", str(n), "--no-checks", "--fresh", "--no-progress", "--out", str(out)]
-        peak = peak_rss_mb(args)
+        peak, end = measure(args)
         on_disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
         held = n * (N_EPS + 1) * (28 * 28 + 10) * 4 / 2**20  # inputs + adversarial copies + logits, float32
-        rows.append([n, peak, held, on_disk])
-    (n1, p1, h1, _), (n2, p2, h2, _) = rows
+        rows.append([n, peak, end, held, on_disk])
+    (n1, p1, e1, h1, _), (n2, p2, e2, h2, _) = rows
     growth = p2 - p1
     text = ("# Peak memory of advlab evaluate (fast suite, 2 epsilons, Fashion-MNIST)\n\n"
-            + markdown_table(["images", "peak RSS (MB)", "result tensors held (MB)", "written to disk (MB)"], rows)
+            + markdown_table(["images", "peak RSS (MB)", "RSS at the end (MB)", "result tensors held (MB)",
+                             "written to disk (MB)"], rows)
             + f"\n\nFrom {n1} to {n2} images the peak grows by {growth:.0f} MB; the result tensors held in "
               f"memory grow by {h2 - h1:.0f} MB, so {growth - (h2 - h1):.0f} MB of the growth is not explained "
-              f"by them.\n")
+              f"by them. At the end of the run (everything computed, results written) resident memory grows "
+              f"by {e2 - e1:.0f} MB.\n")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.md").write_text(text)
     print(text)

@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 
 from advlab.attacks import BIM, FGSM
 from advlab.defenses import TrainConfig, Trainer
-from advlab.errors import ConfigError
+from advlab.errors import AdvlabError, ConfigError
 from advlab.evaluate import (SuiteEntry, clopper_pearson, evaluate_robustness, get_suite, load_suite_file,
                              run_checks, verdict)
 from advlab.evaluate.checks import (check_gradient_consistency, check_gradients, check_probabilities,
@@ -185,3 +185,29 @@ def test_evaluate_cli_contract(tmp_path):
     assert {c["name"] for c in rec["checks"]} >= {"gradients", "monotone", "unbounded", "single_step"}
     out = run / "eval" / "fast-linf"
     assert (out / "result.json").is_file() and (out / "curve.csv").read_text().startswith("eps,robust_accuracy")
+
+
+def test_verdict_separates_a_weak_attack_from_masked_gradients():
+    from advlab.evaluate.checks import CheckResult
+
+    def result(name, passed):
+        return CheckResult(name, passed, "", f"docs/checks/{name}.md", "")
+    assert verdict([result("monotone", True), result("convergence", True)]) == "ok"
+    assert verdict([result("monotone", True), result("convergence", False)]).startswith("not converged")
+    assert verdict([result("gradients", False), result("convergence", False)]) == "suspicious: gradients, convergence"
+
+
+def test_convergence_is_judged_against_what_the_evaluation_reported(model_and_data):
+    model, x, y, bounds = model_and_data
+    x, y = x[:40], y[:40]
+    eps = [0.1]
+
+    def convergence(reported):
+        checks = run_checks(model, x, y, eps, bounds=bounds, reported_robust=reported)
+        return next(c for c in checks if c.name == "convergence")
+    # An "evaluation" that broke nothing is not converged; one that broke everything cannot be beaten.
+    weak = convergence({0.1: torch.ones(len(y), dtype=torch.bool)})
+    assert not weak.passed and "the evaluation missed" in weak.detail
+    assert convergence({0.1: torch.zeros(len(y), dtype=torch.bool)}).passed
+    with pytest.raises(AdvlabError, match="eps 0.1"):
+        convergence({0.2: torch.ones(len(y), dtype=torch.bool)})
