@@ -10,7 +10,7 @@ import json
 import math
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -39,16 +39,27 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def relative_path(value: str, key: str) -> str:
+    """A path from a config must stay inside the run directory: relative, without '..'."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty relative path, got {value!r}")
+    if (os.path.isabs(value) or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+            or PureWindowsPath(value).drive or value.startswith("~")):
+        raise ConfigError(f"{key} = {value!r} is an absolute path; paths in experiment configs are relative to the "
+                          "run directory (e.g. out = \"goodfellow2015\"); choose the run directory with --out")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if ".." in parts:
+        raise ConfigError(f"{key} = {value!r} leaves the run directory ('..'); use a folder name inside it")
+    return value
+
+
 def inside(root: str | os.PathLike, relative: str | os.PathLike, what: str = "path") -> Path:
     """root/relative, refusing anything that would land outside root.
 
     Paths that come from config files (output names, figure files) go through here, so a config
     cannot write to or read from `../../somewhere` or an absolute path. Symlinks are resolved.
     """
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ConfigError(f"{what} {str(relative)!r} must be a relative path inside {root} "
-                          "(no absolute paths, no '..')")
+    rel = Path(relative_path(str(relative), what))
     base = Path(root).resolve()
     target = (base / rel).resolve()
     if target != base and base not in target.parents:
