@@ -3,6 +3,7 @@ ratios, and robust self-training with vs without an unlabelled pool.
 
     nice python benchmarks/training.py                       # every configuration, then the report
     nice python benchmarks/training.py --only cost,fgsm-rs-5 # some of them
+    nice python benchmarks/training.py --only pgd7-10 --train-only; ... --reeval pgd7-10   # in two steps
     python benchmarks/training.py --report                   # rebuild benchmarks/results/training.md
 
 Setting (issue 5): small CNN (conv32-conv64-fc128), eps = 0.1 (Linf), Adam with the one-cycle
@@ -94,7 +95,7 @@ def robust_eval(run_dir: Path, ds) -> dict:
     return out
 
 
-def run_config(name: str, ds) -> dict:
+def run_config(name: str, ds, evaluate: bool = True) -> dict:
     defense, options, epochs, model_kw, purpose = CONFIGS[name]
     config = TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, seed=0)
     out = RUNS / name
@@ -108,7 +109,8 @@ def run_config(name: str, ds) -> dict:
               "epoch_seconds": [m["epoch_seconds"] for m in card["metrics"]["history"]],
               "stop_reason": card["metrics"].get("stop_reason"), "test_accuracy_full": record["test_accuracy"],
               "rst": card["metrics"].get("rst")}
-    result.update(robust_eval(out, ds))
+    if evaluate:
+        result.update(robust_eval(out, ds))
     return result
 
 
@@ -220,6 +222,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help=f"comma-separated: cost,{','.join(CONFIGS)}")
     parser.add_argument("--report", action="store_true", help="only rebuild the markdown report")
     parser.add_argument("--reeval", default=None, help="comma-separated runs to evaluate again (no training)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and save the runs; evaluate them later with --reeval")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -236,7 +240,7 @@ def main() -> None:
         ds = load_dataset("fashion-mnist")
         for name in names:
             print(f"== {name}", flush=True)
-            result = epoch_costs(ds) if name == "cost" else run_config(name, ds)
+            result = epoch_costs(ds) if name == "cost" else run_config(name, ds, not args.train_only)
             (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
             print(json.dumps(result)[:400], flush=True)
     (ROOT / "results" / "training.md").write_text(report())

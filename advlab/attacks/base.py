@@ -32,6 +32,7 @@ from ..errors import AdvlabError
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..threat import Bounds, Norm, enforce, get_norm
+from .padding import PaddedBatches
 from .result import AttackResult
 
 EpsArg = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
@@ -69,12 +70,13 @@ class Attack:
         order = sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())
         n_batches = math.ceil(len(x) / self.batch_size)
         outputs = []
+        runner = PaddedBatches(model, self.batch_size)  # a few batch sizes only: bounded memory
         with attack_mode(model, evaluation=True):
             bar = progress_bar(range(n_batches), f"{self.name}", progress, unit="batch")
             for b in bar:
                 sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
                 tb = targets[sl].to(device) if targets is not None else None
-                outputs.append(self._attack_batch(model, x[sl].to(device), y[sl].to(device), tb,
+                outputs.append(self._attack_batch(runner, x[sl].to(device), y[sl].to(device), tb,
                                                   [e[sl].to(device) for e in eps_list], order, bounds, b))
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
                                                 if t[0] is not None else None
