@@ -106,3 +106,35 @@ def test_bad_options_are_clear_errors():
     model, x, y, _ = logistic()
     with pytest.raises(AdvlabError, match="finite epsilon"):
         Square().perturb(model, x, y, math.inf)
+
+
+def test_give_up_stops_querying_unreachable_points_and_still_breaks_the_reachable_ones():
+    model, x, y, z = logistic(n=200)
+    dist = hyperplane_distance(model, z, 1)
+    eps = dist.median().item()
+    rows = {}
+
+    class Counted(nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def forward(self, v):
+            rows[self.key] = rows.get(self.key, 0) + len(v)
+            return model(v)
+
+    full = Square("linf", n_queries=1000).perturb(Counted("full"), x, y, eps, early_stop=True)
+    quick = Square("linf", n_queries=1000, give_up=3).perturb(Counted("quick"), x, y, eps, early_stop=True)
+    broken_full = model(full).argmax(1) != y
+    broken_quick = model(quick).argmax(1) != y
+    assert not broken_quick[dist > eps * (1 + 1e-4)].any()
+    assert broken_quick[dist < 0.8 * eps].all()
+    # The points beyond reach plateau at the distance to the boundary minus eps: they are dropped early.
+    assert rows["quick"] < 0.5 * rows["full"], rows
+    assert broken_quick.sum() >= broken_full.sum() - 3
+
+
+def test_give_up_must_be_a_positive_factor():
+    with pytest.raises(AdvlabError, match="give_up"):
+        Square(give_up=0)
+    assert Square(n_queries=5000).checkpoints() == {250, 500, 1000, 2000, 3000, 4000}
