@@ -54,6 +54,12 @@ def fixed_net():
     return Net().eval()
 
 
+def _wrong_labels():
+    """Labels the fixed net gets wrong on every point of X."""
+    with torch.no_grad():
+        return (fixed_net()(X).argmax(1) + 1) % fixed_net()(X[:1]).shape[1]
+
+
 def attack(model=None, x=None, y=None, eps=(0.1,), **kw):
     model = model or fixed_net()
     return PGD(steps=2, **kw.pop("attack_kw", {}))(model, X if x is None else x, Y if y is None else y, list(eps),
@@ -109,6 +115,9 @@ def case(row_id, tmp_path, capsys, run_dir):
                                                   "--attack", "pgd", "--eps", "abc")),
         "infinite-eps-unbounded": lambda: (expect_error(lambda: attack(eps=(math.inf,)), "finite epsilon"),
                                            expect_error(lambda: Square(n_queries=5)(fixed_net(), X, Y, [math.inf]),
+                                                        "finite epsilon"),
+                                           # even when no point needs attacking (every label is wrong)
+                                           expect_error(lambda: attack(eps=(math.inf,), y=_wrong_labels()),
                                                         "finite epsilon")),
         "bounds-violated": lambda: expect_error(lambda: attack(bounds=(0.0, 0.5)), "outside the bounds"),
         "probabilities": lambda: _warns(lambda: attack(model=Net("probabilities").eval()), "probabilities"),

@@ -33,6 +33,7 @@ from .losses import get_loss, margin
 
 class APGD(Attack):
     name = "apgd-ce"
+    needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
                  momentum: float = 0.75, targeted: bool = False, batch_size: int = 500, seed: int = 0):
@@ -68,6 +69,7 @@ class APGDT(Attack):
     """APGD with the targeted DLR loss against the top wrong classes; the goal stays misclassification."""
 
     name = "apgd-t"
+    needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
                  loss="dlr", rho: float = 0.75, momentum: float = 0.75, batch_size: int = 500, seed: int = 0):

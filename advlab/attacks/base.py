@@ -32,6 +32,7 @@ from ..errors import AdvlabError
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..threat import Bounds, Norm, enforce, get_norm
+from .budget import finite_eps
 from .padding import PaddedBatches
 from .result import AttackResult
 
@@ -46,6 +47,7 @@ class Attack:
     name = "attack"
     minimal = False           # minimal-norm attacks implement _minimize instead of _perturb
     needs_gradients = True
+    needs_finite_eps = False  # step sizes or proposals scale with eps (see budget.finite_eps)
 
     def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int = 500, seed: int = 0):
         self.norm = get_norm(norm)
@@ -65,6 +67,9 @@ class Attack:
                  progress: bool = False) -> AttackResult:
         eps_list = _eps_list(eps, len(x))
         y, targets = self._check(model, x, y, bounds, targets)
+        if self.needs_finite_eps and bounds is None:  # checked up front, not only once a point is attacked
+            for e in eps_list:
+                finite_eps(e, x, self.norm, bounds, self.name)
         start = time.perf_counter()
         device = model_device(model)
         order = sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())

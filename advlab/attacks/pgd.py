@@ -20,6 +20,7 @@ from .losses import get_loss
 
 class PGD(Attack):
     name = "pgd"
+    needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 20, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,

@@ -40,6 +40,7 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
 
 class Square(Attack):
     name = "square"
+    needs_finite_eps = True
     needs_gradients = False
 
     def __init__(self, norm="linf", *, n_queries: int = 5000, p_init: float = 0.8, give_up: float | None = None,
