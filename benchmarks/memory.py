@@ -53,6 +53,9 @@ def main() -> None:
               f"memory grow by {h2 - h1:.0f} MB, so {growth - (h2 - h1):.0f} MB of the growth is not explained "
               f"by them. At the end of the run (everything computed, results written) resident memory grows "
               f"by {e2 - e1:.0f} MB.\n")
+    notes = RESULTS / "memory-notes.md"  # hand-written: what was tried, appended to every report
+    if notes.exists():
+        text += "\n" + notes.read_text()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory.md").write_text(text)
     print(text)
