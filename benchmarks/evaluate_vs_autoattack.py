@@ -50,7 +50,7 @@ def run_autoattack(model, x, y):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=["standard", "FGSM-RS"])
+    parser.add_argument("--models", nargs="*", default=["FGSM-RS", "standard"])
     parser.add_argument("--n", type=int, default=N)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (1: CPU seconds are comparable on a shared machine)")
@@ -81,10 +81,17 @@ def main() -> None:
                         f"CPU time {a_cpu:.0f} s vs {aa_cpu:.0f} s = {aa_cpu / a_cpu:.2f}x faster (wall "
                         f"{aa_time / a_time:.2f}x; target >= 2x): {'PASS' if ok else 'FAIL'}")
         print(markdown_table(HEADERS, rows[-3:]), flush=True)
-    text = (f"# advlab standard suite vs AutoAttack\n\nFashion-MNIST, first {args.n} test images, Linf eps {EPS}, "
+        write_report(args.n, rows, verdicts)  # after every model: a long run stopped halfway keeps what it has
+
+
+def write_report(n, rows, verdicts) -> None:
+    text = (f"# advlab standard suite vs AutoAttack\n\nFashion-MNIST, first {n} test images, Linf eps {EPS}, "
             f"batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads.\n\n"
             + markdown_table(HEADERS, rows) + "\n\n"
             + "\n".join(verdicts) + "\n")
+    notes = RESULTS / "evaluate-notes.md"  # hand-written conclusions, appended to every report
+    if notes.exists():
+        text += "\n" + notes.read_text()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "evaluate.md").write_text(text)
     print(text)

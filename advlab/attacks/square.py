@@ -11,10 +11,10 @@ rescaled to n_queries). Each example draws its own window and signs from the see
 only points that are still robust are queried (with early_stop), so each costs at most n_queries
 forward passes.
 
-give_up=h (off by default; the `standard` evaluation suite uses 3) stops querying a point at 5, 10,
+give_up=h (off by default; the `standard` evaluation suite uses 5) stops querying a point at 5, 10,
 20, 40, 60 or 80% of the budget when even h times its progress since the last of those checkpoints
 would not bring its margin to zero with the queries left. On a robust model most points plateau
-far from the boundary and this saves about two thirds of the queries; see benchmarks/square_give_up.py
+far from the boundary and h=5 saves more than half of the queries; see benchmarks/square_give_up.py
 for what it costs in points found.
 
 Inputs that are not (N, C, H, W) images are treated as one row of pixels (N, 1, 1, D), where the

@@ -35,13 +35,13 @@ SUITES: dict[str, list[SuiteEntry]] = {
     "fast": [SuiteEntry("pgd-20", "pgd", {"steps": 20})],
     # AutoAttack's standard version: APGD-CE, APGD-T (DLR, 9 target classes), FAB-T, Square (5000 queries).
     # FAB-T is left out; benchmarks/results/evaluate.md counts the points AutoAttack (which runs it)
-    # breaks and this suite does not. Square gives up on a
-    # point once even 3x its recent progress could not reach the boundary in the queries left: on a
-    # robust model that saves about two thirds of its queries (benchmarks/results/square_give_up.md).
+    # breaks and this suite does not. Square gives up on a point once even 5x its recent progress
+    # could not reach the boundary in the queries left: on a robust model that saves more than half
+    # of its queries (benchmarks/results/square_give_up.md; 3x lost one point in 103 on a standard model).
     "standard": [
         SuiteEntry("apgd-ce", "apgd-ce", {}),
         SuiteEntry("apgd-t", "apgd-t", {}),
-        SuiteEntry("square", "square", {"n_queries": 5000, "give_up": 3.0}),
+        SuiteEntry("square", "square", {"n_queries": 5000, "give_up": 5.0}),
     ],
 }
 
