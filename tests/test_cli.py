@@ -125,3 +125,16 @@ def test_eps_per_class_file(trained_run, tmp_path):
     assert r3.returncode == 2 and "Traceback" not in r3.stderr
     r4 = run_cli("attack", "--run", str(trained_run), "--attack", "pgd", "--eps", "0.1", "--eps-per-class", str(bad))
     assert r4.returncode == 2 and "not allowed with" in r4.stderr
+
+
+def test_steps_are_queries_for_square():
+    import argparse
+
+    from advlab.attacks import build_attack
+    from advlab.cli.attack import attack_options
+
+    def options(attack):
+        return attack_options(argparse.Namespace(attack=attack, attack_arg=[], seed=0, batch_size=10, norm=None,
+                                                 steps=7, restarts=None, loss=None, step_size=None))
+    assert build_attack("square", **options("square")).n_queries == 7
+    assert build_attack("pgd", **options("pgd")).steps == 7

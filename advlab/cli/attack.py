@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--norm", default=None, choices=["linf", "l2", "l1"],
                    help="threat model (default linf; spatial has none: its budget is a rotation/shift range)")
     add_budget(p)
-    p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks)")
+    p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks; queries for square)")
     p.add_argument("--step-size", default=None, help="absolute step size, e.g. 0.01 or 2/255")
     p.add_argument("--restarts", type=int, default=None, help="random restarts (PGD)")
     p.add_argument("--loss", default=None, choices=["ce", "margin", "dlr"], help="loss to ascend")
@@ -52,7 +52,9 @@ def attack_options(args: argparse.Namespace) -> dict:
         options["norm"] = args.norm  # given explicitly: an error for an attack without a norm
     elif "norm" in attack_parameters(args.attack):
         options["norm"] = "linf"
-    for key, value in (("steps", args.steps), ("restarts", args.restarts), ("loss", args.loss)):
+    # Square's iterations are queries: --steps sets n_queries.
+    steps_key = "n_queries" if args.attack == "square" else "steps"
+    for key, value in ((steps_key, args.steps), ("restarts", args.restarts), ("loss", args.loss)):
         if value is not None:
             options[key] = value
     if args.step_size is not None:
