@@ -159,7 +159,7 @@ def report() -> str:
              "Small CNN (conv32-conv64-fc128), eps = 0.1 Linf, Adam + one-cycle (peak 3e-3), batch 128, seed 0, "
              "54,000 training / 6,000 validation images; accuracies on the first 1,000 test images. "
              "**standard** = advlab's `standard` evaluation suite (APGD-CE, APGD-T over 9 targets, Square 5000 "
-             "queries; AutoAttack's protocol), the number the targets refer to (runs measured before the suite "
+             "queries with give_up=5; AutoAttack's protocol without FAB-T), the number the targets refer to (runs measured before the suite "
              "existed show '-'). **Robust** = worst case per image over PGD-50 (CE) and PGD-50 (margin loss), "
              "random start. **+ DLR-100x2** adds PGD-100 with the DLR loss, 2 restarts, step eps/8, on the points "
              "still robust.", "",

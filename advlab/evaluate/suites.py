@@ -37,7 +37,7 @@ SUITES: dict[str, list[SuiteEntry]] = {
     # FAB-T is left out; benchmarks/results/evaluate.md counts the points AutoAttack (which runs it)
     # breaks and this suite does not. Square gives up on a point once even 5x its recent progress
     # could not reach the boundary in the queries left: on a robust model that saves more than half
-    # of its queries (benchmarks/results/square_give_up.md; 3x lost one point in 103 on a standard model).
+    # of its queries (benchmarks/results/evaluate.md; 3x lost one point in 103 on a standard model).
     "standard": [
         SuiteEntry("apgd-ce", "apgd-ce", {}),
         SuiteEntry("apgd-t", "apgd-t", {}),
