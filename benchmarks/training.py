@@ -172,7 +172,7 @@ def report() -> str:
              f"| {REFERENCE['name']} | fgsm-rs | 5 | {REFERENCE['clean']:.3f} | AA {REFERENCE['autoattack']:.3f} | "
              f"{REFERENCE['pgd50']:.3f} | - | - | {REFERENCE['seconds']} (quiet) | - | reference |"]
     for name, r in rows.items():
-        if name == "cost":
+        if name == "cost" or "clean" not in r:  # "cost", or trained with --train-only and not evaluated yet
             continue
         note = r["purpose"] + (f"; stopped: {r['stop_reason']}" if r.get("stop_reason") else "")
         if r.get("rst"):
