@@ -41,7 +41,7 @@ def run_autoattack(model, x, y):
     adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", device="cpu", seed=0)
     adversary.verbose = False
     t0, c0 = time.perf_counter(), time.process_time()
-    x_adv = adversary.run_standard_evaluation(x, y, batch_size=BATCH)
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=BATCH)  # pyautoattack returns (x_adv, y_adv)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
         robust = model(x_adv).argmax(1) == y
@@ -66,6 +66,9 @@ def main() -> None:
         model, _ = recipes[name]()
         model.eval()
         a_time, a_cpu, a_robust, per_attack = run_advlab(model, x, y)
+        # Printed now: AutoAttack takes far longer, and a failure there must not lose this.
+        print(f"{name}: advlab standard robust {a_robust.float().mean().item():.3f}, {a_time:.0f} s wall, "
+              f"{a_cpu:.0f} s CPU, {per_attack}", flush=True)
         aa_time, aa_cpu, aa_robust = run_autoattack(model, x, y)
         a_acc, aa_acc = a_robust.float().mean().item(), aa_robust.float().mean().item()
         only_advlab = int((~a_robust & aa_robust).sum())
