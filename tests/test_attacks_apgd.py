@@ -128,3 +128,69 @@ def test_bad_options_are_clear_errors():
         APGDT(loss="ce").perturb(model, x, y, 0.1, targets=1 - y)
     with seeded(0):
         assert APGD(loss="dlr").name == "apgd-dlr" and build_attack("apgd-t").name == "apgd-t"
+
+
+class _CountingRows(nn.Module):
+    """Counts the rows the attack sends through the model."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, v):
+        self.rows += len(v)
+        return self.net(v)
+
+
+@pytest.mark.parametrize("norm, q", [("linf", 1), ("l2", 2)])
+@pytest.mark.parametrize("make", [lambda norm, **kw: APGD(norm, steps=100, **kw),
+                                  lambda norm, **kw: APGDT(norm, steps=100, n_target_classes=1, loss="ce", **kw)],
+                         ids=["apgd-ce", "apgd-t"])
+def test_give_up_drops_the_points_beyond_reach_and_breaks_the_same_points(make, norm, q):
+    model, x, y, z = logistic(n=200)
+    dist = hyperplane_distance(model, z, q)
+    eps = dist.median().item()
+    full, quick = _CountingRows(model), _CountingRows(model)
+    x_full = make(norm).perturb(full, x, y, eps, early_stop=True)
+    x_quick = make(norm, give_up=3).perturb(quick, x, y, eps, early_stop=True)
+    broken_full, broken_quick = margin_of(model, x_full, y) < 0, margin_of(model, x_quick, y) < 0
+    clear = (dist - eps).abs() > 1e-3 * eps
+    assert torch.equal(broken_quick[clear], (dist < eps)[clear])
+    assert torch.equal(broken_quick, broken_full)
+    # A linear model's margin stops falling once the point sits on the ball's best face: the points
+    # beyond reach leave at the first checkpoint that sees no progress, not after 100 steps.
+    assert quick.rows < 0.6 * full.rows, (quick.rows, full.rows)
+    # and the points it gave up on come back at their best, not at the random start
+    stuck = ~broken_quick & clear
+    assert torch.allclose(margin_of(model, x_quick, y)[stuck], margin_of(model, x_full, y)[stuck], atol=1e-3)
+
+
+def test_give_up_is_off_by_default_and_must_be_a_positive_factor():
+    assert APGD().give_up is None and APGDT().give_up is None
+    for bad in (0, -1.0):
+        with pytest.raises(AdvlabError, match="give_up"):
+            APGD(give_up=bad)
+        with pytest.raises(AdvlabError, match="give_up"):
+            APGDT(give_up=bad)
+
+
+def test_a_point_that_meets_the_goal_at_a_checkpoint_is_returned_broken():
+    # 1-D: logits (0, v), label 0, so v > 0 breaks the point; the loss -(v - c)^2 peaks at c = -0.3,
+    # where the point is still correct. From x = -0.5 with eps = 1 ([-1.5, 0.5]) a random start
+    # below c steps to 0.5: broken, with a lower loss than the start. With 9 steps every step is a
+    # step-size checkpoint, and a loss that did not rise sends the iterate back to the best point:
+    # that must not undo the break that early stopping is about to return.
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model.bias.zero_()
+
+    def loss(logits, y, targets=None):
+        return -(logits[:, 1] + 0.3).pow(2)
+
+    x = torch.full((400, 1), -0.5)
+    y = torch.zeros(400, dtype=torch.long)
+    x_adv = APGD("linf", steps=9, loss=loss).perturb(model, x, y, 1.0, early_stop=True)
+    broken = model(x_adv).argmax(1) != y
+    # Starts above 0 (1/4) or below c (3/5) are broken by the start or the first step.
+    assert broken.float().mean() > 0.8, broken.float().mean()

@@ -14,6 +14,12 @@ The algorithm, per example:
   the step size nor the best loss changed since the last checkpoint;
 - the point with the highest loss is kept (and, with early stopping, the first misclassified one).
 
+give_up=h (off by default, as in the paper) stops a run on a point at a checkpoint when even h
+times its progress since the previous checkpoint, in the margin z_y - max_{j != y} z_j, would not
+reach the boundary in the steps left (advlab/attacks/give_up.py, the rule Square uses). APGD halves
+its step as it goes, so the recent rate overstates what is left; on a robust model most points
+stall far from the boundary, and APGD-T runs 9 targets on each of them.
+
 APGD-T is an untargeted attack (it wins when the label changes) that runs the targeted DLR loss
 against each of the n_target_classes most likely wrong classes of the clean input in turn, each
 run only on the points the earlier runs did not break. Points leave the batch as soon as they are
@@ -28,6 +34,7 @@ from ..errors import AdvlabError
 from ..threat import clip_to_bounds
 from .base import Attack, input_gradient
 from .budget import finite_eps
+from .give_up import check_give_up, hopeless
 from .losses import get_loss, margin
 
 
@@ -36,7 +43,8 @@ class APGD(Attack):
     needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
-                 momentum: float = 0.75, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 momentum: float = 0.75, give_up: float | None = None, targeted: bool = False, batch_size: int = 500,
+                 seed: int = 0):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if self.norm.name not in ("linf", "l2"):
             raise AdvlabError(f"APGD supports the linf and l2 norms, not {self.norm.name!r}; use pgd for l1")
@@ -44,7 +52,8 @@ class APGD(Attack):
             raise AdvlabError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise AdvlabError(f"rho and momentum must be in (0, 1], got rho={rho}, momentum={momentum}")
-        self.steps, self.restarts, self.rho, self.momentum = steps, restarts, rho, momentum
+        check_give_up(give_up)
+        self.steps, self.restarts, self.rho, self.momentum, self.give_up = steps, restarts, rho, momentum, give_up
         self.loss = loss
         self._loss_fn = get_loss(loss)
         if isinstance(loss, str):
@@ -72,14 +81,17 @@ class APGDT(Attack):
     needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
-                 loss="dlr", rho: float = 0.75, momentum: float = 0.75, batch_size: int = 500, seed: int = 0):
+                 loss="dlr", rho: float = 0.75, momentum: float = 0.75, give_up: float | None = None,
+                 batch_size: int = 500, seed: int = 0):
         super().__init__(norm, targeted=False, batch_size=batch_size, seed=seed)
         if n_target_classes < 1:
             raise AdvlabError(f"n_target_classes must be >= 1, got {n_target_classes}")
         self.n_target_classes = n_target_classes
         # The inner optimiser; its own goal check is overridden by passing goal targets None.
-        self._apgd = APGD(norm, steps=steps, restarts=1, loss=loss, rho=rho, momentum=momentum, seed=seed)
+        self._apgd = APGD(norm, steps=steps, restarts=1, loss=loss, rho=rho, momentum=momentum, give_up=give_up,
+                          seed=seed)
         self.steps, self.restarts, self.loss, self.rho, self.momentum = steps, restarts, loss, rho, momentum
+        self.give_up = give_up
 
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
         if targets is not None:
@@ -164,22 +176,30 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     hist[0] = loss
     checks = checkpoints(steps)
     last_check = 0
+    # give_up: the distance to the goal (z_y - max_{j != y} z_j, <= 0 once met), best so far and at
+    # the last checkpoint; points the rule stops leave with their best point, like broken ones.
+    give_up = attack.give_up if early_stop else None
+    gap_best = -margin(logits.detach(), yy, gt)
+    gap_then = gap_best.clone()
+    stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     for i in range(steps + 1):
         hit = attack._goal_met(logits, yy, gt)
-        if hit.any():
-            found[idx[hit]] = True
-            if early_stop:
-                out_x[idx[hit]] = xa[hit]
-                out_score[idx[hit]] = loss_best[hit]
-                keep = ~hit
-                idx, x0, yy, ee, step, xa, x_prev, grad = (t[keep] for t in (idx, x0, yy, ee, step, xa, x_prev, grad))
-                x_best, grad_best, loss_best, loss_best_last, reduced_last = (
-                    t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
-                lt = lt[keep] if lt is not None else None
-                gt = gt[keep] if gt is not None else None
-                if len(idx) == 0:
-                    break
+        found[idx[hit]] = True
+        if early_stop and (hit | stalled).any():
+            out_x[idx[hit]] = xa[hit]
+            stalled &= ~hit
+            out_x[idx[stalled]] = x_best[stalled]
+            out_score[idx[hit | stalled]] = loss_best[hit | stalled]
+            keep = ~(hit | stalled)
+            idx, x0, yy, ee, step, xa, x_prev, grad = (t[keep] for t in (idx, x0, yy, ee, step, xa, x_prev, grad))
+            x_best, grad_best, loss_best, loss_best_last, reduced_last = (
+                t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
+            gap_best, gap_then, stalled = gap_best[keep], gap_then[keep], stalled[keep]
+            lt = lt[keep] if lt is not None else None
+            gt = gt[keep] if gt is not None else None
+            if len(idx) == 0:
+                break
         if i == steps:
             break
 
@@ -196,6 +216,7 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
                 logits = model(xa)
                 loss = loss_fn(logits, yy, lt)
         hist[i + 1, idx] = loss
+        gap_best = torch.minimum(gap_best, -margin(logits.detach(), yy, gt))
 
         improved = loss > loss_best
         x_best[improved], grad_best[improved], loss_best[improved] = xa[improved], grad[improved], loss[improved]
@@ -211,8 +232,14 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
             reduced_last, loss_best_last = reduce, loss_best.clone()
             if reduce.any():
                 step = torch.where(reduce, step / 2, step)
-                xa = torch.where(reduce.view(shape), x_best, xa)
-                grad = torch.where(reduce.view(shape), grad_best, grad)
+                # A point that meets the goal right now keeps its iterate: the check at the top of
+                # the next step reads these logits, and with early stopping it returns this iterate.
+                back = reduce & ~attack._goal_met(logits, yy, gt) if early_stop else reduce
+                xa = torch.where(back.view(shape), x_best, xa)
+                grad = torch.where(back.view(shape), grad_best, grad)
+            if give_up is not None:
+                stalled = hopeless(gap_best, gap_then, interval, steps - last_check, give_up)
+                gap_then = gap_best.clone()
 
     # Points broken under early stopping were written out when they left; the rest return their best point.
     if len(idx):

@@ -31,6 +31,7 @@ from ..errors import AdvlabError
 from ..threat import clip_to_bounds
 from .base import Attack
 from .budget import finite_eps
+from .give_up import check_give_up, hopeless
 from .losses import margin
 
 # (share of the schedule in 1/10000, divisor of p_init) from the paper's code.
@@ -52,8 +53,7 @@ class Square(Attack):
             raise AdvlabError(f"n_queries must be >= 1, got {n_queries}")
         if not 0 < p_init <= 1:
             raise AdvlabError(f"p_init is a share of the image, in (0, 1]; got {p_init}")
-        if give_up is not None and not give_up > 0:
-            raise AdvlabError(f"give_up is a factor > 0 (or None to query every point to the end), got {give_up}")
+        check_give_up(give_up)
         self.n_queries, self.p_init, self.give_up = n_queries, p_init, give_up
 
     def p_selection(self, query: int) -> float:
@@ -67,13 +67,6 @@ class Square(Attack):
     def checkpoints(self) -> set[int]:
         """Queries at which `give_up` looks at each point's progress: 5, 10, 20, 40, 60, 80%."""
         return {max(1, round(self.n_queries * f)) for f in (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)}
-
-    def _hopeless(self, margin_now, margin_then, q, q_then):
-        """Points whose margin would stay above zero for the rest of the queries even if it kept
-        falling at `give_up` times its rate since the last checkpoint. Square's progress slows
-        down as its windows shrink, so the recent rate already overstates what is left to gain."""
-        rate = (margin_then - margin_now).clamp_min(0) / (q - q_then)
-        return margin_now > self.give_up * rate * (self.n_queries - q)
 
     @torch.no_grad()
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
@@ -104,7 +97,8 @@ class Square(Attack):
         last_q, last_margin = 0, best_margin.clone()
         for q in range(1, self.n_queries):
             if q in checkpoints:
-                active[idx[self._hopeless(best_margin[idx], last_margin[idx], q, last_q)]] = False
+                stalled = hopeless(best_margin[idx], last_margin[idx], q - last_q, self.n_queries - q, self.give_up)
+                active[idx[stalled]] = False
                 last_q, last_margin = q, best_margin.clone()
             idx = idx[active[idx]] if early_stop else idx
             if len(idx) == 0:
