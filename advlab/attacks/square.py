@@ -15,7 +15,7 @@ give_up=h (off by default; the `standard` evaluation suite uses 5) stops queryin
 20, 40, 60 or 80% of the budget when even h times its progress since the last of those checkpoints
 would not bring its margin to zero with the queries left. On a robust model most points plateau
 far from the boundary and h=5 saves more than half of the queries; benchmarks/results/evaluate.md has
-what it costs in points found (benchmarks/square_give_up.py measures it with side-by-side runs).
+what it costs in points found (benchmarks/give_up.py measures it with side-by-side runs).
 
 Inputs that are not (N, C, H, W) images are treated as one row of pixels (N, 1, 1, D), where the
 window becomes a run of consecutive features covering the same share p.
