@@ -1,6 +1,7 @@
 """What `give_up` saves, and what it misses, for APGD-T and Square on the two benchmark models.
 
     python benchmarks/give_up.py [--n 300] [--factors 5] [--attacks apgd-t,square]
+    (writes benchmarks/results/give_up-ATTACKS.md)
 
 Linf eps 0.1, seed 0, on the Fashion-MNIST small CNNs of attack_speed.py (standard, and FGSM +
 random start), first N test images, one thread. Each attack runs where the `standard` suite runs it:
@@ -94,7 +95,7 @@ def main() -> None:
             f"first {args.n} test images, one thread)\n\n" + markdown_table(headers, rows) + "\n\n"
             "share broken: of the points the attack was run on. forward rows: images through the model, "
             "padding included.\n")
-    (RESULTS / "give_up.md").write_text(text)
+    (RESULTS / f"give_up-{args.attacks.replace(',', '-')}.md").write_text(text)
     print(text)
 
 
