@@ -129,6 +129,9 @@ def main() -> None:
             f"one random start, batch {BATCH}, medians of {args.repeats} interleaved runs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}."
             f"\n\n{table}\n\n" + "\n".join(verdicts) + "\n")
+    notes = RESULTS / "attack_speed-notes.md"  # hand-written conclusions, appended to every report
+    if notes.exists():
+        text += "\n" + notes.read_text()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "attack_speed.md").write_text(text)
     print(text)
