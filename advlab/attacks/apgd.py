@@ -216,7 +216,8 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
                 logits = model(xa)
                 loss = loss_fn(logits, yy, lt)
         hist[i + 1, idx] = loss
-        gap_best = torch.minimum(gap_best, -margin(logits.detach(), yy, gt))
+        if give_up is not None:
+            gap_best = torch.minimum(gap_best, -margin(logits.detach(), yy, gt))
 
         improved = loss > loss_best
         x_best[improved], grad_best[improved], loss_best[improved] = xa[improved], grad[improved], loss[improved]

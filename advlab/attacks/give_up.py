@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import AdvlabError
+
 
 def check_give_up(factor) -> None:
-    from ..errors import AdvlabError
     if factor is not None and not factor > 0:
         raise AdvlabError(f"give_up is a factor > 0 (or None to spend the whole budget on every point), got {factor}")
 
