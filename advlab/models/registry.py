@@ -12,6 +12,7 @@ from .cnn import MadryCNN, SmallCNN
 from .linear import LogisticRegression, SoftmaxRegression
 from .mlp import MLP, MaxoutNet
 from .rbf import RBFNet
+from .resnet import PreActResNet18, ResNet18, WideResNet
 from .wrappers import Normalized
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -22,6 +23,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn-small": SmallCNN,
     "cnn-madry": MadryCNN,
     "rbf": RBFNet,
+    "preact-resnet18": PreActResNet18,
+    "resnet18": ResNet18,
+    "wrn": WideResNet,
 }
 
 
