@@ -49,11 +49,17 @@ class Dataset:
         return self.x_test[:n], self.y_test[:n]
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training inputs (per-feature for (N, D) data)."""
-        x = self.x_train
+        """Per-channel mean and std of the training inputs (per-feature for (N, D) data).
+
+        A dataset with no training rows (a user's `--data` file is all test split) uses its test inputs.
+        """
+        x = self.x_train if len(self.x_train) else self.x_test
+        if len(x) == 0:
+            raise AdvlabError(f"dataset {self.name!r} has no inputs to compute channel statistics from")
         dims = [0, 2, 3] if x.ndim == 4 else [0]
         mean = x.mean(dim=dims)
-        std = x.std(dim=dims).clamp_min(1e-6)
+        values_per_channel = x.numel() // max(mean.numel(), 1)
+        std = x.std(dim=dims, correction=1 if values_per_channel > 1 else 0).clamp_min(1e-6)
         return mean.tolist(), std.tolist()
 
     def describe(self) -> dict[str, Any]:
