@@ -229,7 +229,7 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     if y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise AdvlabError(f"{where}: y must hold whole class numbers; row {bad[0]} is {y[bad[0]]!r}")
+            raise AdvlabError(f"{where}: y must hold whole class numbers; row {bad[0]} is {y[bad[0]].item()!r}")
     elif y.dtype.kind not in "biu":
         raise AdvlabError(f"{where}: y has dtype {y.dtype}; labels must be integer class indices 0..K-1")
     negative = np.flatnonzero(y < 0)

@@ -46,7 +46,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
         files += [(label, p) for p in images]
     if skipped:
         examples = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
-        _progress.write(f"{where}: skipped {len(skipped)} entries that are not {'/'.join(IMAGE_SUFFIXES)} images "
+        _progress.write(f"{where}: skipped {len(skipped)} entries that are hidden or not {'/'.join(IMAGE_SUFFIXES)} files "
                        f"({examples}{', ...' if len(skipped) > 3 else ''})")
 
     from PIL import Image
