@@ -163,6 +163,8 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
 
 def _layout(x: np.ndarray, where: str) -> np.ndarray:
     """(N, C, H, W) stays; (N, H, W, C) with C in {1, 3, 4} is transposed; (N, H, W) gets C = 1."""
+    if x.ndim >= 2 and 0 in x.shape[1:]:
+        raise AdvlabError(f"{where}: x has shape {x.shape}, with no values per example")
     if x.ndim == 2:
         return x  # (N, D) features
     if x.ndim == 3:
@@ -195,8 +197,9 @@ def _inputs(x: np.ndarray, bounds, where: str) -> tuple[np.ndarray, tuple[float,
     finite = np.isfinite(xf).reshape(len(xf), -1).all(axis=1)
     if not finite.all():
         rows = np.flatnonzero(~finite)
-        raise AdvlabError(f"{where}: x has NaN or infinite values in {len(rows)} example(s), rows "
-                          f"{', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''}; fix or remove them "
+        which = (f"1 example, row {rows[0]}" if len(rows) == 1 else f"{len(rows)} examples, rows "
+                 f"{', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''}")
+        raise AdvlabError(f"{where}: x has NaN or infinite values in {which}; fix or remove them "
                           f"(float64 values beyond float32's range count as infinite)")
     lo, hi = float(xf.min()), float(xf.max())
     if bounds == "auto":
@@ -316,6 +319,8 @@ def _read_member(zf: zipfile.ZipFile, member: str, key: str, where: str) -> np.n
                                    f"less data; the file is truncated or damaged, write it again")
         with zf.open(member) as f:
             return fmt.read_array(f, allow_pickle=False)
+    except AdvlabError:
+        raise
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise AdvlabError(_object_message(where, key)) from None

@@ -46,7 +46,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
         files += [(label, p) for p in images]
     if skipped:
         examples = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
-        _progress.write(f"{where}: skipped {len(skipped)} entries that are hidden or not {'/'.join(IMAGE_SUFFIXES)} files "
+        _progress.write(f"{where}: skipped {len(skipped)} {'entry' if len(skipped) == 1 else 'entries'} that are hidden or not {'/'.join(IMAGE_SUFFIXES)} files "
                        f"({examples}{', ...' if len(skipped) > 3 else ''})")
 
     from PIL import Image
@@ -84,7 +84,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
 
 def _decode(data: bytes, shown: Path, formats: list[str]) -> tuple[np.ndarray, bool, tuple[int, int]]:
     """One image -> (H, W) gray or (H, W, 3) RGB; uint8, or float32 in [0, 1] for 16-bit gray."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data), formats=formats) as img:
@@ -107,6 +107,9 @@ def _decode(data: bytes, shown: Path, formats: list[str]) -> tuple[np.ndarray, b
                           f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except AdvlabError:
         raise
+    except UnidentifiedImageError:
+        raise CorruptFileError(f"{shown} cannot be read as an image (it is not a {'/'.join(formats)} file that "
+                               f"Pillow recognises); re-save it as PNG or JPEG, or remove it") from None
     except Exception as e:  # noqa: BLE001 - a decoder on untrusted bytes fails in many ways
         raise CorruptFileError(f"{shown} cannot be read as an image ({type(e).__name__}: {e}); re-save it as "
                                f"PNG or JPEG, or remove it") from e
