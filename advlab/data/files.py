@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import progress as _progress
 from ..config import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError, DataNotFoundError
 from ..io import load_tensors
