@@ -98,8 +98,10 @@ def _eps_text(values: list[float]) -> str:
 
 
 def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | None = None, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every step, write OUT/demo.json and OUT/report.html; returns the demo record."""
+             log: Callable[[str], None] | None = None, device: str = "auto") -> dict[str, Any]:
+    """Run every step, write OUT/demo.json and OUT/report.html; returns the demo record.
+    `device`: where the models train and are attacked (auto: the GPU when there is one)."""
+    from .device import resolve_device
     from .defenses.run import train_run
     from .defenses.training import TrainConfig
     from .io import write_json
@@ -110,7 +112,9 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     started = time.perf_counter()
     steps: list[dict[str, Any]] = []
     total = 6
+    dev = resolve_device(device)
     data_args = ["--data-dir", data_dir] if data_dir else []
+    device_args = ["--device", str(dev)]
     quiet = [] if progress else ["--no-progress"]
 
     def step(i: int, name: str):
@@ -129,7 +133,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
         train_records[key] = train_run(cfg.dataset, cfg.model, runs[key], data_dir=data_dir, defense=defense,
                                        defense_kwargs=kwargs, config=TrainConfig(epochs=cfg.epochs, lr=cfg.lr,
                                                                                  seed=cfg.seed),
-                                       overwrite=True, progress=progress, log=log)
+                                       overwrite=True, progress=progress, log=log, device=dev)
         log(f"      {key}: test accuracy {train_records[key]['test_accuracy']:.4f} "
             f"({train_records[key]['seconds']:.1f} s)")
     done("training", t0)
@@ -141,7 +145,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
         for attack, extra in (("fgsm", []), ("pgd", ["--steps", str(cfg.pgd_steps)])):
             attacks[f"{key}/{attack}"] = _cli(["attack", "--run", str(run), "--attack", attack, "--norm", "linf",
                                                "--eps", _eps_text(cfg.eps), *extra, *n_attack, "--save",
-                                               "--seed", str(cfg.seed), *quiet, *data_args])
+                                               "--seed", str(cfg.seed), *quiet, *data_args, *device_args])
     done("attacks", t0)
 
     name, t0 = step(3, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}")
@@ -150,12 +154,12 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     for key, run in runs.items():
         evals[key] = _cli(["evaluate", "--run", str(run), "--eps", _eps_text(cfg.eval_eps), "--suite", cfg.suite,
                            *n_eval, "--check-n", str(cfg.check_n), "--fresh", "--seed", str(cfg.seed), *quiet,
-                           *data_args])
+                           *data_args, *device_args])
         log(f"      {key}: verdict {evals[key]['verdict']}")
     done("evaluation", t0)
 
     name, t0 = step(4, "transfer matrix (FGSM examples crafted on each model, shown to both)")
-    transfer = _transfer(runs, cfg, out / "transfer", data_dir)
+    transfer = _transfer(runs, cfg, out / "transfer", data_dir, dev)
     done("transfer", t0)
 
     name, t0 = step(5, "epsilon analysis: class distances and perceptibility")
@@ -181,7 +185,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     return record
 
 
-def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str | None) -> dict[str, Any]:
+def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str | None, device) -> dict[str, Any]:
     from .attacks import FGSM
     from .evaluate.transfer import transfer_matrix
     from .io import write_json
@@ -189,7 +193,7 @@ def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str |
 
     models, card = {}, None
     for key, run in runs.items():
-        models[key], card = load_run(run)
+        models[key], card = load_run(run, device=device)
     data = dataset_from_card(card, data_dir)
     x, y = data.test_subset(cfg.n_transfer)
     m = transfer_matrix(models, x, y, list(cfg.eval_eps), FGSM("linf"), bounds=data.bounds)

@@ -60,20 +60,23 @@ def launched_by_torchrun() -> bool:
 
 
 @contextlib.contextmanager
-def setup(backend: str | None = None, timeout_s: float = 1800) -> Iterator[torch.device | None]:
+def setup(device: torch.device | None = None, backend: str | None = None,
+          timeout_s: float = 1800) -> Iterator[torch.device | None]:
     """Join the process group torchrun describes (if any) and leave it at the end.
 
-    Yields the device this rank should use: cuda:LOCAL_RANK with nccl, None (stay on the CPU)
-    with gloo or outside torchrun.
+    `device` is the one --device resolved to (advlab.device.resolve_device gives each rank
+    cuda:LOCAL_RANK under torchrun). The backend follows it: nccl for CUDA, gloo otherwise; with
+    device=None, nccl whenever CUDA is available (each rank on cuda:LOCAL_RANK). Yields the device
+    this rank should use (None: stay where the caller is).
     """
     if not launched_by_torchrun() or dist.is_initialized():
-        yield None
+        yield device
         return
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    device = None
-    if backend == "nccl":
+    if device is None and (backend == "nccl" or (backend is None and torch.cuda.is_available())):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if backend is None:
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if device is not None and device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
@@ -119,6 +122,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """t reduced over ranks ("sum" or "max"), on t's device and dtype."""
+    if not is_distributed():
+        return t
+    buf = t.to(_collective_device()).contiguous()
+    dist.all_reduce(buf, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return buf.to(t.device)
 
 
 def all_gather_rows(local: torch.Tensor, n_total: int) -> torch.Tensor:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .oom import halved, is_out_of_memory
+from .progress import write
+
 
 def model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
@@ -20,8 +23,17 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
     was_training = model.training
     device = model_device(model)
     model.eval()
+    out, i = [], 0
     try:
-        out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        while i < len(x):
+            try:
+                out.append(model(x[i:i + batch_size].to(device)).float().cpu())
+            except RuntimeError as e:  # out of GPU memory: halve the batch and go on
+                if not is_out_of_memory(e):
+                    raise
+                batch_size = halved(batch_size, e, "prediction", write)
+                continue
+            i += batch_size
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

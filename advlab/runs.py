@@ -57,20 +57,36 @@ def read_card(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a run from its card and weights. Returns (model in eval mode, card)."""
+    """Rebuild the model of a run from its card and weights. Returns (model in eval mode, card).
+
+    `device`: "auto" (CUDA when available), "cpu", "cuda", "cuda:N", a torch.device, or None (the CPU)."""
     card = read_card(run_dir)
     if card.get("kind") == "embedding":
         raise AdvlabError(f"{run_dir} is an embedding run (a triplet network), not a classifier; use it as "
                           "`--threat embedding --embedding RUN` or load it with advlab.metric.load_embedding")
+    if card.get("kind") == "external":  # the user's own model: rebuilt from its spec and weights file
+        from .models.external import load_external_model
+        info = card["model"]
+        norm = info.get("normalize") or {}
+        model, _ = load_external_model(info["spec"], weights=info.get("weights"), model_args=info.get("model_args"),
+                                       mean=norm.get("mean"), std=norm.get("std"), input_shape=info["input_shape"],
+                                       num_classes=info["num_classes"], expected_sha256=info.get("weights_sha256"))
+    else:
+        model = _load_trained(run_dir, card)
+    if device is not None:
+        from .device import resolve_device
+        model.to(resolve_device(device))
+    return model.eval(), card
+
+
+def _load_trained(run_dir: str | os.PathLike, card: dict[str, Any]) -> nn.Module:
     model = build_model_from_card(card)
     state = load_tensors(Path(run_dir) / MODEL_FILE)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CorruptFileError(f"{run_dir}: weights do not match the architecture in {CARD_FILE}: {e}") from e
-    if device is not None:
-        model.to(device)
-    return model.eval(), card
+    return model
 
 
 def build_model_from_card(card: dict[str, Any]) -> nn.Module:
@@ -87,6 +103,10 @@ def dataset_from_card(card: dict[str, Any], data_dir: str | os.PathLike | None =
     from .data.datasets import FILE_BASED
 
     info = card["dataset"]
+    if "format" in info.get("params", {}):  # the user's own file or folder (--data)
+        from .data.files import load_data_path
+        bounds = tuple(info["bounds"]) if info.get("bounds") else None
+        return load_data_path(info["params"]["path"], classes=list(info["classes"]), bounds=bounds)
     if info["name"] in FILE_BASED:
         return load_dataset(info["name"], data_dir=data_dir)
     return load_dataset(info["name"], **info.get("params", {}))

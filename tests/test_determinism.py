@@ -39,9 +39,12 @@ def test_same_seed_same_bits(tmp_path):
         assert ta.keys() == tb.keys()
         for k in ta:
             assert ta[k].equal(tb[k]), (name, k)
-    drop = {"seconds", "run_dir", "saved", "attack_seconds"}
+    drop = {"seconds", "run_dir", "saved", "attack_seconds", "model"}  # "model" holds the run's path
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+        if "model" in ra and isinstance(ra["model"], dict):
+            assert {k: v for k, v in ra["model"].items() if k != "run"} == \
+                {k: v for k, v in rb["model"].items() if k != "run"}
     c = pipeline(tmp_path / "c", 8)
     assert not load_tensors(tmp_path / "a/run/model.safetensors")["net.net.1.weight"].equal(
         load_tensors(tmp_path / "c/run/model.safetensors")["net.net.1.weight"])

@@ -29,8 +29,11 @@ from torch import nn
 
 from .. import rng
 from ..errors import AdvlabError
+from ..oom import halved, is_out_of_memory
+from ..passes import PassCounter
 from ..predict import model_device
 from ..progress import progress as progress_bar
+from ..progress import write
 from ..threat import Bounds, Norm, enforce, get_norm
 from .budget import finite_eps
 from .padding import PaddedBatches
@@ -71,25 +74,25 @@ class Attack:
             for e in eps_list:
                 finite_eps(e, x, self.norm, bounds, self.name)
         start = time.perf_counter()
-        device = model_device(model)
         order = sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())
         n_batches = math.ceil(len(x) / self.batch_size)
         outputs = []
-        runner = PaddedBatches(model, self.batch_size)  # a few batch sizes only: bounded memory
+        counter = PassCounter(model)
+        runner = PaddedBatches(counter, self.batch_size)  # a few batch sizes only: bounded memory
         with attack_mode(model, evaluation=True):
             bar = progress_bar(range(n_batches), f"{self.name}", progress, unit="batch")
             for b in bar:
                 sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                tb = targets[sl].to(device) if targets is not None else None
-                outputs.append(self._attack_batch(runner, x[sl].to(device), y[sl].to(device), tb,
-                                                  [e[sl].to(device) for e in eps_list], order, bounds, b))
+                outputs += self._attack_batch_fitting(runner, x[sl], y[sl], targets[sl] if targets is not None else None,
+                                                      [e[sl] for e in eps_list], order, bounds, b)
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
                                                 if t[0] is not None else None
                                                 for i, t in enumerate(zip(*outputs)))
         y, targets = y.cpu(), targets.cpu() if targets is not None else None
         goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
+        info = {"batch_size_after_oom": self._fitted_batch_size} if self._fitted_batch_size else {}
         return AttackResult(self.name, self.threat_name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
-                            time.perf_counter() - start, min_dist, goal=goal)
+                            time.perf_counter() - start, min_dist, goal=goal, info=info, passes=counter.counts())
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
                 bounds: Bounds = None, targets: torch.Tensor | None = None,
@@ -112,7 +115,30 @@ class Attack:
         return self._enforce(x, x_adv.detach(), eps_t, bounds)
 
     # -- per batch ----------------------------------------------------------------------------
-    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, batch_index):
+    _fitted_batch_size: int | None = None  # set when the device ran out of memory (advlab.oom)
+
+    def _attack_batch_fitting(self, model, x, y, targets, eps_list, order, bounds, b) -> list[tuple]:
+        """Batch b moved to the device and attacked, in chunks small enough for the device's memory.
+        Without an out-of-memory error this is one chunk, with batch b's own random stream."""
+        device = model_device(model)
+        while True:
+            limit = min(len(x), self._fitted_batch_size or len(x))
+            try:
+                outputs = []
+                for j, first in enumerate(range(0, len(x), limit)):
+                    sl = slice(first, first + limit)
+                    key = (b,) if limit == len(x) else (b, j)
+                    outputs.append(self._attack_batch(
+                        model, x[sl].to(device), y[sl].to(device),
+                        targets[sl].to(device) if targets is not None else None,
+                        [e[sl].to(device) for e in eps_list], order, bounds, key))
+                return outputs
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                self._fitted_batch_size = halved(limit, e, self.name, write)
+
+    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key: tuple[int, ...]):
         n = len(x)
         with torch.no_grad():
             clean_logits = model(x)
@@ -125,7 +151,7 @@ class Attack:
         logits = [None] * len(eps_list)
         x_min = min_dist = None
         if self.minimal:
-            gen = rng.generator(self.seed, batch_index, device=x.device)
+            gen = rng.generator(self.seed, *key, device=x.device)
             x_min = enforce(x, self._minimize(model, x, y, targets, bounds, gen).detach(), self.norm, math.inf, bounds)
             min_dist = self.norm.distance(x_min - x)
             with torch.no_grad():
@@ -146,7 +172,7 @@ class Attack:
                     fits = min_dist[idx] <= eps[idx]
                     new = torch.where(fits.view(-1, *[1] * (x.ndim - 1)), x_min[idx], x[idx])
                 else:
-                    gen = rng.generator(self.seed, batch_index, e, device=x.device)
+                    gen = rng.generator(self.seed, *key, e, device=x.device)
                     t = targets[idx] if targets is not None else None
                     new = self._perturb(model, x[idx], y[idx], eps[idx], t, bounds, gen, True).detach()
                 new = self._enforce(x[idx], new, eps[idx], bounds)

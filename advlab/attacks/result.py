@@ -23,6 +23,7 @@ class AttackResult:
     min_distance: Optional[torch.Tensor] = None  # (N,) minimal-norm attacks: smallest perturbation found (inf if none)
     info: dict[str, Any] = field(default_factory=dict)
     goal: Optional[torch.Tensor] = None  # (E, N) the attack's own success criterion, when it has one
+    passes: Optional[dict[str, int]] = None  # {"forward", "backward"} model rows (advlab.passes)
 
     @property
     def clean_correct(self) -> torch.Tensor:  # (N,)

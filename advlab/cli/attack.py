@@ -12,15 +12,14 @@ from ..attacks.registry import attack_parameters
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
-from ..runs import dataset_from_card, load_run
-from .common import add_budget, add_common, budgets, add_data_dir, add_subcommand, emit, log
+from .common import add_budget, add_common, add_subcommand, add_subject, budgets, emit, log, open_subject
 
 
 def add_parser(subparsers) -> None:
-    p = add_subcommand(subparsers, "attack", "Attack a trained run over a list of epsilons.",
+    p = add_subcommand(subparsers, "attack", "Attack a trained run, or your own model, over a list of epsilons.",
                        "advlab attack --run runs/digits-cnn --attack pgd --norm linf --eps 0.05,0.1 --steps 20 "
-                       "--n 500 --json")
-    p.add_argument("--run", required=True, help="run directory (from advlab train)")
+                       "--n 500 --json\n"
+                       "  advlab attack --model nets.py:build --weights ckpt.pt --data test.npz --attack pgd --eps 8/255")
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
     p.add_argument("--norm", default=None, choices=["linf", "l2", "l1"],
                    help="threat model (default linf; spatial has none: its budget is a rotation/shift range)")
@@ -40,8 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=None, help="attack the first N test points (default: all)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
-    add_common(p, "where --save writes (default RUN/attacks/ATTACK-NORM)")
-    add_data_dir(p)
+    add_common(p, "with --run: where --save writes (default RUN/attacks/ATTACK-NORM); with --model: your model's run "
+                  "directory (default runs/FUNCTION-HASH), --save writes to OUT/attacks/ATTACK-NORM")
+    add_subject(p)
     p.set_defaults(handler=run)
 
 
@@ -74,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
         if args.embedding is not None or args.pixel_eps is not None:
             raise AdvlabError("--embedding and --pixel-eps belong to the embedding threat model: add --threat embedding")
         attack = build_attack(args.attack, **attack_options(args))
-    model, card = load_run(args.run)
-    data = dataset_from_card(card, args.data_dir)
+    if args.batch_size < 1:
+        raise AdvlabError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    subject = open_subject(args)
+    model, data = subject.model, subject.data
     if embedding_card is not None and list(embedding_card["dataset"]["input_shape"]) != list(data.input_shape):
         raise AdvlabError(f"the embedding run {args.embedding} takes inputs of shape "
                           f"{tuple(embedding_card['dataset']['input_shape'])} ({embedding_card['dataset']['name']}) but "
-                          f"the run {args.run} takes {data.input_shape} ({data.name}); use an embedding of the same dataset")
+                          f"the model takes {data.input_shape} ({data.name}); use an embedding of the same dataset")
     x, y = data.test_subset(args.n)
     norm = getattr(getattr(attack, "norm", None), "name", None)
     eps, per_class = budgets(args, y, data.num_classes, norm)
@@ -88,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     result = attack(model, x, y, eps, bounds=data.bounds, progress=not args.no_progress)
     # result.norm: the attack's budget ("spatial" for the rotation/shift range).
     record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
-              "seconds": result.seconds, "results": result.summary()}
+              "seconds": result.seconds, "results": result.summary(), **subject.record()}
+    if result.passes is not None:
+        record["passes"] = result.passes
+    if "batch_size_after_oom" in result.info:
+        record["batch_size_after_oom"] = result.info["batch_size_after_oom"]
     if per_class is not None:
         record["eps_per_class"] = per_class
     if embedding_card is not None:
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                          if (result.success[e] & result.clean_correct).any() else float("nan")
                                          for e, d in enumerate(result.info["pixel_distances"])])
     if args.save:
-        out = Path(args.out or Path(args.run) / "attacks" / f"{attack.name}-{result.norm}")
+        out = Path(args.out if args.out and args.run else subject.run_dir / "attacks" / f"{attack.name}-{result.norm}")
         save_outputs(out, x, result, data.classes, record)
         record["saved"] = str(out)
     lines = [f"{attack.name} {result.norm}  n={len(y)}  clean accuracy {record['clean_accuracy']:.4f}  "

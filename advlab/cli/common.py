@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..data import DATASET_NAMES
+from ..errors import AdvlabError
 from ..io import dumps
 from ..progress import write
 
@@ -62,3 +64,68 @@ def budgets(args: argparse.Namespace, y, num_classes: int, norm: str | None):
 
     per_class = load_eps_per_class(args.eps_per_class, num_classes, norm=norm)
     return [eps_for_labels(per_class, y)], per_class.tolist()
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                        help="where the model runs: auto takes the GPU when there is one (under torchrun each rank "
+                             "takes cuda:LOCAL_RANK); data moves there batch by batch, results come back to the CPU")
+
+
+def add_subject(parser: argparse.ArgumentParser) -> None:
+    """--run, or the user's own --model with its weights, plus the data it runs on and the device."""
+    g = parser.add_argument_group("the model: a run directory (--run) or your own (--model)")
+    g.add_argument("--run", default=None, help="run directory (from advlab train, or an earlier --model evaluation)")
+    g.add_argument("--model", default=None, metavar="SPEC",
+                   help="your own model: path/to/file.py:FUNCTION or package.module:FUNCTION returning an nn.Module "
+                        "that maps the data's raw inputs to logits (runs your code), torchvision:NAME or timm:NAME "
+                        "(the advlab[zoo] extra), or an advlab model name; with --model, --out is its run directory "
+                        "(default runs/FUNCTION-HASH)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="--model's weights: .safetensors, or a .pt/.pth state dict (read with weights_only=True)")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for --model, repeatable")
+    g.add_argument("--mean", default=None, help="per-channel mean to normalise with inside the model, e.g. 0.4914,0.4822,0.4465")
+    g.add_argument("--std", default=None, help="per-channel std, with --mean; epsilon stays in raw input units")
+    d = parser.add_argument_group("the data (default: the run's dataset)")
+    d.add_argument("--dataset", default=None, choices=DATASET_NAMES, help="a named dataset")
+    d.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
+    d.add_argument("--data", default=None, metavar="FILE_OR_DIR",
+                   help="your own test data: .npz or .safetensors with x and y, or a folder with one sub-folder of "
+                        "images per class (docs/data.md)")
+    d.add_argument("--classes", default=None, help="--data: number of classes or their names, e.g. 10 or cat,dog")
+    d.add_argument("--bounds", default=None, help="--data: valid input range LO,HI, or none for unbounded features "
+                                                  "(default: [0, 1] for images)")
+    add_data_dir(parser)
+    add_device(parser)
+
+
+def open_subject(args: argparse.Namespace, device=None):
+    """The Subject the --run/--model/--data/--device flags describe (advlab.subject); `device`, when
+    given, is --device already resolved (under torchrun: this rank's)."""
+    from ..config import parse_key_values
+    from ..subject import open_subject as _open
+
+    classes = bounds = None
+    if args.data is not None:
+        from ..data.files import parse_bounds, parse_classes
+        classes = parse_classes(args.classes) if args.classes is not None else None
+        bounds = parse_bounds(args.bounds) if args.bounds is not None else "auto"
+    elif args.classes is not None or args.bounds is not None:
+        raise AdvlabError("--classes and --bounds describe a --data file or folder; a named dataset knows its own")
+    return _open(run=args.run, model=args.model, weights=args.weights,
+                 model_args=parse_key_values(args.model_arg, "--model-arg") if args.model_arg else None,
+                 mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), dataset=args.dataset,
+                 dataset_args=parse_key_values(args.dataset_arg, "--dataset-arg") if args.dataset_arg else None,
+                 data=args.data, classes=classes, bounds=bounds, data_dir=args.data_dir,
+                 device=device if device is not None else args.device,
+                 run_dir=args.out if args.model is not None else None)
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    from ..config import parse_number
+    if text is None:
+        return None
+    values = [parse_number(t, flag) for t in text.split(",") if t.strip()]
+    if not values:
+        raise AdvlabError(f"{flag} needs one number per channel, e.g. {flag} 0.5 or {flag} 0.49,0.48,0.45")
+    return values

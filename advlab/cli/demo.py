@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
 
 
 def add_parser(subparsers) -> None:
@@ -22,12 +22,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the preset's)")
     add_common(p, "output directory (default runs/demo)")
     add_data_dir(p)
+    add_device(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import preset, run_demo, summary_text
 
+    from ..device import resolve_device
+
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     cfg = preset(args.dataset, quick=args.quick)
     cfg.seed = args.seed
     if args.epochs is not None:
@@ -39,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         cfg.model = args.model
     out = args.out or "runs/demo"
     log(f"advlab demo on {args.dataset} -> {out} ({cfg.scale} scale)")
-    record = run_demo(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, log=log)
+    record = run_demo(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, log=log, device=device)
     emit(args, record, "\n" + summary_text(record))
     return 0

@@ -8,18 +8,21 @@ import io
 import time
 from pathlib import Path
 
+from .. import distributed
 from ..config import parse_eps_list
+from ..device import describe, resolve_device
+from ..errors import AdvlabError
 from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
 from ..evaluate.suites import SUITES
 from ..io import atomic_write, write_json
-from ..runs import dataset_from_card, load_run
-from .common import add_budget, add_common, budgets, add_data_dir, add_subcommand, emit, log
+from .common import add_budget, add_common, add_subcommand, add_subject, budgets, emit, log, open_subject
 
 
 def add_parser(subparsers) -> None:
     p = add_subcommand(subparsers, "evaluate", "Robust accuracy under a suite of attacks, with gradient-masking checks.",
-                       "advlab evaluate --run runs/digits-cnn --eps 0.05,0.1 --suite standard --n 500 --json")
-    p.add_argument("--run", required=True, help="run directory (from advlab train)")
+                       "advlab evaluate --run runs/digits-cnn --eps 0.05,0.1 --suite standard --n 500 --json\n"
+                       "  advlab evaluate --model nets.py:build --weights ckpt.pt --dataset cifar10 --eps 8/255 --n 1000\n"
+                       "  torchrun --nproc_per_node=4 -m advlab evaluate --run runs/cifar-wrn --eps 8/255")
     add_budget(p)
     p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
     p.add_argument("--suite", default="standard", choices=[*SUITES, "custom"],
@@ -30,8 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--check-n", type=int, default=200, help="points used by the gradient-masking checks")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
-    add_common(p, "where results go (default RUN/eval/SUITE-NORM)")
-    add_data_dir(p)
+    add_common(p, "with --run: where results go (default RUN/eval/SUITE-NORM); with --model: your model's run "
+                  "directory (default runs/FUNCTION-HASH), results in OUT/eval/SUITE-NORM")
+    add_subject(p)
     p.set_defaults(handler=run)
 
 
@@ -39,20 +43,36 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.eps is not None:
         parse_eps_list(args.eps)  # fail on a bad budget before loading anything
+    for flag, value in (("--batch-size", args.batch_size), ("--check-n", args.check_n)):
+        if value < 1:
+            raise AdvlabError(f"{flag} must be a positive integer, got {value}")
     suite = get_suite(args.suite, args.suite_file, norm=args.norm)
-    model, card = load_run(args.run)
-    data = dataset_from_card(card, args.data_dir)
+    with distributed.setup(resolve_device(args.device)) as device:
+        subject = open_subject(args, device)
+        record, out = _evaluate(args, subject, suite, started)
+        if not distributed.is_main():
+            return 0
+    emit(args, record, _text(record, out))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, subject, suite, started: float) -> tuple[dict, Path]:
+    model, data = subject.model, subject.data
     x, y = data.test_subset(args.n)
     eps, per_class = budgets(args, y, data.num_classes, args.norm)
-    out = Path(args.out or Path(args.run) / "eval" / f"{args.suite}-{args.norm}")
+    out = Path(args.out if args.out and args.run else subject.run_dir / "eval" / f"{args.suite}-{args.norm}")
     state = out / "state.safetensors"
-    if args.fresh and state.exists():
+    if args.fresh and state.exists() and distributed.is_main():
         state.unlink()
-    log(f"evaluating {args.run} on {len(y)} {data.name} test points: suite {args.suite} "
+    distributed.barrier()
+    log(f"evaluating {subject.model_record['spec']} on {len(y)} {data.name} test points ({describe(subject.device)}"
+        f"{f', {distributed.world_size()} processes' if distributed.is_distributed() else ''}): suite {args.suite} "
         f"({', '.join(s.label for s in suite)}), {args.norm} eps {args.eps or 'per class from ' + args.eps_per_class}")
     ev = evaluate_robustness(model, x, y, eps, suite, norm=args.norm, bounds=data.bounds, seed=args.seed,
                              batch_size=args.batch_size, state_dir=out, progress=not args.no_progress,
-                             identity={"run": str(Path(args.run).resolve())})
+                             identity=subject.identity())
+    if not distributed.is_main():
+        return {}, out
     checks = []
     if not args.no_checks:
         log(f"gradient-masking checks on {min(args.check_n, len(y))} points ...")
@@ -67,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
               "verdict": verdict(checks) if checks else "not checked",
               "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
               "adversarial_confusion": ev.adversarial_confusion(), "classes": list(data.classes),
-              "checks": [c.as_dict() for c in checks]}
+              "checks": [c.as_dict() for c in checks], **subject.record(), "passes": ev.passes,
+              "world_size": distributed.world_size()}
+    if ev.oom_batch_sizes:
+        record["batch_size_after_oom"] = ev.oom_batch_sizes
     if per_class is not None:
         record["eps_per_class"] = per_class
     write_json(out / "result.json", record)
     _write_csvs(out, record)
-    emit(args, record, _text(record, out))
-    return 0
+    return record, out
 
 
 def _write_csvs(out: Path, record: dict) -> None:

@@ -13,8 +13,9 @@ from ..data import DATASET_NAMES
 from ..defenses.registry import DEFENSES
 from ..defenses.run import train_run
 from ..defenses.training import TrainConfig
+from ..device import resolve_device
 from ..models import MODEL_NAMES
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
 
 
 def add_parser(subparsers) -> None:
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     add_common(p, "run directory (default runs/DATASET-MODEL-DEFENSE-sSEED)")
     add_data_dir(p)
+    add_device(p)
     p.set_defaults(handler=run)
 
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     defense_kwargs = parse_key_values(args.defense_arg, "--defense-arg")
     if args.eps is not None:
         defense_kwargs["eps"] = parse_number(args.eps, "--eps")
-    with distributed.setup() as device:
+    with distributed.setup(resolve_device(args.device)) as device:
         record = train_run(args.dataset, args.model, out, config=config,
                            model_kwargs=parse_key_values(args.model_arg, "--model-arg"),
                            dataset_kwargs=parse_key_values(args.dataset_arg, "--dataset-arg"),

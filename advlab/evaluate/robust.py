@@ -19,12 +19,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import rng
+from .. import distributed, rng
 from ..attacks.base import _describe_eps, _eps_list, attack_mode, check_inputs
 from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
 from ..heap import release_freed_memory
-from ..predict import model_device, predict_logits
+from ..passes import PassCounter, add_counts
+from ..predict import predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds
@@ -47,6 +48,8 @@ class Evaluation:
     logits: torch.Tensor             # (E, N, K) model output on x_adv
     seconds: float = 0.0
     attack_seconds: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)          # model rows, forward and backward
+    oom_batch_sizes: dict[str, int] = field(default_factory=dict)  # attack -> batch size after running out of memory
 
     @property
     def num_classes(self) -> int:
@@ -103,10 +106,17 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                         suite: Sequence[SuiteEntry], *, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
                         batch_size: int = 500, state_dir: str | Path | None = None, progress: bool = True,
                         identity: dict[str, Any] | None = None) -> Evaluation:
-    """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given."""
+    """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given.
+
+    Under torchrun (advlab.distributed) every rank calls this with the same arguments: the batches
+    of each attack are dealt out round-robin, merged after the attack, and the result is exactly the
+    single-process one (each batch draws its randomness from (seed, eps, attack, batch) alone).
+    """
     check_inputs(x, y, bounds)
     if not suite:
         raise AdvlabError("the attack suite is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AdvlabError(f"batch_size must be a positive integer, got {batch_size!r}")
     eps_list = _eps_list(eps, len(x))
     eps_values = _describe_eps(eps)
     order = sorted(range(len(eps_list)), key=lambda i: eps_list[i].mean().item())
@@ -114,9 +124,11 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     labels = [entry.label for entry in suite]
     ident = {"eps": eps_values, "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite],
              "n": len(y), "seed": seed, "batch_size": batch_size, **(identity or {})}
-    state = _State.load_or_start(state_dir, ident, model, x, y, len(eps_list))
+    counter = PassCounter(model)
+    state = _State.load_or_start(state_dir, ident, counter, x, y, len(eps_list))
     start = time.perf_counter() - state.seconds
     stages = [(e, a) for e in order for a in range(len(attacks))]
+    ranks, rank = distributed.world_size(), distributed.rank()
     try:
         with attack_mode(model, evaluation=True):
             for stage_number, (e, a) in enumerate(stages):
@@ -127,38 +139,75 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                     state.subset = (state.broken_by[e] == ROBUST).nonzero().flatten()
                 subset = state.subset
                 n_batches = (len(subset) + batch_size - 1) // batch_size
+                mine = torch.zeros(len(subset), dtype=torch.bool)  # rows this process broke in this stage
                 desc = f"eps {eps_values[e]:g} {labels[a]}"
-                for b in progress_bar(range(state.batch, n_batches), desc, progress, initial=state.batch,
-                                      total=n_batches):
+                todo = [b for b in range(state.batch, n_batches) if b % ranks == rank]
+                for b in progress_bar(todo, desc, progress and distributed.is_main(), total=len(todo)):
                     idx = subset[b * batch_size:(b + 1) * batch_size]
                     attack = attacks[a]
                     attack.seed = rng.derive_seed(seed, e, a, b)
                     t0 = time.perf_counter()
-                    r = attack(model, x[idx], y[idx], [eps_list[e][idx]], bounds=bounds)
+                    r = attack(counter, x[idx], y[idx], [eps_list[e][idx]], bounds=bounds)
                     state.attack_seconds[labels[a]] = state.attack_seconds.get(labels[a], 0.0) + \
                         time.perf_counter() - t0
                     newly = ~r.correct[0]
                     hit = idx[newly]
+                    mine[b * batch_size:(b + 1) * batch_size] |= newly
                     state.broken_by[e, hit] = a + 1
                     state.found_at[e, hit] = e
                     state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
                     state.logits[e, hit] = r.logits[0][newly]
-                    state.save_part(stage_number, b, e, hit, state.x_adv[e, hit])
-                    state.batch = b + 1
-                    state.seconds = time.perf_counter() - start
-                    state.save()
+                    if ranks == 1:  # one process saves after every batch; ranks save once merged
+                        state.save_part(stage_number, b, e, hit, state.x_adv[e, hit])
+                        state.batch = b + 1
+                        state.seconds = time.perf_counter() - start
+                        state.passes = add_counts(state.saved_passes, counter.counts())
+                        state.save()
                     del r
                     release_freed_memory()
+                if ranks > 1:
+                    hit = _merge_ranks(state, e, subset, mine)
+                    state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
+                if attacks[a]._fitted_batch_size:
+                    state.oom[labels[a]] = attacks[a]._fitted_batch_size
                 state.stage, state.batch, state.subset = stage_number + 1, 0, None
+                state.seconds = time.perf_counter() - start
+                state.passes = add_counts(state.saved_passes, counter.counts())
                 state.save()
     except KeyboardInterrupt:
-        state.seconds = time.perf_counter() - start
-        state.save()
-        if state_dir is not None:
+        if ranks == 1:  # under torchrun the last merged attack is the checkpoint
+            state.seconds = time.perf_counter() - start
+            state.passes = add_counts(state.saved_passes, counter.counts())
+            state.save()
+        if state_dir is not None and distributed.is_main():
             write(f"interrupted: evaluation state saved in {state_dir}; run the same command again to resume")
         raise
+    passes = add_counts(state.saved_passes, counter.counts())
+    if ranks > 1:
+        passes = dict(zip(passes, (int(v) for v in distributed.all_reduce_sum(list(passes.values())))))
     return Evaluation(eps_values, norm, labels, y.cpu(), state.clean_logits, state.broken_by, state.x_adv,
-                      state.logits, time.perf_counter() - start, dict(state.attack_seconds))
+                      state.logits, time.perf_counter() - start, dict(state.attack_seconds), passes=passes,
+                      oom_batch_sizes=dict(state.oom))
+
+
+def _merge_ranks(state: "_State", e: int, subset: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """After an attack under torchrun: every rank gets every rank's breaks at eps e (ranks broke
+    disjoint rows, so a sum of zero-padded rows is exact). Returns the dataset indices broken."""
+    broken_by = state.broken_by[e, subset].clone()
+    broken_by[~mine] = ROBUST - 1  # -2: not this rank's news, so max() keeps whoever broke it
+    rows = torch.zeros_like(state.x_adv[e, subset])
+    rows[mine] = state.x_adv[e, subset[mine]]
+    logits = torch.zeros_like(state.logits[e, subset])
+    logits[mine] = state.logits[e, subset[mine]]
+    broken_by = distributed.all_reduce_tensor(broken_by, "max")
+    rows, logits = (distributed.all_reduce_tensor(t, "sum") for t in (rows, logits))
+    news = broken_by > ROBUST - 1
+    hit = subset[news]
+    state.broken_by[e, hit] = broken_by[news]
+    state.found_at[e, hit] = e
+    state.x_adv[e, hit] = rows[news]
+    state.logits[e, hit] = logits[news]
+    return hit
 
 
 def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: list[int], e: int) -> None:
@@ -189,6 +238,9 @@ class _State:
         self.subset: torch.Tensor | None = None
         self.seconds = 0.0
         self.attack_seconds: dict[str, float] = {}
+        self.saved_passes: dict[str, int] = {}  # counted before this process started (resumed work)
+        self.passes: dict[str, int] = {}
+        self.oom: dict[str, int] = {}
 
     @property
     def parts(self) -> Path:
@@ -210,13 +262,14 @@ class _State:
                 state.subset = t.get("subset")
                 state.stage, state.batch = meta["stage"], meta["batch"]
                 state.seconds, state.attack_seconds = meta["seconds"], meta["attack_seconds"]
+                state.saved_passes, state.oom = meta.get("passes", {}), meta.get("oom", {})
                 state._replay_parts()
                 write(f"resuming the evaluation saved in {path.parent} (stage {state.stage + 1}, batch {state.batch})")
                 return state
             write(f"{path} belongs to a different evaluation; starting over")
-        if path is not None and state.parts.is_dir():
+        if path is not None and state.parts.is_dir() and distributed.is_main():
             shutil.rmtree(state.parts)
-        state.clean_logits = predict_logits(model, x.to(model_device(model)))
+        state.clean_logits = distributed.shard_evaluate(lambda rows: predict_logits(model, rows), x)
         wrong = state.clean_logits.argmax(1) != y.cpu()
         state.broken_by = torch.full((n_eps, len(y)), ROBUST, dtype=torch.int64)
         state.broken_by[:, wrong] = CLEAN_MISTAKE
@@ -225,7 +278,7 @@ class _State:
         return state
 
     def save_part(self, stage: int, batch: int, e: int, idx: torch.Tensor, rows: torch.Tensor) -> None:
-        if self.path is None or len(idx) == 0:
+        if self.path is None or len(idx) == 0 or not distributed.is_main():
             return
         save_tensors(self.parts / f"{stage:05d}-{batch:06d}.safetensors", {"idx": idx, "x": rows},
                      {"eps_index": str(e)})
@@ -247,12 +300,12 @@ class _State:
             self.x_adv[e, carried] = self.x_adv[self.found_at[e, carried], carried.nonzero().flatten()]
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not distributed.is_main():
             return
         tensors = {"clean_logits": self.clean_logits, "broken_by": self.broken_by, "found_at": self.found_at,
                    "logits": self.logits}
         if self.subset is not None:
             tensors["subset"] = self.subset
         meta = {"identity": self.identity, "stage": self.stage, "batch": self.batch, "seconds": self.seconds,
-                "attack_seconds": self.attack_seconds}
+                "attack_seconds": self.attack_seconds, "passes": self.passes, "oom": self.oom}
         save_tensors(self.path, tensors, {"advlab": json.dumps(meta)})

@@ -1,0 +1,137 @@
+"""What an attack, an evaluation or a certificate runs on: a model, its data and a device.
+
+    subject = open_subject(run="runs/digits-cnn", device="auto")
+    subject = open_subject(model="nets.py:resnet", weights="ckpt.pt", data="test.npz", mean=[0.5], std=[0.5])
+
+Either a run directory (`advlab train`'s) or the user's own model (`--model SPEC --weights FILE`,
+see advlab.models.external). The data is the run's dataset unless `dataset` (a name) or `data` (an
+.npz/.safetensors file or an image folder, see advlab.data.files) says otherwise. An external
+model gets a run directory of its own, like a trained one: `card.json` records the spec, the
+weights' path and SHA-256 and the data, results go below it (eval/, attacks/), `advlab report`
+renders it, and `load_run` rebuilds the model from it (checking the weights have not changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Dataset, load_dataset
+from .device import describe, resolve_device
+from .errors import AdvlabError
+from .runs import CARD_FILE, dataset_from_card, environment, load_run, read_card
+from .io import write_json
+
+
+@dataclass
+class Subject:
+    model: nn.Module                 # in eval mode, on `device`
+    card: dict[str, Any]
+    data: Dataset
+    device: torch.device
+    run_dir: Path                    # where results go by default
+    model_record: dict[str, Any] = field(default_factory=dict)  # {"spec", "weights_sha256"} for results
+
+    def record(self) -> dict[str, Any]:
+        """What results record about the model, the data and the device."""
+        return {"model": self.model_record, "device": describe(self.device), "data": _data_record(self.data)}
+
+    def identity(self) -> dict[str, Any]:
+        """What a saved evaluation state must match to be resumed (not the device: results do not depend on it
+        beyond floating-point noise, and a run started on a GPU may finish on the CPU)."""
+        return {"run": str(self.run_dir.resolve()), "model": self.model_record, "data": _data_record(self.data)}
+
+
+def open_subject(*, run: str | Path | None = None, model: str | None = None, weights: str | Path | None = None,
+                 model_args: dict[str, Any] | None = None, mean: list[float] | None = None,
+                 std: list[float] | None = None, dataset: str | None = None, dataset_args: dict[str, Any] | None = None,
+                 data: str | Path | None = None, classes: Any = None, bounds: Any = "auto",
+                 data_dir: str | Path | None = None, device: str | torch.device | None = "auto",
+                 run_dir: str | Path | None = None) -> Subject:
+    """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH."""
+    if (run is None) == (model is None):
+        raise AdvlabError("give either --run RUN_DIR (a model trained by advlab) or --model SPEC (your own model), "
+                          "not both" if run is not None else
+                          "give --run RUN_DIR (a model trained by advlab) or --model SPEC (your own model, e.g. "
+                          "--model nets.py:build --weights ckpt.pt --dataset cifar10)")
+    if dataset is not None and data is not None:
+        raise AdvlabError("give either --dataset NAME or --data FILE_OR_DIR, not both")
+    dev = resolve_device(device)  # fail on a missing GPU before loading anything
+    if run is not None:
+        for flag, value in (("--weights", weights), ("--model-arg", model_args), ("--mean", mean), ("--std", std)):
+            if value:
+                raise AdvlabError(f"{flag} belongs to --model (your own model); a run directory holds its weights")
+        card = read_card(run)
+        ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir) \
+            if (dataset or data) else dataset_from_card(card, data_dir)
+        net, card = load_run(run)
+        if dataset or data:
+            _check_fits(card, ds, f"the run {run}")
+        record = {"run": str(run), "spec": card["model"].get("spec", card["model"]["name"]),
+                  "weights_sha256": card["model"].get("weights_sha256")}
+        return Subject(net.to(dev), card, ds, dev, Path(run), record)
+    if dataset is None and data is None:
+        raise AdvlabError(f"--model {model} needs data: --dataset NAME (e.g. cifar10) or --data FILE_OR_DIR "
+                          "(.npz, .safetensors or an image folder)")
+    from .models.external import check_classifier, load_external_model
+    ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir)
+    net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
+                                    input_shape=ds.input_shape, num_classes=ds.num_classes)
+    net = net.to(dev)
+    check_classifier(net, ds.x_test, ds.num_classes, f"--model {model}")
+    info.update(name=model, input_shape=list(ds.input_shape), num_classes=ds.num_classes)
+    card = {"kind": "external", "model": info, "dataset": ds.describe(), "defense": {"name": "unknown"}}
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / external_run_name(info)
+    _write_card(run_dir, card)
+    record = {"spec": model, "weights": info["weights"], "weights_sha256": info["weights_sha256"]}
+    return Subject(net, card, ds, dev, run_dir, record)
+
+
+def external_run_name(info: dict[str, Any]) -> str:
+    """runs/<function>-<hash of spec, options, weights and normalisation>: one folder per model."""
+    key = json.dumps({k: info[k] for k in ("spec", "model_args", "weights_sha256", "normalize")}, sort_keys=True,
+                     default=str)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", info["spec"].rpartition(":")[2] or info["spec"]).strip("-.") or "model"
+    return f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _write_card(run_dir: Path, card: dict[str, Any]) -> None:
+    path = run_dir / CARD_FILE
+    if path.is_file():
+        old = read_card(run_dir)
+        same = ("spec", "model_args", "weights_sha256", "normalize")
+        if old.get("kind") != "external" or any(old["model"].get(k) != card["model"][k] for k in same):
+            raise AdvlabError(f"{run_dir} already holds another model's run ({old.get('model', {}).get('name')}); "
+                              "choose another --out or remove it")
+        if old.get("dataset") == card["dataset"]:
+            return
+    write_json(path, {**card, "versions": environment()})
+
+
+def _load_data(dataset, dataset_args, data, classes, bounds, data_dir) -> Dataset:
+    if data is not None:
+        from .data.files import load_data_path
+        return load_data_path(data, classes=classes, bounds=bounds)
+    if classes is not None or bounds != "auto":
+        raise AdvlabError("--classes and --bounds describe a --data file or folder; a named --dataset knows its own")
+    return load_dataset(dataset, data_dir=data_dir, **(dataset_args or {}))
+
+
+def _check_fits(card: dict[str, Any], ds: Dataset, what: str) -> None:
+    shape, k = list(card["model"]["input_shape"]), card["model"]["num_classes"]
+    if shape != list(ds.input_shape) or k != ds.num_classes:
+        raise AdvlabError(f"{what} takes inputs of shape {tuple(shape)} with {k} classes, but the data "
+                          f"({ds.name}) has shape {ds.input_shape} and {ds.num_classes} classes")
+
+
+def _data_record(ds: Dataset) -> dict[str, Any]:
+    keep = ("path", "format", "sha256", "source")
+    return {"name": ds.name, "n_test": len(ds.y_test), "input_shape": list(ds.input_shape),
+            **{k: v for k, v in ds.params.items() if k in keep}}
