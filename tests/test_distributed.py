@@ -75,3 +75,43 @@ def test_two_processes_match_one(tmp_path, defense):
     card = json.loads((tmp_path / "two" / "card.json").read_text())
     assert card["train"]["world_size"] == 2
     assert len(two.stdout.strip().splitlines()) == 1, "only rank 0 prints the record"
+
+
+def test_two_process_evaluation_is_exactly_the_single_process_one(tmp_path):
+    """torchrun deals the batches of every attack out round-robin and merges after each attack:
+    the per-example results, logits and adversarial examples equal one process's, bit for bit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = subprocess.run([sys.executable, "-m", "advlab", "train", "--dataset", "digits", "--model", "mlp",
+                            "--epochs", "3", "--out", str(tmp_path / "run"), "--no-progress"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    args = ["evaluate", "--run", str(tmp_path / "run"), "--eps", "0.03,0.1", "--suite", "fast", "--n", "150",
+            "--batch-size", "40", "--no-checks", "--json", "--no-progress", "--device", "cpu"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                          "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "advlab", "--",
+                          *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "advlab", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    import json
+    assert len(two.stdout.strip().splitlines()) == 1, "only rank 0 prints the record"
+    r2, r1 = json.loads(two.stdout), json.loads(one.stdout)
+    assert r2["world_size"] == 2 and r1["world_size"] == 1
+    assert r2["results"] == r1["results"]
+    assert 0 < r1["results"][1]["robust_accuracy"] < r1["results"][0]["robust_accuracy"]  # a real attack
+    assert r2["passes"] == r1["passes"]
+    s2, s1 = load_tensors(tmp_path / "two" / "state.safetensors"), load_tensors(tmp_path / "one" / "state.safetensors")
+    for key in ("broken_by", "found_at", "logits", "clean_logits"):
+        assert torch.equal(s2[key], s1[key]), key
+    # the adversarial examples, replayed from the saved parts, are the same too
+    from advlab.evaluate.robust import _State
+    states = []
+    for name in ("one", "two"):
+        st = _State(tmp_path / name / "state.safetensors", {})
+        st.x_adv = torch.zeros(2, 150, 1, 8, 8)
+        t = load_tensors(tmp_path / name / "state.safetensors")
+        st.found_at, st.stage, st.batch = t["found_at"], 10**6, 0
+        st._replay_parts()
+        states.append(st.x_adv)
+    assert torch.equal(states[0], states[1]) and states[0].abs().sum() > 0

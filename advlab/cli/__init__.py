@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:
+        # `torchrun ... -m advlab -- evaluate --run R --n 500`: torchrun's own parser would take
+        # --run and --n for abbreviations of its options; after `--` it passes everything on.
+        argv = argv[1:]
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0

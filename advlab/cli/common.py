@@ -105,11 +105,12 @@ def open_subject(args: argparse.Namespace, device=None):
     from ..config import parse_key_values
     from ..subject import open_subject as _open
 
-    classes = bounds = None
+    classes, bounds = None, "auto"
     if args.data is not None:
         from ..data.files import parse_bounds, parse_classes
         classes = parse_classes(args.classes) if args.classes is not None else None
-        bounds = parse_bounds(args.bounds) if args.bounds is not None else "auto"
+        if args.bounds is not None:
+            bounds = parse_bounds(args.bounds)
     elif args.classes is not None or args.bounds is not None:
         raise AdvlabError("--classes and --bounds describe a --data file or folder; a named dataset knows its own")
     return _open(run=args.run, model=args.model, weights=args.weights,

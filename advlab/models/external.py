@@ -23,6 +23,7 @@ import inspect
 import math
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +49,8 @@ def load_external_model(spec: str, *, weights: str | Path | None = None, model_a
                             "weights_sha256": None, "normalize": None}
     if weights is not None:
         path = Path(weights)
+        if not path.is_file():
+            raise AdvlabError(f"--weights {path}: no such file")
         info["weights"] = str(path.resolve())
         info["weights_sha256"] = file_sha256(path)
         if expected_sha256 is not None and info["weights_sha256"] != expected_sha256:
@@ -181,7 +184,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from ..io import load_tensors
         return load_tensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols: the error below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise AdvlabError(f"--weights {path} is not a plain state dict (tensors by name): refusing to unpickle "
