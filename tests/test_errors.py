@@ -159,8 +159,151 @@ def case(row_id, tmp_path, capsys, run_dir):
                                        "pgd", "--eps", "0.1", "--n", "0"),
         "bad-eps-per-class": lambda: _bad_budget(tmp_path, capsys, run_dir),
         "corrupt-weights": lambda: _corrupt_weights(tmp_path, run_dir),
+        **_byo_cases(tmp_path, capsys),
     }
     return cases
+
+
+# -- your own model and data (--model, --weights, --data, --device) ------------------------------------------
+NETS = """
+from torch import nn
+
+
+def build(outputs=3, softmax=False):
+    layers = [nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, outputs)]
+    return nn.Sequential(*layers, nn.Softmax(dim=1)) if softmax else nn.Sequential(*layers)
+"""
+
+
+def _byo_cases(tmp_path, capsys):
+    import numpy as np
+    nets = tmp_path / "nets.py"
+    data = tmp_path / "data.npz"
+    weights = tmp_path / "w.pt"
+
+    def write():
+        nets.write_text(NETS)
+        np.savez(data, x=X.numpy(), y=Y.numpy())
+        torch.manual_seed(0)
+        torch.save(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).state_dict(),
+                   weights)
+
+    def evaluate(*args, data_file=None):
+        return ["evaluate", "--model", f"{nets}:build", "--data", str(data_file or data), "--eps", "0.1",
+                "--suite", "fast", "--no-checks", "--out", str(tmp_path / "out"), *map(str, args)]
+
+    def run(fn):
+        write()
+        fn()
+
+    def save(name, obj):
+        torch.save(obj, tmp_path / name)
+        return tmp_path / name
+
+    def npz(name, **arrays):
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    def exploit():
+        marker = tmp_path / "ran"
+
+        class Exploit:
+            def __reduce__(self):
+                import os
+                return (os.system, (f"touch {marker}",))
+        with open(tmp_path / "evil.pt", "wb") as f:
+            pickle.dump({"w": Exploit()}, f)
+        expect_exit_2(capsys, "not a plain state dict.*refusing to unpickle", *evaluate("--weights", tmp_path / "evil.pt"))
+        assert not marker.exists()
+        obj = np.empty(2, dtype=object)
+        obj[:] = [Exploit(), Exploit()]
+        np.savez(tmp_path / "evil.npz", x=obj, y=np.zeros(2, np.int64), allow_pickle=True)
+        expect_exit_2(capsys, "holds Python objects", *evaluate(data_file=tmp_path / "evil.npz"))
+        assert not marker.exists()
+
+    def images(name, sizes, corrupt=False, pixels=None):
+        from PIL import Image
+        folder = tmp_path / name
+        for i, size in enumerate(sizes):
+            (folder / f"c{i}").mkdir(parents=True, exist_ok=True)
+            Image.new("L", size).save(folder / f"c{i}" / "a.png")
+        if corrupt:
+            (folder / "c0" / "b.png").write_bytes(b"not a png")
+        return folder
+
+    def bomb(monkeypatch_limit=10):
+        from PIL import Image
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = monkeypatch_limit
+        try:
+            expect_error(lambda: __import__("advlab.data", fromlist=["load_data_path"]).load_data_path(
+                images("bomb", [(8, 8)])), "decompression bomb")
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+    from advlab.data import load_data_path
+    nan = X.numpy().copy()
+    nan[2, 1] = np.nan
+    return {
+        "device-unavailable": lambda: run(lambda: (
+            _no_cuda(lambda: expect_exit_2(capsys, "--device cuda: CUDA is not available.*--device cpu",
+                                           *evaluate("--device", "cuda"))))),
+        "model-spec-missing": lambda: run(lambda: (
+            expect_exit_2(capsys, "has no 'buld'; it defines build", "evaluate", "--model", f"{nets}:buld", "--data",
+                          str(data), "--eps", "0.1"),
+            expect_exit_2(capsys, "no such file", "evaluate", "--model", f"{tmp_path}/none.py:build", "--data",
+                          str(data), "--eps", "0.1"),
+            expect_exit_2(capsys, "cannot import", "evaluate", "--model", "no_such_module_q:build", "--data",
+                          str(data), "--eps", "0.1"))),
+        "model-probabilities": lambda: run(lambda: expect_exit_2(
+            capsys, "returns probabilities.*remove the final softmax", *evaluate("--model-arg", "softmax=true"))),
+        "model-wrong-classes": lambda: run(lambda: expect_exit_2(
+            capsys, "returns 5 logits per input but the data has 3 classes", *evaluate("--model-arg", "outputs=5"))),
+        "weights-mismatch": lambda: run(lambda: expect_exit_2(
+            capsys, r"does not fit the model: 4 \(.*\) missing, 2 \(.*\) unexpected",
+            *evaluate("--weights", save("other.pt", torch.nn.Linear(4, 3).state_dict())))),
+        "weights-wrong-shape": lambda: run(lambda: expect_exit_2(
+            capsys, "wrong shape, e.g. 2.weight \\(3, 8\\) in the file, \\(5, 8\\) in the model.*--model-arg",
+            *evaluate("--weights", weights, "--model-arg", "outputs=5"))),
+        "weights-not-state-dict": lambda: run(exploit),
+        "weights-nan": lambda: run(lambda: expect_exit_2(
+            capsys, "0.weight contains NaN or inf; the weights are broken",
+            *evaluate("--weights", save("nan.pt", {k: v * float("nan") if k == "0.weight" else v
+                                                   for k, v in torch.load(weights).items()})))),
+        "weights-changed": lambda: run(lambda: _weights_changed(capsys, evaluate, weights, tmp_path)),
+        "data-missing": lambda: run(lambda: expect_exit_2(capsys, "no such file or folder",
+                                                          *evaluate(data_file=tmp_path / "nothing.npz"))),
+        "data-object-array": lambda: run(exploit),
+        "data-nan": lambda: expect_error(lambda: load_data_path(npz("nan.npz", x=nan, y=Y.numpy())),
+                                         "NaN or infinite values in 1 example, row 2"),
+        "data-bounds-unknown": lambda: run(lambda: expect_exit_2(
+            capsys, "pass --bounds LO,HI.*--bounds none",
+            *evaluate(data_file=npz("big.npz", x=X.numpy() * 255, y=Y.numpy())))),
+        "data-label-range": lambda: expect_error(lambda: load_data_path(npz("l.npz", x=X.numpy(), y=Y.numpy()),
+                                                                        classes=2), "out of range.*--classes 3"),
+        "data-mixed-sizes": lambda: expect_error(lambda: load_data_path(images("mixed", [(8, 8), (8, 9)])),
+                                                 "must all have the same size"),
+        "data-not-an-image": lambda: expect_error(lambda: load_data_path(images("bad", [(8, 8), (8, 8)], True)),
+                                                  "cannot be read as an image"),
+        "data-decompression-bomb": bomb,
+    }
+
+
+def _no_cuda(fn):
+    real = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False
+    try:
+        fn()
+    finally:
+        torch.cuda.is_available = real
+
+
+def _weights_changed(capsys, evaluate, weights, tmp_path):
+    from advlab import load_run
+    assert cli(*evaluate("--weights", weights), "--no-progress") == 0
+    capsys.readouterr()
+    torch.save({k: v + 1 for k, v in torch.load(weights).items()}, weights)
+    expect_error(lambda: load_run(tmp_path / "out"), "has changed since this run was recorded")
 
 
 def _warns(fn, message):
