@@ -125,6 +125,9 @@ def test_external_run_directory_is_reported_and_reloaded(trained, digits, tmp_pa
     capsys.readouterr()
     html = (out / "report.html").read_text()
     assert "nets.py:build" in html and card["model"]["weights_sha256"] in html
+    # the evaluation section says which model, weights and device produced the numbers, and their cost
+    assert re.search(r"model \S*nets.py:build, weights SHA-256\s*<code>" + card["model"]["weights_sha256"], html)
+    assert re.search(r"device cpu;\s*\d+ forward and \d+\s*backward passes", html)
     # the weights file changed after the evaluation: loading the run says so
     torch.save({k: v + 1 for k, v in net.state_dict().items()}, tmp_path / "w.pt")
     with pytest.raises(AdvlabError, match="has changed since"):
