@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (auto = CUDA when available)")
     parser.add_argument("--small", action="store_true", help="CPU smoke run in well under a minute")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.md", help="results file (a section is appended)")
-    parser.add_argument("--repeats", type=int, default=None, help="PGD repeats per library and batch (default 3; 1 with --small)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="PGD repeats per library and batch size (default 3; 1 with --small)")
     args = parser.parse_args(argv)
     from advlab.device import resolve_device
     from advlab.errors import AdvlabError
