@@ -15,6 +15,13 @@ references) and each tile is cast to float64. The search is exact (brute force, 
 from a float64 matrix product (|a|^2 + |b|^2 - 2 a.b, accurate to ~1e-6 even for duplicates, and
 multithreaded by BLAS); L1 and Linf tiles from `scipy.spatial.distance.cdist`, which releases the
 GIL, so tiles run on `workers` threads.
+
+`device`: None or the CPU runs exactly that numpy code. A GPU (`device="cuda"`, a torch.device, or
+"auto" when one is present) computes the same float64 tiles with torch there instead: the
+(class-sorted) references are copied to the device once in their own precision, queries go block
+by block, the running minima stay on the device and come back to the CPU once per query block.
+Results are numpy arrays on the CPU either way, equal to the CPU's up to float64 rounding (~1e-12);
+ties go to the same (first) reference. Apple's MPS has no float64, so it is refused.
 """
 
 from __future__ import annotations
@@ -63,6 +70,29 @@ def distance_block(a: np.ndarray, b: np.ndarray, norm: str) -> np.ndarray:
     return cdist(a, b, _SCIPY_METRIC[check_norm(norm)])
 
 
+def resolve_tile_device(device) -> torch.device | None:
+    """The torch.device to compute tiles on, or None for the numpy path on the CPU."""
+    if device is None:
+        return None
+    from ..device import resolve_device
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        return None
+    if dev.type == "mps":
+        raise AdvlabError("exact distances are computed in float64, which Apple's Metal backend (mps) does not "
+                          "support; use --device cpu (or a CUDA GPU)")
+    return dev
+
+
+def _torch_block(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """`distance_block` in torch on float64 tensors (any device): the same formulas."""
+    if norm == "l2":
+        d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :]
+        d -= 2.0 * (a @ b.T)
+        return d.clamp_min_(0.0).sqrt_()
+    return torch.cdist(a, b, p=1.0 if check_norm(norm) == "l1" else float("inf"))
+
+
 def pairwise_distances(a, b, norm: str) -> torch.Tensor:
     """The full (Na, Nb) distance matrix. Only for small inputs; the reductions below stream."""
     return torch.from_numpy(distance_block(as_matrix(a), as_matrix(b), check_norm(norm)))
@@ -96,15 +126,17 @@ def _slices(n: int, block: int) -> Iterator[slice]:
 
 def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: str, *,
                             self_index=None, block: int = DEFAULT_BLOCK, workers: int | None = None,
-                            tick: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            tick: Callable[[], None] | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
     """Distance from each query to its nearest reference of every class, by exact search.
 
     self_index: (Nq,) position of each query inside `refs` (or -1), so a point is not its own
     neighbour when queries are drawn from the references. Exact duplicates elsewhere still count.
     Returns (distance (Nq, K) float64, index into refs (Nq, K) int64); a class with no
-    references gives inf and -1.
+    references gives inf and -1. `device`: where the tiles are computed (module docstring);
+    `workers` applies to the CPU only.
     """
     check_norm(norm)
+    dev = resolve_tile_device(device)
     # Kept in their own precision (float32 images stay float32); each tile is cast to float64.
     q, r = as_matrix(queries, np.float32), as_matrix(refs, np.float32)
     labels = np.asarray(torch.as_tensor(ref_labels).cpu(), dtype=np.int64)
@@ -132,6 +164,9 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
 
     best = np.full((len(q), num_classes), np.inf)
     best_idx = np.full((len(q), num_classes), -1, dtype=np.int64)
+    if dev is not None:
+        _min_distance_on_device(q, r, order, starts, self_sorted, norm, block, dev, best, best_idx, tick)
+        return best, best_idx
 
     def task(qs: slice) -> Callable[[], None]:
         def run() -> None:
@@ -155,19 +190,55 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
     return best, best_idx
 
 
+@torch.no_grad()
+def _min_distance_on_device(q: np.ndarray, r: np.ndarray, order: np.ndarray, starts: np.ndarray,
+                            self_sorted: np.ndarray, norm: str, block: int, device: torch.device,
+                            best: np.ndarray, best_idx: np.ndarray, tick: Callable[[], None] | None) -> None:
+    """The loop of `min_distance_to_classes` with torch on `device`; fills `best` and `best_idx`.
+
+    No host synchronisation inside a query block: the own-point mask and the running minima are
+    tensor operations (no boolean indexing); one copy back to the CPU per query block."""
+    num_classes = best.shape[1]
+    refs = torch.from_numpy(r).to(device)                     # (Nr, D) class-sorted, own precision
+    order_t = torch.from_numpy(order).to(device)             # sorted position -> index into refs
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+    for qs in _slices(len(q), block):
+        q64 = torch.from_numpy(q[qs]).to(device).to(torch.float64)          # (bq, D)
+        own = torch.from_numpy(self_sorted[qs]).to(device)                   # (bq,) sorted position or -1
+        best_t = torch.full((len(q64), num_classes), float("inf"), dtype=torch.float64, device=device)
+        idx_t = torch.full((len(q64), num_classes), -1, dtype=torch.int64, device=device)
+        for c in range(num_classes):
+            for cs in _slices(int(starts[c + 1] - starts[c]), block):
+                lo, hi = int(starts[c] + cs.start), int(starts[c] + cs.stop)
+                d = _torch_block(q64, refs[lo:hi].to(torch.float64), norm)  # (bq, br)
+                mine = ((own >= lo) & (own < hi))[:, None]
+                col = (own - lo).clamp(0, hi - lo - 1)[:, None]
+                d.scatter_(1, col, torch.where(mine, inf, d.gather(1, col)))  # a point is not its own neighbour
+                m, j = d.min(1)                                              # first minimum, like numpy's argmin
+                better = m < best_t[:, c]
+                best_t[:, c] = torch.where(better, m, best_t[:, c])
+                idx_t[:, c] = torch.where(better, order_t[lo + j], idx_t[:, c])
+        best[qs] = best_t.cpu().numpy()
+        best_idx[qs] = idx_t.cpu().numpy()
+        if tick:
+            tick()
+
+
 def count_tasks(n_queries: int, block: int = DEFAULT_BLOCK) -> int:
     """How many ticks `min_distance_to_classes` makes (one per block of queries), for progress bars."""
     return math.ceil(n_queries / block)
 
 
 def mean_class_distances(a, ya, b, yb, num_classes: int, norm: str, *, same: bool = False,
-                         block: int = DEFAULT_BLOCK, workers: int | None = None) -> np.ndarray:
+                         block: int = DEFAULT_BLOCK, workers: int | None = None, device=None) -> np.ndarray:
     """(K, K) mean distance between class-i points of `a` and class-j points of `b`.
 
     same=True means a and b are the same set: a point's zero distance to itself is left out of
-    the diagonal's average (n_i (n_i - 1) pairs). Empty classes give NaN.
+    the diagonal's average (n_i (n_i - 1) pairs). Empty classes give NaN. `device`: where the
+    tiles are computed (module docstring).
     """
     check_norm(norm)
+    dev = resolve_tile_device(device)
     xa, xb = as_matrix(a), as_matrix(b)
     la = np.asarray(torch.as_tensor(ya).cpu(), dtype=np.int64)
     lb = np.asarray(torch.as_tensor(yb).cpu(), dtype=np.int64)
@@ -184,12 +255,27 @@ def mean_class_distances(a, ya, b, yb, num_classes: int, norm: str, *, same: boo
             parts[t] = onehot_a[sa].T @ distance_block(xa[sa], xb[sb], norm) @ onehot_b[sb]
         return run
 
-    _run([task(t) for t in range(len(tiles))], _workers(workers, norm), None)
-    for p in parts:
-        total += p
+    if dev is not None:
+        total = _class_sums_on_device(xa, xb, onehot_a, onehot_b, tiles, norm, dev)
+    else:
+        _run([task(t) for t in range(len(tiles))], _workers(workers, norm), None)
+        for p in parts:
+            total += p
     na, nb = onehot_a.sum(0), onehot_b.sum(0)
     pairs = np.outer(na, nb)
     if same:
         pairs -= np.diag(na)  # self pairs have distance 0 and do not count
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pairs > 0, total / np.maximum(pairs, 1), np.nan)
+
+
+@torch.no_grad()
+def _class_sums_on_device(xa: np.ndarray, xb: np.ndarray, onehot_a: np.ndarray, onehot_b: np.ndarray,
+                          tiles: list[tuple[slice, slice]], norm: str, device: torch.device) -> np.ndarray:
+    """(K, K) sums of distances per class pair, tile by tile on `device` (float64), back on the CPU."""
+    ta, tb = torch.from_numpy(xa).to(device), torch.from_numpy(xb).to(device)
+    oa, ob = torch.from_numpy(onehot_a).to(device), torch.from_numpy(onehot_b).to(device)
+    total = torch.zeros(oa.shape[1], ob.shape[1], dtype=torch.float64, device=device)
+    for sa, sb in tiles:
+        total += oa[sa].T @ _torch_block(ta[sa], tb[sb], norm) @ ob[sb]
+    return total.cpu().numpy()

@@ -21,6 +21,9 @@ For each norm:
   point or as its nearest other-class neighbour), so eps_i + eps_j <= d holds for every
   between-class pair the analysis found.
 
+`device` (CLI `--device`): where the distance tiles are computed; None or the CPU is the exact numpy
+code, a GPU computes the same float64 tiles there (advlab.analysis.distances); results are on the CPU.
+
 The JSON layout (`distances.json`, also printed by --json) is documented in docs/analysis.md; the
 keys `dataset`, `per_class` and `norms.NORM.class_distance` / `norms.NORM.suggested_eps` are the
 stable CLI contract.
@@ -45,7 +48,7 @@ from ..progress import progress as progress_bar
 from . import figures
 from .budgets import write_eps_per_class
 from .distances import DEFAULT_BLOCK, NORM_NAMES, check_norm, count_tasks, mean_class_distances, \
-    min_distance_to_classes
+    min_distance_to_classes, resolve_tile_device
 
 RULES = ("separation", "percentile")
 
@@ -98,8 +101,11 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
                       n_test: int | None = None, percentile: float = 5.0, rule: str = "separation",
                       seed: int = 0, block: int = DEFAULT_BLOCK, workers: int | None = None,
                       out: str | Path | None = None, progress: bool = True,
-                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the class-distance analysis; writes JSON, figures and per-class budgets to `out`."""
+                      log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
+    """Run the class-distance analysis; writes JSON, figures and per-class budgets to `out`.
+
+    `device`: None/"cpu" (the numpy code on the CPU), "auto", "cuda", "cuda:N" or a torch.device:
+    where the distance tiles are computed. The record says which (`device`)."""
     norms = [check_norm(n) for n in norms]
     if not norms:
         raise AdvlabError("--norms needs at least one of l1, l2, linf")
@@ -107,6 +113,7 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
         raise AdvlabError(f"--percentile must be in [0, 100], got {percentile}")
     if rule not in RULES:
         raise AdvlabError(f"--budget-rule must be one of {', '.join(RULES)}, got {rule!r}")
+    tile_device = resolve_tile_device(device)  # a missing GPU fails here, before any work
     started = time.perf_counter()
     k = ds.num_classes
     classes = list(ds.classes)
@@ -120,18 +127,21 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
         "analysis": "distances", "dataset": ds.name, "per_class": per_class, "seed": seed,
         "classes": classes, "n_train": len(ds.y_train), "n_test": len(y_test),
         "sample_sizes": np.bincount(ys_np, minlength=k).tolist(), "percentile": percentile,
-        "budget_rule": rule, "block": block, "norms": {},
+        "budget_rule": rule, "block": block, "device": _describe(tile_device), "norms": {},
     }
     for norm in norms:
         t0 = time.perf_counter()
         total = count_tasks(len(xs), block) + count_tasks(len(x_test), block)
         bar = progress_bar(range(total), f"distances {norm}", progress, unit="block")
 
-        class_distance = mean_class_distances(xs, ys, xs, ys, k, norm, same=True, block=block, workers=workers)
+        class_distance = mean_class_distances(xs, ys, xs, ys, k, norm, same=True, block=block, workers=workers,
+                                              device=tile_device)
         mins_s, idx_s = min_distance_to_classes(xs, ds.x_train, ds.y_train, k, norm, self_index=sample,
-                                                block=block, workers=workers, tick=lambda: bar.update(1))
+                                                block=block, workers=workers, tick=lambda: bar.update(1),
+                                                device=tile_device)
         mins_t, idx_t = min_distance_to_classes(x_test, ds.x_train, ds.y_train, k, norm,
-                                                block=block, workers=workers, tick=lambda: bar.update(1))
+                                                block=block, workers=workers, tick=lambda: bar.update(1),
+                                                device=tile_device)
         bar.close()
 
         within = mins_s[np.arange(len(ys_np)), ys_np]
@@ -199,6 +209,13 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
         record["json"] = str(out / "distances.json")
         write_json(out / "distances.json", record)
     return record
+
+
+def _describe(device: torch.device | None) -> str:
+    if device is None:
+        return "cpu"
+    from ..device import describe
+    return describe(device)
 
 
 def _rule_text(rule: str, percentile: float) -> str:

@@ -38,7 +38,24 @@ def dual_norm(w: torch.Tensor | np.ndarray, norm: str) -> float:
 
 
 def weights(model: LogisticRegression) -> tuple[np.ndarray, float]:
-    return model.weight.detach().double().numpy().copy(), float(model.bias.detach())
+    return model.weight.detach().cpu().double().numpy().copy(), float(model.bias.detach())
+
+
+def to_device(model: torch.nn.Module, device=None) -> torch.nn.Module:
+    """The (fitted) model moved to `device` ("auto", "cuda", a torch.device...); None leaves it on the CPU.
+    The fit itself (L-BFGS in scipy) always runs on the CPU; the device serves the attacks and predictions."""
+    if device is None:
+        return model
+    from ..device import resolve_device
+    return model.to(resolve_device(device))
+
+
+def perturb_on_model_device(attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                            bounds=None) -> torch.Tensor:
+    """`attack.perturb` (one batch, the raw optimiser) on the model's device; the result on the CPU."""
+    from ..predict import model_device
+    device = model_device(model)
+    return attack.perturb(model, x.to(device), y.to(device), eps, bounds=bounds).cpu()
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, *, eps: float = 0.0, norm: str = "linf",

@@ -44,7 +44,7 @@ from ..errors import AdvlabError
 from ..io import write_json
 from ..predict import predict_logits
 from . import figures
-from .linear import class_errors, fit_linear, weights, wilson
+from .linear import class_errors, fit_linear, perturb_on_model_device, to_device, weights, wilson
 
 
 def activation_change(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -63,14 +63,14 @@ def _error(model, x, y) -> tuple[float, int]:
 def linearity_gaussian(dims: Sequence[int] = (10, 30, 100, 300, 1000, 3000), *, eps: float = 0.1,
                        signal: float = 3.0, sigma: float = 1.0, n_train: int = 2000, n_test: int = 2000,
                        weight_decay: float = 1e-4, seed: int = 0,
-                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
     _check(dims, eps)
     rows = []
     for i, n in enumerate(dims):
         mu = signal / math.sqrt(n)
         ds = load_dataset("gaussian", dim=int(n), mu=mu, sigma=sigma, n_train=n_train, n_test=n_test,
                           seed=rng.derive_seed(seed, i))
-        row = _measure(ds, eps, weight_decay, bounds=None)
+        row = _measure(ds, eps, weight_decay, bounds=None, device=device)
         w, b = row.pop("_wb")
         prior1 = float(ds.y_test.float().mean())
         e0, e1 = class_errors(w, b, -mu, mu, sigma, 0.0)
@@ -88,7 +88,7 @@ def linearity_gaussian(dims: Sequence[int] = (10, 30, 100, 300, 1000, 3000), *, 
 
 def linearity_images(ds: Dataset, classes: Sequence[int] = (3, 7), pads: Sequence[int] = (0, 1, 3, 7), *,
                      eps: float = 0.1, weight_decay: float = 1e-4, seed: int = 0,
-                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
     if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c < ds.num_classes for c in classes):
         raise AdvlabError(f"--classes needs two different class indices in 0..{ds.num_classes - 1}, got {classes}")
     if any(p < 0 for p in pads):
@@ -113,7 +113,7 @@ def linearity_images(ds: Dataset, classes: Sequence[int] = (3, 7), pads: Sequenc
         pad_te = lo + (hi - lo) * torch.rand(len(xte), p * d, generator=g)
         padded = Dataset(ds.name, torch.cat([xtr, pad_tr], 1), ytr, torch.cat([xte, pad_te], 1), yte,
                          (ds.classes[a], ds.classes[b]), ds.bounds)
-        row = _measure(padded, eps, weight_decay, bounds=ds.bounds)
+        row = _measure(padded, eps, weight_decay, bounds=ds.bounds, device=device)
         row.pop("_wb")
         row["pad"] = p
         rows.append(row)
@@ -132,12 +132,13 @@ def _check(dims, eps) -> None:
         raise AdvlabError(f"--eps must be > 0 for the linearity experiment, got {eps}")
 
 
-def _measure(ds: Dataset, eps: float, weight_decay: float, bounds) -> dict[str, Any]:
-    """Train, attack without clipping (and with, for bounded data), and measure."""
+def _measure(ds: Dataset, eps: float, weight_decay: float, bounds, device=None) -> dict[str, Any]:
+    """Train (scipy, on the CPU), attack without clipping (and with, for bounded data) on `device`, and measure."""
     model = fit_linear(ds.x_train, ds.y_train, weight_decay=weight_decay)
     w, b = weights(model)
+    model = to_device(model, device)
     attack = FGSM("linf", loss="margin")
-    x_adv = attack.perturb(model, ds.x_test, ds.y_test, eps, bounds=None)
+    x_adv = perturb_on_model_device(attack, model, ds.x_test, ds.y_test, eps, bounds=None)
     change = activation_change(model, ds.x_test, ds.y_test, x_adv)
     predicted_change = eps * float(np.abs(w).sum())
     clean, _ = _error(model, ds.x_test, ds.y_test)
@@ -161,7 +162,7 @@ def _measure(ds: Dataset, eps: float, weight_decay: float, bounds) -> dict[str, 
         "_wb": (w, b),
     }
     if bounds is not None:
-        x_clip = attack.perturb(model, ds.x_test, ds.y_test, eps, bounds=bounds)
+        x_clip = perturb_on_model_device(attack, model, ds.x_test, ds.y_test, eps, bounds=bounds)
         row["fgsm_error"]["clipped"] = _error(model, x_clip, ds.y_test)[0]
         row["activation_change"]["clipped_mean"] = float(activation_change(model, ds.x_test, ds.y_test, x_clip).mean())
     return row
@@ -179,17 +180,21 @@ def run_linearity(dataset: str = "gaussian", *, eps: float = 0.1, dims: Sequence
                   classes: Sequence[int] = (3, 7), pads: Sequence[int] = (0, 1, 3, 7), signal: float = 3.0,
                   sigma: float = 1.0, n_train: int = 2000, n_test: int = 2000, weight_decay: float = 1e-4,
                   seed: int = 0, data_dir: str | None = None, out: str | Path | None = None,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the experiment on `dataset` and write `linearity.json` and figures to `out`."""
+                  log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
+    """Run the experiment on `dataset` and write `linearity.json` and figures to `out`.
+
+    `device`: where the fitted linear models are attacked and evaluated (None: the CPU); the fits
+    themselves (scipy L-BFGS) run on the CPU."""
     started = time.perf_counter()
     if dataset == "gaussian":
         body = linearity_gaussian(dims, eps=eps, signal=signal, sigma=sigma, n_train=n_train, n_test=n_test,
-                                  weight_decay=weight_decay, seed=seed, log=log)
+                                  weight_decay=weight_decay, seed=seed, log=log, device=device)
     elif dataset == "blobs":
         raise AdvlabError("the linearity experiment sweeps the dimension: use --dataset gaussian or an image dataset")
     else:
         ds = load_dataset(dataset, data_dir=data_dir)
-        body = linearity_images(ds, classes, pads, eps=eps, weight_decay=weight_decay, seed=seed, log=log)
+        body = linearity_images(ds, classes, pads, eps=eps, weight_decay=weight_decay, seed=seed, log=log,
+                                device=device)
     record: dict[str, Any] = {"analysis": "linearity", "dataset": dataset, "eps": eps, "norm": "linf",
                               "attack": "fgsm (margin loss)", "seed": seed, **body}
     if out is not None:

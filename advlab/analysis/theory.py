@@ -43,13 +43,13 @@ from ..errors import AdvlabError
 from ..io import write_json
 from ..predict import predict_logits
 from . import figures
-from .linear import fit_linear, linear_error, linear_model, weights
+from .linear import fit_linear, linear_error, linear_model, perturb_on_model_device, to_device, weights
 
 
 def accuracies(model, x, y, eps: float) -> tuple[float, float]:
     """(clean, robust) test accuracy; FGSM is the exact worst case for a linear model without bounds."""
     correct = predict_logits(model, x).argmax(1) == y
-    x_adv = FGSM("linf", loss="margin").perturb(model, x, y, eps, bounds=None)
+    x_adv = perturb_on_model_device(FGSM("linf", loss="margin"), model, x, y, eps, bounds=None)
     # Robust: right on the clean point and on the attacked one (the clean point is inside the ball).
     robust = correct & (predict_logits(model, x_adv).argmax(1) == y)
     return correct.double().mean().item(), robust.double().mean().item()
@@ -93,7 +93,7 @@ def mean_estimator_curves(n: np.ndarray, d: int, mu: float, sigma: float, eps: f
 def dimension_experiment(dims: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), *,
                          eps: float = 0.1, signal: float = 2.0, sigma: float = 1.0, n_train: int = 2000,
                          n_test: int = 2000, weight_decay: float = 1e-4, seed: int = 0,
-                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                         log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
     _check_positive(eps=eps, signal=signal, sigma=sigma)
     rows = []
     for i, d in enumerate(dims):
@@ -106,7 +106,7 @@ def dimension_experiment(dims: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 5
         for name, train_eps in (("standard", 0.0), ("adversarial", eps)):
             model = fit_linear(ds.x_train, ds.y_train, eps=train_eps, weight_decay=weight_decay)
             w, b = weights(model)
-            clean, robust = accuracies(model, ds.x_test, ds.y_test, eps)
+            clean, robust = accuracies(to_device(model, device), ds.x_test, ds.y_test, eps)
             p_clean, p_robust = population(w, b, mu, sigma, eps)
             row[name] = {"clean_accuracy": {"measured": clean, "predicted": p_clean},
                          "robust_accuracy": {"measured": robust, "predicted": p_robust},
@@ -126,7 +126,7 @@ def dimension_experiment(dims: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 5
 def samples_experiment(samples: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), *, dim: int = 1000,
                        mu: float = 1.0, sigma: float | None = None, eps: float = 0.7, reps: int = 3,
                        n_test: int = 2000, weight_decay: float = 1e-4, seed: int = 0,
-                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
     sigma = sigma if sigma is not None else dim ** 0.25 / 2
     _check_positive(eps=eps, mu=mu, sigma=sigma, dim=dim, reps=reps)
     rows = []
@@ -142,7 +142,8 @@ def samples_experiment(samples: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 
             adv = fit_linear(ds.x_train, ds.y_train, eps=eps, weight_decay=weight_decay)
             for name, (w, b), model in (("mean_estimator", (w_mean, 0.0), linear_model(w_mean)),
                                         ("adversarial", weights(adv), adv)):
-                runs[name].append([*accuracies(model, ds.x_test, ds.y_test, eps), *population(w, b, mu, sigma, eps)])
+                runs[name].append([*accuracies(to_device(model, device), ds.x_test, ds.y_test, eps),
+                                   *population(w, b, mu, sigma, eps)])
         c_pred, r_pred = mean_estimator_curves(np.array([n]), dim, mu, sigma, eps)
         row: dict[str, Any] = {"n_train": int(n)}
         for name, values in runs.items():
@@ -171,16 +172,18 @@ def samples_experiment(samples: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 
 def run_theory(experiments: Sequence[str] = ("dimension", "samples"), *, out: str | Path | None = None,
                seed: int = 0, dimension_kwargs: dict[str, Any] | None = None,
                samples_kwargs: dict[str, Any] | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
+    """Run the experiments; `device`: where the fitted linear models are attacked and evaluated (None:
+    the CPU); the fits (scipy L-BFGS) and the closed forms run on the CPU."""
     started = time.perf_counter()
     unknown = sorted(set(experiments) - {"dimension", "samples"})
     if unknown or not experiments:
         raise AdvlabError(f"--experiments takes dimension and/or samples, got {', '.join(unknown) or 'nothing'}")
     record: dict[str, Any] = {"analysis": "theory", "dataset": "gaussian", "seed": seed, "norm": "linf"}
     if "dimension" in experiments:
-        record["dimension"] = dimension_experiment(seed=seed, log=log, **(dimension_kwargs or {}))
+        record["dimension"] = dimension_experiment(seed=seed, log=log, device=device, **(dimension_kwargs or {}))
     if "samples" in experiments:
-        record["samples"] = samples_experiment(seed=seed, log=log, **(samples_kwargs or {}))
+        record["samples"] = samples_experiment(seed=seed, log=log, device=device, **(samples_kwargs or {}))
     if out is not None:
         out = Path(out)
         record["figures"] = _figures(out, record)

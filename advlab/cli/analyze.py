@@ -8,7 +8,8 @@
     advlab analyze embedding      triplet network, eps in the embedding, pixel vs embedding attacks
 
 Each writes NAME.json plus PNG figures to --out (default runs/analyze/NAME-DATASET); the layouts
-are documented in docs/analysis.md.
+are documented in docs/analysis.md. Each takes --device (default auto); the handler resolves it
+first, so a missing GPU is an error (exit 2) before any work.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..data import DATASET_NAMES, load_dataset
+from ..device import resolve_device
 from ..errors import AdvlabError
-from .common import add_common, add_data_dir, emit, log
+from .common import add_common, add_data_dir, add_device, emit, log
 from .common import add_subcommand as _add_subcommand
 
 EXAMPLE = "advlab analyze distances --dataset digits --per-class 100 --norms l1,l2,linf --out runs/analyze/digits --json"
@@ -48,6 +50,14 @@ def add_parser(subparsers) -> None:
     _embedding(sub)
 
 
+def _add_device(p: argparse.ArgumentParser, help: str) -> None:
+    """common.add_device, with a help text that says what the device does in this analysis."""
+    add_device(p)
+    for action in p._actions:  # argparse has no public way to change one flag's help
+        if action.dest == "device":
+            action.help = help
+
+
 # -- distances ----------------------------------------------------------------------------------
 def _distances(sub) -> None:
     p = add_subcommand(
@@ -73,17 +83,21 @@ def _distances(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
     add_common(p, "output directory (default runs/analyze/distances-DATASET)")
     add_data_dir(p)
+    _add_device(p, "where the distance tiles are computed: auto takes the GPU when there is one (float64 tiles, "
+                   "results back on the CPU); cpu is the exact multithreaded numpy code")
     p.set_defaults(handler=run_distances)
 
 
 def run_distances(args: argparse.Namespace) -> int:
     from ..analysis.epsilon import analyze_distances
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
     ds = load_dataset(args.dataset, data_dir=args.data_dir, **parse_key_values(args.dataset_arg, "--dataset-arg"))
     out = Path(args.out or f"runs/analyze/distances-{args.dataset}")
     record = analyze_distances(ds, per_class=args.per_class, norms=norms, n_test=args.n,
                                percentile=args.percentile, rule=args.budget_rule, seed=args.seed,
-                               block=args.block, workers=args.workers, out=out, progress=not args.no_progress)
+                               block=args.block, workers=args.workers, out=out, progress=not args.no_progress,
+                               device=device)
     lines = [f"{args.dataset}: {args.per_class} training examples per class, {record['n_test']} test examples "
              f"({record['seconds']:.1f} s)", ""]
     lines.append(f"{'norm':<5} {'suggested_eps':>13} {'percentile eps':>14} {'1-NN acc':>9}  closer to another class")
@@ -112,11 +126,14 @@ def _perceptibility(sub) -> None:
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     add_common(p, "output directory (default runs/analyze/perceptibility-DATASET)")
     add_data_dir(p)
+    _add_device(p, "accepted like everywhere (and checked: a missing GPU is an error), but no model runs here: the "
+                   "blends are a few small tensor operations on the CPU")
     p.set_defaults(handler=run_perceptibility)
 
 
 def run_perceptibility(args: argparse.Namespace) -> int:
     from ..analysis.perceptibility import perceptibility
+    resolve_device(args.device)  # checked for uniformity; nothing here runs a model
     ds = load_dataset(args.dataset, data_dir=args.data_dir)
     out = Path(args.out or f"runs/analyze/perceptibility-{args.dataset}")
     record = perceptibility(ds, parse_eps_list(args.eps), _pairs(args.pairs), seed=args.seed, out=out)
@@ -173,16 +190,22 @@ def _linearity(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/linearity-DATASET)")
     add_data_dir(p)
+    _add_device(p, _LINEAR_DEVICE_HELP)
     p.set_defaults(handler=run_linearity)
+
+
+_LINEAR_DEVICE_HELP = ("where the fitted linear models are attacked (FGSM) and evaluated: auto takes the GPU when "
+                       "there is one; the fits (scipy L-BFGS, float64) and the closed forms run on the CPU")
 
 
 def run_linearity(args: argparse.Namespace) -> int:
     from ..analysis.linearity import run_linearity as run
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     out = Path(args.out or f"runs/analyze/linearity-{args.dataset}")
     record = run(args.dataset, eps=parse_number(args.eps, "--eps"), dims=_ints(args.dims, "--dims"),
                  classes=_ints(args.classes, "--classes"), pads=_ints(args.pad, "--pad"), signal=args.signal,
                  sigma=args.sigma, n_train=args.n_train, n_test=args.n_test, weight_decay=args.weight_decay,
-                 seed=args.seed, data_dir=args.data_dir, out=out, log=None if args.json else log)
+                 seed=args.seed, data_dir=args.data_dir, out=out, log=None if args.json else log, device=device)
     lines = [f"{'n':>6} {'eps*||w||_1':>12} {'measured':>10} {'FGSM error':>11} {'predicted':>10} {'clean error':>12}"]
     for r in record["rows"]:
         a, f = r["activation_change"], r["fgsm_error"]
@@ -215,14 +238,16 @@ def _theory(sub) -> None:
     p.add_argument("--reps", type=int, default=3, help="samples: training sets drawn per size")
     p.add_argument("--n-test", type=int, default=2000, help="test points")
     add_common(p, "output directory (default runs/analyze/theory)")
+    _add_device(p, _LINEAR_DEVICE_HELP)
     p.set_defaults(handler=run_theory)
 
 
 def run_theory(args: argparse.Namespace) -> int:
     from ..analysis.theory import run_theory as run
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
     out = Path(args.out or "runs/analyze/theory")
-    record = run(experiments, out=out, seed=args.seed, log=None if args.json else log,
+    record = run(experiments, out=out, seed=args.seed, log=None if args.json else log, device=device,
                  dimension_kwargs=dict(dims=_ints(args.dims, "--dims"), eps=parse_number(args.eps, "--eps"),
                                        signal=args.signal, sigma=args.sigma, n_train=args.n_train,
                                        n_test=args.n_test),
@@ -263,15 +288,17 @@ def _blobs(sub) -> None:
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/blobs)")
+    _add_device(p, _LINEAR_DEVICE_HELP)
     p.set_defaults(handler=run_blobs)
 
 
 def run_blobs(args: argparse.Namespace) -> int:
     from ..analysis.blobs import blobs_picture, table
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     kwargs = {"seed": args.seed, **parse_key_values(args.dataset_arg, "--dataset-arg")}
     out = Path(args.out or "runs/analyze/blobs")
     record = blobs_picture(parse_eps_list(args.eps), dataset_kwargs=kwargs, loss=args.loss,
-                           weight_decay=args.weight_decay, out=out)
+                           weight_decay=args.weight_decay, out=out, device=device)
     m = record["model"]
     text = (f"logistic regression on blobs: w = [{', '.join(f'{v:.3f}' for v in m['w'][:4])}], b = {m['b']:.3f}, "
             f"test accuracy {m['test_accuracy']:.4f}\n{table(record)}\n"
@@ -332,11 +359,13 @@ def _embedding(sub) -> None:
     g.add_argument("--targets", default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
     add_common(p, "output directory (default runs/analyze/embedding-DATASET)")
     add_data_dir(p)
+    add_device(p)
     p.set_defaults(handler=run_embedding)
 
 
 def run_embedding(args: argparse.Namespace) -> int:
     from ..metric.analyze import analyze_embedding
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     pixel_eps, embedding_eps = _floats(args.pixel_eps, "--pixel-eps"), _floats(args.embedding_eps, "--embedding-eps")
     targets = parse_eps_list(args.targets)
     for flag, value in (("--epochs", args.epochs), ("--dim", args.dim), ("--k", args.k), ("--steps", args.steps),
@@ -356,7 +385,7 @@ def run_embedding(args: argparse.Namespace) -> int:
                                projection=args.projection, n=args.n, steps=args.steps, pixel_norm=args.pixel_norm,
                                pixel_eps=pixel_eps, embedding_eps=embedding_eps, targets=targets,
                                compare_attacks=not args.no_compare, seed=args.seed, data_dir=args.data_dir,
-                               progress=not args.no_progress, log=None if args.json else log)
+                               progress=not args.no_progress, log=None if args.json else log, device=device)
     q, c = record["quality"], record["calibration"]
     lines = [f"{args.dataset}: triplet embedding {record['embedding_run']} ({record['embedding']['arch']}, "
              f"dim {record['embedding']['dim']}, {record['embedding']['mining']})",

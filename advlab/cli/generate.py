@@ -3,6 +3,9 @@
     advlab generate train  --dataset digits --epochs 60 --judge runs/digits-mlp --out runs/gan-digits
     advlab generate sample --gan runs/gan-digits --judge runs/digits-mlp
     advlab generate attack --gan runs/gan-digits --model runs/digits-cnn --judge runs/digits-mlp --n 10
+
+Each takes --device (default auto): the AC-GAN, the attacked classifier and the judge are loaded
+there; the handler resolves it first, so a missing GPU is an error (exit 2) before any work.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ..config import parse_number
+from ..device import resolve_device
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
 
 DATASETS = ["digits", "fashion-mnist", "mnist"]
 
@@ -44,6 +48,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     add_common(t, "run directory (default runs/gan-DATASET-sSEED)")
     add_data_dir(t)
+    add_device(t)
     t.set_defaults(handler=run_train)
 
     s = add_subcommand(sub, "sample", "Sample grid of a trained AC-GAN and a judge's accuracy on its images per class.",
@@ -52,6 +57,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--judge", default=None, help="classifier run directory trained on real data")
     s.add_argument("--n-per-class", type=int, default=100)
     add_common(s, "where the figures go (default GAN/samples)")
+    add_device(s)
     s.set_defaults(handler=run_sample)
 
     a = add_subcommand(sub, "attack", "Unrestricted adversarial examples: search the AC-GAN's latent space.",
@@ -78,16 +84,19 @@ def add_parser(subparsers) -> None:
     a.add_argument("--save", action="store_true", help="write the examples (safetensors) next to the summary")
     add_common(a, "output directory (default GAN/attacks/MODELNAME-TARGET)")
     add_data_dir(a)
+    add_device(a)
     a.set_defaults(handler=run_attack)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..generative.acgan import GANConfig, train_gan
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     out = args.out or f"runs/gan-{args.dataset}-s{args.seed}"
     config = GANConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, latent_dim=args.latent_dim,
                        width=args.width, seed=args.seed)
     record = train_gan(args.dataset, out, config, subset=args.subset, judge_run=args.judge, data_dir=args.data_dir,
-                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, log=log)
+                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, log=log,
+                       device=device)
     judge = f", judge accuracy on samples {record['judge_accuracy']:.3f}" if "judge_accuracy" in record else ""
     emit(args, record, f"AC-GAN trained for {record['epochs']} epochs ({record['seconds']:.1f} s){judge}; "
                        f"saved in {record['run_dir']} (sample grids in {record['run_dir']}/figures)")
@@ -96,14 +105,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     from ..generative.acgan import generation_quality, load_gan, quality_figure, sample_grid
-    gan, card = load_gan(args.gan)
+    device = resolve_device(args.device)  # a missing GPU fails before any work
+    gan, card = load_gan(args.gan, device=device)
     classes = card["dataset"]["classes"]
     out = Path(args.out or Path(args.gan) / "samples")
     sample_grid(gan, classes, out / "samples.png", seed=args.seed, title=f"AC-GAN samples ({Path(args.gan).name})")
     record = {"gan": str(args.gan), "out": str(out), "grid": str(out / "samples.png")}
     text = f"sample grid in {out / 'samples.png'}"
     if args.judge is not None:
-        judge = _load_classifier(args.judge, card, "--judge")
+        judge = _load_classifier(args.judge, card, "--judge", device)
         quality = generation_quality(gan, judge, args.n_per_class, seed=args.seed)
         quality_figure(quality, classes, out / "quality.png")
         record.update(judge=str(args.judge), judge_accuracy=quality["accuracy"],
@@ -121,17 +131,18 @@ def run_attack(args: argparse.Namespace) -> int:
     from ..generative.unrestricted import UnrestrictedAttack, make_tasks
     from ..runs import dataset_from_card
 
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     noise = parse_number(args.noise, "--noise")
     attack = UnrestrictedAttack(steps=args.steps, lr=args.lr, lambda1=args.lambda1, lambda2=args.lambda2,
                                 latent_eps=args.latent_eps, latent_radius=args.latent_radius, noise=noise,
                                 batch_size=args.batch_size, seed=args.seed)
-    gan, card = load_gan(args.gan)
+    gan, card = load_gan(args.gan, device=device)
     k = gan.num_classes
     sources = _parse_sources(args.source, k)
     targets = _parse_target(args.target, k)
     source, target = make_tasks(sources, targets, args.n, k)
-    model = _load_classifier(args.model, card, "--model")
-    judge = _load_classifier(args.judge, card, "--judge") if args.judge else None
+    model = _load_classifier(args.model, card, "--model", device)
+    judge = _load_classifier(args.judge, card, "--judge", device) if args.judge else None
     started = time.perf_counter()
     result = attack(gan, model, source, target, progress=not args.no_progress)
     seconds = time.perf_counter() - started
@@ -213,12 +224,12 @@ def _parse_target(text: str, k: int) -> str | int:
     return value
 
 
-def _load_classifier(run_dir: str, gan_card: dict, flag: str):
+def _load_classifier(run_dir: str, gan_card: dict, flag: str, device=None):
     from ..generative.acgan import KIND, _check_same_data
     from ..runs import load_run, read_card
     if read_card(run_dir).get("kind") == KIND:
         raise AdvlabError(f"{flag} {run_dir} is an AC-GAN run; give a classifier run from `advlab train`")
-    model, card = load_run(run_dir)
+    model, card = load_run(run_dir, device=device)
 
     class _Data:  # the GAN's dataset as _check_same_data expects it
         name = gan_card["dataset"]["name"]

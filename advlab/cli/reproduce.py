@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_data_dir, add_subcommand, emit, log
+from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
 
 
 def add_parser(subparsers) -> None:
@@ -22,15 +22,18 @@ def add_parser(subparsers) -> None:
                    help="override a setting of the config, repeatable (e.g. --set epochs=2); recorded in the output")
     add_common(p, "run directory (default runs/reproduce); the config's `out` is a folder inside it")
     add_data_dir(p)
+    add_device(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import parse_key_values
+    from ..device import resolve_device
     from ..reproduce import reproduce, table
 
+    device = resolve_device(args.device)  # a missing GPU fails before any work
     overrides = parse_key_values(args.overrides, "--set")
     record = reproduce(args.name, args.out or "runs/reproduce", quick=args.quick, data_dir=args.data_dir,
-                       progress=not args.no_progress, log=log, seed=args.seed, overrides=overrides)
+                       progress=not args.no_progress, log=log, seed=args.seed, overrides=overrides, device=device)
     emit(args, record, table(record) + f"\nreport: {record.get('report', '-')}")
     return 0

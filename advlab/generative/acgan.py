@@ -13,6 +13,11 @@ Training checkpoints both networks and both optimisers after every epoch (safete
 resumes at an epoch boundary with the same result as an uninterrupted run, and writes a per-class
 sample grid after each epoch. The finished run directory holds `model.safetensors` (keys
 `generator.*` and `discriminator.*`) and `card.json` with `"kind": "acgan"`.
+
+Devices: `train_gan(..., device=)` and `load_gan(RUN, device=)` put both networks on a device (None:
+the CPU). Latent codes and labels are drawn on the CPU from the seed and moved there batch by batch
+(so a seed gives the same codes on any device), the loss terms of an epoch are summed on the device
+(one host synchronisation per epoch), and samples come back to the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch.nn import functional as F
 from .. import rng
 from ..errors import AdvlabError, CorruptFileError
 from ..io import flatten_state, load_tensors, save_tensors, unflatten_state, write_json
+from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..runs import CARD_FILE, MODEL_FILE, environment, read_card
 
@@ -127,13 +133,15 @@ class ACGAN(nn.Module):
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None,
                z: torch.Tensor | None = None) -> torch.Tensor:
-        """Images of the given classes (generator in eval mode; its mode is restored)."""
+        """Images of the given classes, on the CPU (generator in eval mode; its mode is restored).
+        Latent codes are drawn on the CPU, so a seed gives the same images on any device."""
         if z is None:
             z = torch.randn(len(labels), self.latent_dim, generator=generator)
+        device = model_device(self.generator)
         was = self.generator.training
         self.generator.eval()
         try:
-            return self.generator(z, labels)
+            return self.generator(z.to(device), torch.as_tensor(labels).to(device)).cpu()
         finally:
             self.generator.train(was)
 
@@ -192,7 +200,15 @@ def _optimizers(gan: ACGAN, config: GANConfig) -> tuple[torch.optim.Optimizer, t
 
 def train_step(gan: ACGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor) -> dict[str, float]:
-    """One discriminator step then one generator step on a batch; returns the loss terms."""
+    """One discriminator step then one generator step on a batch (on the GAN's device); returns the loss terms."""
+    return {k: v.item() for k, v in _train_step(gan, opt_g, opt_d, x, y, z, y_fake).items()}
+
+
+def _train_step(gan: ACGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`train_step` with the loss terms as 0-d tensors on the device (no host synchronisation)."""
+    device = model_device(gan)
+    x, y, z, y_fake = (t.to(device, non_blocking=True) for t in (x, y, z, y_fake))
     g, d = gan.generator, gan.discriminator
     fake = g(z, y_fake)                                             # (B, C, H, W)
     adv_real, aux_real = d(x)
@@ -210,9 +226,9 @@ def train_step(gan: ACGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opti
     with torch.no_grad():
         acc_real = (aux_real.argmax(1) == y).float().mean()
         acc_fake = (aux_fake.argmax(1) == y_fake).float().mean()
-    return {"loss_d": d_terms["total"].item(), "loss_g": g_terms["total"].item(),
-            "aux_real": d_terms["aux_real"].item(), "aux_fake": d_terms["aux_fake"].item(),
-            "aux_acc_real": acc_real.item(), "aux_acc_fake": acc_fake.item()}
+    return {"loss_d": d_terms["total"].detach(), "loss_g": g_terms["total"].detach(),
+            "aux_real": d_terms["aux_real"].detach(), "aux_fake": d_terms["aux_fake"].detach(),
+            "aux_acc_real": acc_real, "aux_acc_fake": acc_fake}
 
 
 def build_gan(image_shape, num_classes: int, config: GANConfig, bounds) -> ACGAN:
@@ -244,6 +260,7 @@ class GANTrainer:
         self.classes = classes or [str(i) for i in range(gan.num_classes)]
         self.judge, self.identity = judge, identity or {}
         self.progress, self._log, self.grids = progress, log, grids
+        self.device = model_device(gan)
         self.opt_g, self.opt_d = _optimizers(gan, config)
         self.epoch, self.history = 0, []
         # The same latent codes every epoch, so the grids show the generator changing, not the noise.
@@ -278,19 +295,28 @@ class GANTrainer:
         order = torch.randperm(len(self.y), generator=rng.generator(cfg.seed, epoch, rng.STREAM_SHUFFLE))
         latent = rng.generator(cfg.seed, epoch, STREAM_LATENT)
         n_batches = len(order) // cfg.batch_size  # drop the ragged last batch (batch norm dislikes tiny ones)
-        sums: dict[str, float] = {}
+        # Sums in float64 on the device: the same additions, in the same order, as Python floats on the CPU.
+        sums: dict[str, torch.Tensor] = {}
+        on_cpu = self.device.type == "cpu"
         for b in progress_bar(range(n_batches), f"AC-GAN epoch {epoch}", enabled=self.progress):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            z = torch.randn(len(idx), self.gan.latent_dim, generator=latent)
+            z = torch.randn(len(idx), self.gan.latent_dim, generator=latent)  # drawn on the CPU: any device, same codes
             y_fake = torch.randint(0, self.gan.num_classes, (len(idx),), generator=latent)
-            terms = train_step(self.gan, self.opt_g, self.opt_d, self.x[idx], self.y[idx], z, y_fake)
-            if not all(math.isfinite(v) for v in terms.values()):
-                raise AdvlabError(f"AC-GAN training diverged at epoch {epoch} (loss {terms}); lower --lr")
+            terms = _train_step(self.gan, self.opt_g, self.opt_d, self.x[idx], self.y[idx], z, y_fake)
+            if on_cpu and not all(math.isfinite(v.item()) for v in terms.values()):  # free on the CPU: stop at once
+                self._diverged(epoch, terms)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
+        means = {k: v.item() / n_batches for k, v in sums.items()}  # one synchronisation per epoch
+        if not all(math.isfinite(v) for v in means.values()):
+            self._diverged(epoch, means)
         self.gan.eval()
-        return {"epoch": epoch, **{k: v / n_batches for k, v in sums.items()},
-                "seconds": time.perf_counter() - started}
+        return {"epoch": epoch, **means, "seconds": time.perf_counter() - started}
+
+    @staticmethod
+    def _diverged(epoch: int, terms: dict[str, Any]) -> None:
+        terms = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+        raise AdvlabError(f"AC-GAN training diverged at epoch {epoch} (loss {terms}); lower --lr")
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -405,8 +431,10 @@ def save_gan(run_dir: str | Path, gan: ACGAN, card: dict[str, Any]) -> Path:
     return run_dir
 
 
-def load_gan(run_dir: str | Path) -> tuple[ACGAN, dict[str, Any]]:
-    """(AC-GAN in eval mode, card) from a run directory written by `advlab generate train`."""
+def load_gan(run_dir: str | Path, *, device=None) -> tuple[ACGAN, dict[str, Any]]:
+    """(AC-GAN in eval mode, card) from a run directory written by `advlab generate train`.
+
+    `device`: "auto", "cpu", "cuda", "cuda:N", a torch.device, or None (the CPU)."""
     card = read_card(run_dir)
     if card.get("kind") != KIND:
         raise AdvlabError(f"{run_dir} is not an AC-GAN run (it holds a {card.get('model', {}).get('name', '?')} "
@@ -419,16 +447,26 @@ def load_gan(run_dir: str | Path) -> tuple[ACGAN, dict[str, Any]]:
         gan.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CorruptFileError(f"{run_dir}: weights do not match the AC-GAN in {CARD_FILE}: {e}") from e
+    if device is not None:
+        from ..device import resolve_device
+        gan.to(resolve_device(device))
     return gan.eval(), card
 
 
 def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *, subset: int | None = None,
               judge_run: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
               overwrite: bool = False, progress: bool = True, grids: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train an AC-GAN on a dataset's training split and save a run; returns the CLI's JSON record."""
+              log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
+    """Train an AC-GAN on a dataset's training split and save a run; returns the CLI's JSON record.
+
+    `device`: where the GAN trains and the judge runs ("auto", "cpu", "cuda", "cuda:N", a torch.device;
+    None: the CPU). The networks are initialised on the CPU from the seed, then moved."""
     from ..data import load_dataset
+    from ..device import resolve_device
     from ..runs import load_run
+
+    if device is not None:
+        device = resolve_device(device)  # a missing GPU fails here, before any work
 
     config = config or GANConfig()
     out = Path(out)
@@ -448,9 +486,11 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
         x, y = x[:subset], y[:subset]
     judge = None
     if judge_run is not None:
-        judge, judge_card = load_run(judge_run)
+        judge, judge_card = load_run(judge_run, device=device)
         _check_same_data(judge_card, ds, judge_run)
     gan = build_gan(ds.input_shape, ds.num_classes, config, ds.bounds)
+    if device is not None:
+        gan.to(device)
     spec = gan_spec(ds.input_shape, ds.num_classes, config, ds.bounds)
     # Everything but the epoch count must match to resume (more epochs extend a finished run).
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "epochs"}
@@ -472,11 +512,16 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
               "loss_d": history[-1]["loss_d"] if history else None,
               "loss_g": history[-1]["loss_g"] if history else None,
               "aux_accuracy_fake": history[-1]["aux_acc_fake"] if history else None,
-              "seconds": time.perf_counter() - started}
+              "device": _describe(model_device(gan)), "seconds": time.perf_counter() - started}
     if judge is not None:
         record["judge_accuracy"] = metrics["quality"]["accuracy"]
         record["judge_accuracy_per_class"] = metrics["quality"]["per_class"]
     return record
+
+
+def _describe(device: torch.device) -> str:
+    from ..device import describe
+    return describe(device)
 
 
 def _check_same_data(card: dict[str, Any], ds, where) -> None:

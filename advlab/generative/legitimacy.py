@@ -13,6 +13,10 @@ that the attacked model gives):
 An example passes when it is a successful attack, the judge says s, and it is not closer to class p.
 These are heuristics: a judge can share the attacked model's blind spots, and pixel distance is a
 crude proxy for what a person sees. The report says what fraction pass and lists the distances.
+
+The nearest-image search runs on the judge's device unless `device` says otherwise: the reference
+images of a class are copied there once, generated images go chunk by chunk, and only the chosen
+indices come back; the distance to the chosen image is recomputed exactly on the CPU.
 """
 
 from __future__ import annotations
@@ -24,44 +28,56 @@ import torch
 from torch import nn
 
 from ..errors import AdvlabError
-from ..predict import predict_logits
+from ..predict import model_device, predict_logits
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    from ..device import resolve_device
+    return resolve_device(device)
 
 
 @torch.no_grad()
-def nearest_distances(x: torch.Tensor, reference: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_distances(x: torch.Tensor, reference: torch.Tensor, chunk: int = 512, *,
+                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """L2 distance from each x to its nearest reference point and that point's index, in chunks.
 
-    Candidates come from a matrix product in float32 (fast); the distance to the chosen point is
-    recomputed exactly, so the returned distance is the true distance to the returned index.
+    Candidates come from a matrix product in float32 (fast; on `device`, None: the CPU); the distance
+    to the chosen point is recomputed exactly on the CPU, so the returned distance is the true
+    distance to the returned index. Both results are on the CPU.
     """
     if len(reference) == 0:
         raise AdvlabError("no reference images to compare with (a class without training images?)")
-    a = x.reshape(len(x), -1).float()                 # (N, D)
-    b = reference.reshape(len(reference), -1).float()  # (M, D)
+    a = x.reshape(len(x), -1).float().cpu()                 # (N, D)
+    b = reference.reshape(len(reference), -1).float().cpu()  # (M, D)
     if a.shape[1] != b.shape[1]:
         raise AdvlabError(f"images have {a.shape[1]} values each but the reference images have {b.shape[1]}")
-    b2 = (b * b).sum(1)                                # (M,)
+    dev = _device(device)
+    bd = b.to(dev)                                           # (M, D) on the device (b itself on the CPU)
+    b2 = (bd * bd).sum(1)                                    # (M,)
     idx = torch.empty(len(a), dtype=torch.int64)
     for i in range(0, len(a), chunk):
-        q = a[i:i + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ b.T + b2[None]  # (n, M) squared distances
-        idx[i:i + chunk] = d2.argmin(1)
+        q = a[i:i + chunk].to(dev)
+        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ bd.T + b2[None]  # (n, M) squared distances
+        idx[i:i + chunk] = d2.argmin(1).cpu()
     dist = (a - b[idx]).norm(dim=1)
     return dist, idx
 
 
 @torch.no_grad()
 def nearest_per_class(x: torch.Tensor, x_ref: torch.Tensor, y_ref: torch.Tensor, num_classes: int,
-                      chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk: int = 512, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) distances to the nearest reference image of each class, and (N, K) indices into x_ref
-    (inf and -1 for a class without reference images)."""
+    (inf and -1 for a class without reference images); searched on `device` (None: the CPU)."""
+    y_ref = y_ref.cpu()
     dist = torch.full((len(x), num_classes), float("inf"))
     index = torch.full((len(x), num_classes), -1, dtype=torch.int64)
     for c in range(num_classes):
         members = torch.nonzero(y_ref == c).flatten()
         if len(members) == 0:
             continue
-        d, i = nearest_distances(x, x_ref[members], chunk)
+        d, i = nearest_distances(x, x_ref[members], chunk, device=device)
         dist[:, c], index[:, c] = d, members[i]
     return dist, index
 
@@ -100,8 +116,9 @@ class Legitimacy:
 
 def check_legitimacy(x: torch.Tensor, source: torch.Tensor, pred: torch.Tensor, success: torch.Tensor,
                      judge: nn.Module, x_ref: torch.Tensor, y_ref: torch.Tensor, num_classes: int,
-                     chunk: int = 512) -> Legitimacy:
-    """Judge label and nearest-real-image distances for each generated example (see the module doc)."""
+                     chunk: int = 512, *, device=None) -> Legitimacy:
+    """Judge label and nearest-real-image distances for each generated example (see the module doc).
+    `device`: where the nearest-image search runs (None: wherever the judge is). Results are on the CPU."""
     n = len(x)
     if not (len(source) == len(pred) == len(success) == n):
         raise AdvlabError(f"x, source, pred and success must have the same length, got "
@@ -112,7 +129,8 @@ def check_legitimacy(x: torch.Tensor, source: torch.Tensor, pred: torch.Tensor, 
     if not torch.isfinite(x).all():
         raise AdvlabError("generated images contain NaN or inf")
     judge_label = predict_logits(judge, x).argmax(1)
-    dist, index = nearest_per_class(x, x_ref, y_ref, num_classes, chunk)
+    dist, index = nearest_per_class(x, x_ref, y_ref, num_classes, chunk,
+                                    device=device if device is not None else model_device(judge))
     rows = torch.arange(n)
     d_src, d_pred = dist[rows, source], dist[rows, pred]
     closer = d_pred < d_src

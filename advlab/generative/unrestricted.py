@@ -18,6 +18,11 @@ noise x = clip(G(z, s) + tau * tanh(q), bounds), optimised together with z.
 
 An example succeeds when f's prediction is t (or not s) and c's prediction is s; the attack keeps
 the first successful image of each example (closest to z0 along the optimisation path).
+
+The search runs on the generator's device (the attacked model's inputs move to its device if that
+differs); latent codes are drawn on the CPU from the seed, batches move to the device one at a time,
+the optimisation loop keeps its bookkeeping on the device (no boolean indexing), and results come
+back to the CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from torch.nn import functional as F
 
 from .. import rng
 from ..errors import AdvlabError
-from ..predict import predict_logits
+from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from .acgan import ACGAN
 
@@ -200,19 +205,26 @@ class UnrestrictedAttack:
                 p.requires_grad_(was)
 
     def _optimise(self, g, aux, model, source, target, z0, offset):
+        """One batch on the generator's device; returns CPU tensors."""
+        device, model_dev = model_device(g), model_device(model)
+        source, target, z0 = source.to(device), target.to(device), z0.to(device)
         lo, hi = g.bounds
         z = z0.clone().requires_grad_(True)
         params = [z]
         q = None
         if self.noise > 0:
-            q = torch.zeros(len(source), *g.image_shape, requires_grad=True)
+            q = torch.zeros(len(source), *g.image_shape, device=device, requires_grad=True)
             params.append(q)
         opt = torch.optim.Adam(params, lr=self.lr)
         with torch.no_grad():
             x0 = g(z0, source)
         best_x, best_z = x0.clone(), z0.clone()
-        found = torch.zeros(len(source), dtype=torch.bool)
-        found_step = torch.full((len(source),), -1, dtype=torch.int64)
+        found = torch.zeros(len(source), dtype=torch.bool, device=device)
+        found_step = torch.full((len(source),), -1, dtype=torch.int64, device=device)
+        # "Everything found?" costs a host synchronisation: every step on the CPU, every 16th elsewhere.
+        # Steps after that change nothing that is returned (ok is empty), so the result is the same.
+        check_every = 1 if device.type == "cpu" else 16
+        image_mask = (-1, *[1] * len(g.image_shape))
 
         def image(z_, q_):
             x = g(z_, source)
@@ -220,15 +232,19 @@ class UnrestrictedAttack:
                 x = (x + self.noise * torch.tanh(q_)).clamp(lo, hi)
             return x
 
+        def classify(x):
+            return model(x) if model_dev == device else model(x.to(model_dev)).to(device)
+
         for step in range(self.steps + 1):
             x = image(z, q)
-            logits, aux_logits = model(x), aux(x)
+            logits, aux_logits = classify(x), aux(x)
             with torch.no_grad():
                 ok = is_success(logits.argmax(1), aux_logits.argmax(1), source, target) & ~found
-                best_x[ok], best_z[ok] = x.detach()[ok], z.detach()[ok]
-                found_step[ok] = step
+                best_x = torch.where(ok.view(image_mask), x.detach(), best_x)
+                best_z = torch.where(ok[:, None], z.detach(), best_z)
+                found_step = torch.where(ok, torch.full_like(found_step, step), found_step)
                 found |= ok
-            if step == self.steps or found.all():
+            if step == self.steps or (step % check_every == 0 and bool(found.all())):
                 break
             terms = unrestricted_loss(logits, aux_logits, source, target, z, z0, self.lambda1, self.lambda2,
                                       self.latent_eps)
@@ -241,8 +257,9 @@ class UnrestrictedAttack:
         with torch.no_grad():
             last = image(z, q)
         keep = ~found
-        best_x[keep], best_z[keep] = last[keep], z.detach()[keep]
-        return {"x": best_x, "z": best_z, "x0": x0, "steps": found_step}
+        best_x = torch.where(keep.view(image_mask), last, best_x)
+        best_z = torch.where(keep[:, None], z.detach(), best_z)
+        return {"x": best_x.cpu(), "z": best_z.cpu(), "x0": x0.cpu(), "steps": found_step.cpu()}
 
 
 def make_tasks(sources: list[int], targets: str | int, n: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

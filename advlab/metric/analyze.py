@@ -5,6 +5,9 @@
 OUT/embedding is the triplet network's run directory (reused when it exists, resumed when only
 its checkpoint does) unless --embedding names one; OUT/classifier likewise for the classifier
 unless --run names one. Results: OUT/embedding.json and PNG figures in OUT (layout: docs/metric.md).
+
+`device` (CLI `--device`): the triplet network, the classifier and the referee are trained or
+loaded there and the attacks run there; embeddings, k-NN labels and figures are computed on the CPU.
 """
 
 from __future__ import annotations
@@ -32,28 +35,29 @@ def _same_data(card: dict[str, Any], ds: Dataset, what: str, path) -> None:
 
 
 def get_embedding(ds: Dataset, out: Path, embedding: str | None, train: dict[str, Any], retrain: bool,
-                  progress: bool, log: Callable[[str], None]):
+                  progress: bool, log: Callable[[str], None], device=None):
     if embedding is not None:
-        net, card = load_embedding(embedding)
+        net, card = load_embedding(embedding, device=device)
         _same_data(card, ds, "embedding", embedding)
         return net, card, str(embedding)
     run_dir = out / "embedding"
     if (run_dir / CARD_FILE).exists() and not retrain:
         log(f"using the embedding run {run_dir} (--retrain to train a new one)")
-        net, card = load_embedding(run_dir)
+        net, card = load_embedding(run_dir, device=device)
         _same_data(card, ds, "embedding", run_dir)
         return net, card, str(run_dir)
     resume = (run_dir / "checkpoint").is_dir() and not retrain
     log(f"training a triplet network ({train['mining']}, margin {train['margin']}, dim {train['dim']}, "
         f"{train['epochs']} epochs) in {run_dir}{' (resuming)' if resume else ''}")
-    net, card = train_embedding(ds, run_dir, resume=resume, overwrite=retrain, progress=progress, log=log, **train)
+    net, card = train_embedding(ds, run_dir, resume=resume, overwrite=retrain, progress=progress, log=log,
+                                device=device, **train)
     return net, card, str(run_dir)
 
 
 def get_classifier(ds: Dataset, out: Path, run: str | None, model: str | None, epochs: int, seed: int,
-                   progress: bool, log: Callable[[str], None], data_dir=None):
+                   progress: bool, log: Callable[[str], None], data_dir=None, device=None):
     if run is not None:
-        net, card = load_run(run)
+        net, card = load_run(run, device=device)
         _same_data(card, ds, "classifier", run)
         return net, card, str(run)
     run_dir = out / "classifier"
@@ -63,9 +67,14 @@ def get_classifier(ds: Dataset, out: Path, run: str | None, model: str | None, e
         model = model or ("cnn-small" if len(ds.input_shape) == 3 else "mlp")
         log(f"training a {model} classifier ({epochs} epochs) in {run_dir}")
         train_run(ds.name, model, run_dir, config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed), data_dir=data_dir,
-                  resume=(run_dir / "checkpoint").is_dir(), progress=progress, log=log)
-    net, card = load_run(run_dir)
+                  resume=(run_dir / "checkpoint").is_dir(), progress=progress, log=log, device=device)
+    net, card = load_run(run_dir, device=device)
     return net, card, str(run_dir)
+
+
+def _describe(device) -> str:
+    from ..device import describe
+    return "cpu" if device is None else describe(device)
 
 
 def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = None, run: str | None = None,
@@ -76,8 +85,13 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
                       pixel_eps: Sequence[float] | None = None, embedding_eps: Sequence[float] | None = None,
                       targets: Sequence[float] = (0.25, 0.5, 0.75), compare_attacks: bool = True, seed: int = 0,
                       data_dir=None, progress: bool = True,
-                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
+    """Train or load the embedding and the classifier, calibrate eps_e, compare the threats; writes
+    OUT/embedding.json. `device`: "auto", "cpu", "cuda", "cuda:N", a torch.device, or None (the CPU)."""
     log = log or (lambda m: None)
+    if device is not None:
+        from ..device import resolve_device
+        device = resolve_device(device)  # a missing GPU fails here, before any work
     if projection not in ("pca", "tsne"):
         raise AdvlabError(f"--projection must be pca or tsne, got {projection!r}")
     if pixel_norm not in DEFAULT_PIXEL_EPS:
@@ -94,14 +108,14 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     out = Path(out)
     referee_net = None
     if referee is not None and compare_attacks:
-        referee_net, referee_card = load_embedding(referee)  # fails now, not after training
+        referee_net, referee_card = load_embedding(referee, device=device)  # fails now, not after training
         _same_data(referee_card, ds, "referee embedding", referee)
     train = {"seed": seed, **(train or {})}
     train.setdefault("mining", "semi-hard")
     train.setdefault("margin", 0.2)
     train.setdefault("dim", 32)
     train.setdefault("epochs", 10)
-    net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log)
+    net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log, device)
     m = card.get("metrics", {})
     if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
         quality = {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
@@ -121,13 +135,13 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
         "analysis": "embedding", "dataset": ds.name, "embedding_run": emb_dir,
         "embedding": {**card["embedding"], "arch": card["model"]["name"], "epochs": card.get("epochs")},
         "quality": quality, "calibration": {k_: v for k_, v in calib.items() if not k_.startswith("_")},
-        "suggested_eps": calib["suggested_eps"], "figures": figures,
+        "suggested_eps": calib["suggested_eps"], "figures": figures, "device": _describe(device),
     }
     log(f"embedding: k-NN accuracy {quality['knn_accuracy']:.4f} (k={k}), Recall@1 {quality['recall_at_1']:.4f}; "
         f"suggested eps_e {calib['suggested_eps']:.4g}")
     if compare_attacks:
         classifier, _, clf_dir = get_classifier(ds, out, run, classifier_model, classifier_epochs, seed, progress, log,
-                                                data_dir)
+                                                data_dir, device)
         pixel_eps = list(pixel_eps) if pixel_eps is not None else DEFAULT_PIXEL_EPS[pixel_norm]
         if embedding_eps is None:
             embedding_eps = [float(f"{f * calib['mean_between_class']:.3g}") for f in EMBEDDING_FRACTIONS]

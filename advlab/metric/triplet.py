@@ -17,6 +17,10 @@ checkpoint after every epoch). The trainer's "train acc" is the in-batch 1-NN ac
 validation metric is Recall@1 on the validation split. The run directory is a normal run
 (model.safetensors + card.json) whose card has `"kind": "embedding"`; load it with
 `load_embedding(RUN)`.
+
+Devices: `train_embedding(..., device=)` and `load_embedding(RUN, device=)` put the network on a
+device (None: the CPU); batches move there one at a time and embeddings (`embed`) come back to
+the CPU, where the k-NN search and Recall@1 run.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ def build_embedding(card: dict[str, Any]) -> EmbeddingNet:
 
 
 def load_embedding(run_dir, device=None) -> tuple[EmbeddingNet, dict[str, Any]]:
-    """(embedding net in eval mode, card) of a run written by `train_embedding`."""
+    """(embedding net in eval mode, card) of a run written by `train_embedding`.
+
+    `device`: "auto", "cpu", "cuda", "cuda:N", a torch.device, or None (the CPU)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise AdvlabError(f"embedding run {run_dir} does not exist; train one with "
@@ -82,7 +88,8 @@ def load_embedding(run_dir, device=None) -> tuple[EmbeddingNet, dict[str, Any]]:
     except RuntimeError as e:
         raise AdvlabError(f"{run_dir}: weights do not match the architecture in {CARD_FILE}: {e}") from e
     if device is not None:
-        net.to(device)
+        from ..device import resolve_device
+        net.to(resolve_device(device))
     return net.eval(), card
 
 
@@ -170,25 +177,28 @@ def embed(net: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tens
 def knn_predict(queries: torch.Tensor, refs: torch.Tensor, ref_labels: torch.Tensor, num_classes: int,
                 k: int = 5, block: int = 1024) -> torch.Tensor:
     """Majority label of the k nearest references (Euclidean); a tie goes to the class of the nearer
-    neighbour."""
+    neighbour. Computed where `queries` are; the labels come back on the CPU."""
     if k < 1 or k > len(refs):
         raise AdvlabError(f"k must be in 1..{len(refs)} (the number of references), got {k}")
-    ranks = torch.arange(k).expand(1, k)
+    device = queries.device
+    refs, ref_labels = refs.to(device), ref_labels.to(device)
+    ranks = torch.arange(k, device=device).expand(1, k)
     out = []
     for i in range(0, len(queries), block):
         d = torch.cdist(queries[i:i + block].double(), refs.double())
         labels = ref_labels[d.topk(k, dim=1, largest=False).indices]       # (b, k), nearest first
-        votes = torch.zeros(len(labels), num_classes, dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
-        first = torch.full((len(labels), num_classes), k, dtype=torch.long)
+        votes = torch.zeros(len(labels), num_classes, dtype=torch.long, device=device).scatter_add_(
+            1, labels, torch.ones_like(labels))
+        first = torch.full((len(labels), num_classes), k, dtype=torch.long, device=device)
         first.scatter_reduce_(1, labels, ranks.expand_as(labels).contiguous(), "amin")
         out.append((votes * (k + 1) - first).argmax(1))  # most votes; among those, the nearest neighbour
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def recall_at_1(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     """Share of points whose nearest other point of the same set has the same label."""
     mins, _ = min_distance_to_classes(z, z, y, num_classes, "l2", self_index=torch.arange(len(z)))
-    return float(np.mean(mins.argmin(1) == y.numpy()))
+    return float(np.mean(mins.argmin(1) == y.cpu().numpy()))
 
 
 def embedding_quality(net: nn.Module, ds: Dataset, k: int = 5, n_test: int | None = None) -> dict[str, Any]:
@@ -212,9 +222,10 @@ def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | N
                     batch_size: int = 128, lr: float = 1e-3, seed: int = 0, val_fraction: float = 0.1,
                     k: int = 5, model_kwargs: dict[str, Any] | None = None, resume: bool = False,
                     overwrite: bool = False, progress: bool = True,
-                    log: Callable[[str], None] | None = None) -> tuple[EmbeddingNet, dict[str, Any]]:
+                    log: Callable[[str], None] | None = None, device=None) -> tuple[EmbeddingNet, dict[str, Any]]:
     """Train a triplet network on `ds`; with `out`, checkpoint every epoch and save a run there.
-    Returns (net in eval mode, card)."""
+    Returns (net in eval mode, card). `device`: where it trains ("auto", "cuda", a torch.device...;
+    None: the CPU); the returned net stays there."""
     from ..defenses.training import CHECKPOINT, TrainConfig, Trainer
 
     if dim < 1:
@@ -230,7 +241,10 @@ def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | N
     mean, std = ds.channel_stats()
     spec = model_spec(arch, ds.input_shape, dim, {"mean": mean, "std": std}, **(model_kwargs or {}))
     with rng.seeded(seed):
-        net = EmbeddingNet(build_from_spec(spec), l2_normalize)
+        net = EmbeddingNet(build_from_spec(spec), l2_normalize)  # built on the CPU: the same weights anywhere
+    if device is not None:
+        from ..device import resolve_device
+        net.to(resolve_device(device))
     split = holdout_split(ds.x_train, ds.y_train, val=val_fraction, seed=seed)
     settings = {"dim": dim, "l2_normalize": l2_normalize, "margin": margin, "mining": mining}
     identity = {"kind": KIND, "model": spec, "dataset": ds.describe(), "embedding": settings,

@@ -24,10 +24,15 @@ __all__ = ["Experiment", "PROTOCOLS", "available", "compare_rows", "defaults", "
 
 def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool = False, data_dir: str | None = None,
               progress: bool = True, log: Callable[[str], None] | None = None, report: bool = True,
-              seed: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              seed: int | None = None, overrides: dict[str, Any] | None = None, device=None) -> dict[str, Any]:
     """Run experiment NAME into RUN_DIR/OUT; `seed` replaces the config's seed, `overrides` any setting
-    (checked like the config's own; the record lists them so a scaled run is labelled)."""
+    (checked like the config's own; the record lists them so a scaled run is labelled). `device`:
+    where models train and run ("auto", "cpu", "cuda", "cuda:N", a torch.device; None: the CPU)."""
+    from ..device import describe, resolve_device
     from ..io import write_json
+
+    if device is not None:
+        device = resolve_device(device)  # a missing GPU fails here, before any work
 
     exp = load_experiment(name)
     settings = {**defaults(exp.experiment), **exp.resolved_settings(quick)}
@@ -40,7 +45,8 @@ def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool 
     log = log or (lambda m: None)
     log(f"{exp.title}" + (" (quick settings)" if quick else ""))
     started = time.perf_counter()
-    measured, info = PROTOCOLS[exp.experiment][1](settings, out, data_dir=data_dir, log=log, progress=progress)
+    measured, info = PROTOCOLS[exp.experiment][1](settings, out, data_dir=data_dir, log=log, progress=progress,
+                                                  device=device)
     rows = compare_rows(exp.published, measured, info["dataset"])
     scale = info.get("scale", "")
     if quick:
@@ -51,7 +57,8 @@ def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool 
               "dataset": info["dataset"], "note": " ".join(t for t in (exp.note, info.get("note", "")) if t),
               "scale": scale, "quick": quick, "overrides": overrides or {}, "settings": settings, "measured": measured, "rows": rows,
               "verdict": overall([r["verdict"] for r in rows]), "figures": info.get("figures", {}),
-              "config": exp.source, "seconds": time.perf_counter() - started}
+              "config": exp.source, "device": describe(device) if device is not None else "cpu",
+              "seconds": time.perf_counter() - started}
     write_json(out / "reproduce.json", record)
     if report:
         from ..report.html import build_report

@@ -1,6 +1,9 @@
 """The protocols behind experiments/*.toml. Each takes its resolved settings and an output folder and
 returns (measured quantities by key, info), where info holds the dataset actually used, labels for
-anything that differs from the paper, and figures (paths relative to the output folder)."""
+anything that differs from the paper, and figures (paths relative to the output folder).
+
+Each also takes `device` (a torch.device, or None for the CPU): models are trained and loaded there
+(train_run/load_run), attacks run there, and every number comes back to the CPU."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 from ..errors import ConfigError, DataNotFoundError
 
@@ -48,7 +49,7 @@ def pick_dataset(preferred: str, fallback: str | None, data_dir: str | None) -> 
 
 def _train(name: str, model: str, out: Path, s: dict[str, Any], ds_name: str, *, epochs: int, seed: int = 0,
            model_kwargs=None, defense: str = "none", defense_kwargs=None, data_dir=None, progress=True,
-           log: Log | None = None):
+           log: Log | None = None, device=None):
     from ..defenses.run import train_run
     from ..defenses.training import TrainConfig
     from ..runs import load_run
@@ -58,9 +59,14 @@ def _train(name: str, model: str, out: Path, s: dict[str, Any], ds_name: str, *,
     record = train_run(ds_name, model, out / "runs" / name, data_dir=data_dir, model_kwargs=model_kwargs or {},
                        defense=defense, defense_kwargs=defense_kwargs or {}, overwrite=True, progress=progress,
                        log=None, config=TrainConfig(epochs=epochs, lr=s.get("lr", 3e-3),
-                                                    batch_size=s.get("batch_size", 128), seed=seed))
-    model_, _ = load_run(out / "runs" / name)
+                                                    batch_size=s.get("batch_size", 128), seed=seed), device=device)
+    model_, _ = load_run(out / "runs" / name, device=device)
     return model_, record
+
+
+def _clean_accuracy(model, x, y) -> float:
+    from ..predict import accuracy
+    return accuracy(model, x, y)  # batches on the model's device, the answer on the CPU
 
 
 def _fgsm(model, x, y, eps: float, bounds, rbf: bool = False) -> dict[str, float]:
@@ -82,10 +88,10 @@ def _fgsm(model, x, y, eps: float, bounds, rbf: bool = False) -> dict[str, float
 BLOBS = {"eps": [0.0, 0.2, 0.5], "n": 10000, "separation": 2.0, "sigma": 0.5, "weight_decay": 1e-4, "seed": 0}
 
 
-def blobs(s: dict[str, Any], out: Path, **_) -> tuple[dict[str, Any], dict[str, Any]]:
+def blobs(s: dict[str, Any], out: Path, *, device=None, **_) -> tuple[dict[str, Any], dict[str, Any]]:
     from ..analysis.blobs import blobs_picture
 
-    record = blobs_picture([float(e) for e in s["eps"]], out=out, weight_decay=s["weight_decay"],
+    record = blobs_picture([float(e) for e in s["eps"]], out=out, weight_decay=s["weight_decay"], device=device,
                            dataset_kwargs={"n": s["n"], "separation": s["separation"], "sigma": s["sigma"],
                                            "seed": s["seed"]})
     measured: dict[str, Any] = {}
@@ -105,8 +111,8 @@ GOODFELLOW = {"dataset": "mnist", "fallback": "fashion-mnist", "eps": 0.25, "cli
               "noise_epochs": 5, "ensemble_members": 3, "ensemble_epochs": 3, "seed": 0}
 
 
-def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
+                   device=None) -> tuple[dict[str, Any], dict[str, Any]]:
     from ..evaluate.transfer import ensemble_transfer, transfer_matrix
     from ..attacks import FGSM
 
@@ -116,7 +122,7 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
     eps = float(s["eps"])
     bounds = ds.bounds if s["clip"] else None  # the paper does not clip to [0, 1]
     maxout_kwargs = {"units": s["maxout_units"], "pieces": s["maxout_pieces"], "dropout": s["dropout"]}
-    common = dict(data_dir=data_dir, progress=progress, log=log)
+    common = dict(data_dir=data_dir, progress=progress, log=log, device=device)
     m: dict[str, Any] = {}
 
     softmax, _ = _train("softmax", "softmax", out, s, ds.name, epochs=s["softmax_epochs"], seed=s["seed"], **common)
@@ -156,9 +162,10 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
     rbf, _ = _train("rbf", "rbf", out, s, ds.name, epochs=s["rbf_epochs"], seed=s["seed"],
                     model_kwargs={"beta": s["rbf_beta"]}, **common)
     r = _fgsm(rbf, x, y, eps, bounds, rbf=True)
-    with torch.no_grad():
-        clean_conf = rbf(x).amax(1).exp()
-        clean_ok = rbf(x).argmax(1) == y
+    from ..predict import predict_logits
+    clean_logits = predict_logits(rbf, x)  # on the CPU
+    clean_conf = clean_logits.amax(1).exp()
+    clean_ok = clean_logits.argmax(1) == y
     m.update(rbf_clean_error=r["clean_error"], rbf_fgsm_error=r["error"], rbf_fgsm_confidence=r["confidence"],
              rbf_clean_confidence=clean_conf[clean_ok].mean().item() if clean_ok.any() else float("nan"))
 
@@ -201,17 +208,18 @@ def _suite(model, x, y, eps, bounds, suite: str, seed: int) -> float:
     return ev.robust_accuracy()[0]
 
 
-def wong2020(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True):
+def wong2020(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
+             device=None):
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
     x, y = ds.test_subset(s["n_eval"])
     eps = float(s["eps"])
     started = time.perf_counter()
     model, rec = _train("fgsm-rs", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="fgsm-rs",
-                        defense_kwargs={"eps": eps, "step": s["step"]}, data_dir=data_dir, progress=progress, log=log)
+                        defense_kwargs={"eps": eps, "step": s["step"]}, data_dir=data_dir, progress=progress, log=log,
+                        device=device)
     m: dict[str, Any] = {"train_seconds": time.perf_counter() - started}
-    with torch.no_grad():
-        m["clean_accuracy"] = (model(x).argmax(1) == y).float().mean().item()
+    m["clean_accuracy"] = _clean_accuracy(model, x, y)
     log(f"  PGD-{s['pgd_steps']} x{s['pgd_restarts']} at eps {eps:g} on {len(y)} points")
     m["pgd_accuracy"] = _robust(model, x, y, eps, ds.bounds, "pgd", s["seed"], steps=s["pgd_steps"],
                                 restarts=s["pgd_restarts"])
@@ -232,17 +240,17 @@ MADRY = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "eps": 0.1, "m
          "strong_restarts": 2, "suite": "", "seed": 0}
 
 
-def madry2018(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True):
+def madry2018(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
+              device=None):
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
     x, y = ds.test_subset(s["n_eval"])
     eps = float(s["eps"])
     model, _ = _train("pgd", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="pgd",
                       defense_kwargs={"eps": eps, "steps": s["train_steps"]}, data_dir=data_dir, progress=progress,
-                      log=log)
+                      log=log, device=device)
     m: dict[str, Any] = {}
-    with torch.no_grad():
-        m["clean_accuracy"] = (model(x).argmax(1) == y).float().mean().item()
+    m["clean_accuracy"] = _clean_accuracy(model, x, y)
     m["fgsm_accuracy"] = _robust(model, x, y, eps, ds.bounds, "fgsm", s["seed"])
     log(f"  PGD-{s['pgd_steps']}, PGD-{s['strong_steps']} x{s['strong_restarts']} on {len(y)} points")
     m["pgd_accuracy"] = _robust(model, x, y, eps, ds.bounds, "pgd", s["seed"], steps=s["pgd_steps"])
@@ -264,13 +272,14 @@ EPSILON = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "per_class":
            "norms": ["linf", "l2"], "perceptibility_eps": [0.0, 0.05, 0.1, 0.2, 0.3], "seed": 0}
 
 
-def epsilon_choice(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True):
+def epsilon_choice(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
+                   device=None):
     from ..analysis.epsilon import analyze_distances
     from ..analysis.perceptibility import perceptibility
 
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
     record = analyze_distances(ds, per_class=s["per_class"], norms=list(s["norms"]), n_test=s["n_test"],
-                               seed=s["seed"], out=out / "distances", progress=progress)
+                               seed=s["seed"], out=out / "distances", progress=progress, device=device)
     p = perceptibility(ds, [float(e) for e in s["perceptibility_eps"]], None, seed=s["seed"], out=out / "perceptibility")
     m: dict[str, Any] = {}
     figures = {}
