@@ -1,5 +1,6 @@
 """benchmarks/gpu.py --small --device cpu: the GPU benchmark's code paths, end to end, on a CPU."""
 
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 from conftest import needs_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
+# Under pytest-xdist each worker has one core's worth of threads (conftest.py); so does the benchmark.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else None
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -29,7 +32,7 @@ def number(cell: str) -> float | None:
 def test_small_run_appends_a_section_with_robust_accuracies_in_0_1(tmp_path):
     out = tmp_path / "gpu.md"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small", "--device", "cpu",
-                        "--out", str(out)], capture_output=True, text=True, timeout=180, cwd=ROOT)
+                        "--out", str(out)], capture_output=True, text=True, timeout=180, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.startswith("# GPU benchmark") and "H200" in text and "2026-12-04" in text  # the baseline header
