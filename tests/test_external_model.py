@@ -294,3 +294,18 @@ def test_cuda_and_cpu_agree(trained, digits, tmp_path, capsys):
     assert recs[1]["device"].startswith("cuda:")
     n = recs[0]["n"]
     assert abs(recs[0]["results"][0]["robust_accuracy"] - recs[1]["results"][0]["robust_accuracy"]) <= 3 / n
+
+
+def test_python_entry_points_take_device_strings(tmp_path, monkeypatch, digits):
+    from advlab.defenses import TrainConfig, train_run
+    record = train_run("digits", "softmax", tmp_path / "r", config=TrainConfig(epochs=1), progress=False,
+                       device="auto")
+    assert record["test_accuracy"] >= 0
+    model, _ = load_run(tmp_path / "r", device="cpu")
+    assert next(model.parameters()).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AdvlabError, match="CUDA is not available"):
+        train_run("digits", "softmax", tmp_path / "r2", config=TrainConfig(epochs=1), progress=False, device="cuda")
+    assert not (tmp_path / "r2").exists()
+    with pytest.raises(AdvlabError, match="CUDA is not available"):
+        load_run(tmp_path / "r", device="cuda:0")

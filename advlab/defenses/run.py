@@ -29,8 +29,12 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
               val_fraction: float = 0.1, data_dir: str | None = None, resume: bool = False,
               overwrite: bool = False, progress: bool = True,
               log: Callable[[str], None] | None = None, device: Any = None) -> dict[str, Any]:
-    """Train and save a run; returns the `advlab train --json` record."""
+    """Train and save a run; returns the `advlab train --json` record. `device`: where to train
+    ("auto", "cpu", "cuda", "cuda:N", a torch.device; None: the CPU)."""
     config = config or TrainConfig()
+    if device is not None:  # "auto", "cuda:1", a torch.device: checked before any work
+        from ..device import resolve_device
+        device = resolve_device(device)
     out = Path(out)
     if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
         raise AdvlabError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
