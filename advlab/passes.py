@@ -19,6 +19,7 @@ class PassCounter(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.training = model.training  # a new Module says "train": mirror the model, or restoring modes breaks it
         self.forward_rows = 0
         self.backward_rows = 0
 

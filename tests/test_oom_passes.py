@@ -146,3 +146,18 @@ def test_a_cpu_allocation_failure_is_not_mistaken_for_device_memory():
     x, y = _data(n=8)
     with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
         predict_logits(Broken(), x)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_counting_wrappers_leave_the_models_mode_as_they_found_it(mode, recwarn):
+    """The counters wrap the model in a new Module, which starts in train mode: restoring "its" mode
+    after a prediction must not switch the user's model into train mode (dropout, batch norm)."""
+    from advlab.attacks.base import AdvlabWarning
+    x, y = _data()
+    net = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+    getattr(net, mode)()
+    evaluate_robustness(net, x, y, [0.1], get_suite("fast"), bounds=(0.0, 1.0), progress=False)
+    PGD(steps=3)(net, x, y, [0.1], bounds=(0.0, 1.0))
+    assert all(m.training == (mode == "train") for m in net.modules())
+    train_mode_warnings = [w for w in recwarn if issubclass(w.category, AdvlabWarning) and "train mode" in str(w.message)]
+    assert bool(train_mode_warnings) == (mode == "train")

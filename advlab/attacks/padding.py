@@ -33,6 +33,7 @@ class PaddedBatches(nn.Module):
     def __init__(self, model: nn.Module, cap: int):
         super().__init__()
         self.model, self.cap = model, cap
+        self.training = model.training  # mirror the model (see passes.PassCounter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
