@@ -237,9 +237,12 @@ def test_mode_and_requires_grad_restored_even_when_the_attack_raises():
     model = Exploding()
     model.train()
     model.lin.bias.requires_grad_(False)
+    x = torch.rand(5, 4)
+    with torch.no_grad():
+        y = model.lin(x).argmax(1)  # every point starts correct, so the attack runs the model until it explodes
     with pytest.raises(RuntimeError, match="boom"), warnings.catch_warnings():
         warnings.simplefilter("ignore", AdvlabWarning)
-        PGD("linf", steps=5)(model, torch.rand(5, 4), torch.zeros(5, dtype=torch.long), [0.1])
+        PGD("linf", steps=5)(model, x, y, [0.1])
     assert model.training
     assert model.lin.weight.requires_grad and not model.lin.bias.requires_grad
 
