@@ -12,7 +12,7 @@ import sys
 from .. import __version__
 from ..errors import AdvlabError
 
-SUBCOMMANDS = ["demo", "train", "attack", "evaluate", "analyze", "report", "generate", "reproduce"]
+SUBCOMMANDS = ["demo", "train", "attack", "evaluate", "certify", "analyze", "report", "generate", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from ..errors import AdvlabError
 from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
 from ..evaluate.suites import SUITES
 from ..io import atomic_write, write_json
+from .certify import add_certified, add_certify_options, certified_text, check_certify
 from .common import add_budget, add_common, add_subcommand, add_subject, budgets, emit, log, open_subject
 
 
@@ -36,6 +37,7 @@ def add_parser(subparsers) -> None:
     add_common(p, "with --run: where results go (default RUN/eval/SUITE-NORM); with --model: your model's run "
                   "directory (default runs/FUNCTION-HASH), results in OUT/eval/SUITE-NORM")
     add_subject(p)
+    add_certify_options(p)
     p.set_defaults(handler=run)
 
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     suite = get_suite(args.suite, args.suite_file, norm=args.norm)
     with distributed.setup(resolve_device(args.device)) as device:
         subject = open_subject(args, device)
+        check_certify(args, subject)
         record, out = _evaluate(args, subject, suite, started)
         if not distributed.is_main():
             return 0
@@ -93,6 +96,7 @@ def _evaluate(args: argparse.Namespace, subject, suite, started: float) -> tuple
         record["batch_size_after_oom"] = ev.oom_batch_sizes
     if per_class is not None:
         record["eps_per_class"] = per_class
+    add_certified(args, subject, x, y, eps, ev, record, out)
     write_json(out / "result.json", record)
     _write_csvs(out, record)
     return record, out
@@ -120,6 +124,7 @@ def _text(record: dict, out: Path) -> str:
     for r in record["results"]:
         lo, hi = r["ci95"]
         lines.append(f"{r['eps']:>8.4g}  {r['robust_accuracy']:>10.4f}  [{lo:.4f}, {hi:.4f}]")
+    lines += certified_text(record)
     if record["checks"]:
         lines.append("checks:")
         for c in record["checks"]:

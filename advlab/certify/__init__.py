@@ -1,0 +1,19 @@
+"""Certified robustness: the lower bound that brackets an attack's upper bound.
+
+- randomized smoothing (Cohen et al. 2019): `certify_smoothing`, `predict_smoothing` (L2, any model);
+- interval bound propagation (Gowal et al. 2018): `certify_ibp`, `interval_bounds` (Linf, the zoo's
+  MLPs, CNNs and ResNets);
+- `certify_subject` runs one on a model and its data and writes RUN/certify/NAME/result.json
+  (what `advlab certify` does); `bracket` adds certified accuracy beside an evaluation's robust accuracy
+  (`advlab evaluate --certify`).
+
+docs/certify.md has the details and caveats.
+"""
+
+from .ibp import Box, check_ibp_supported, certify_ibp, compile_ops, input_box, interval_bounds, margin_lower_bounds
+from .result import ABSTAIN, DEFAULT_RADII, Certificate
+from .smoothing import certify_smoothing, lower_confidence_bound, predict_smoothing, radius_from_p
+
+__all__ = ["ABSTAIN", "Box", "Certificate", "DEFAULT_RADII", "certify_ibp", "certify_smoothing", "check_ibp_supported",
+           "compile_ops", "input_box", "interval_bounds", "lower_confidence_bound", "margin_lower_bounds",
+           "predict_smoothing", "radius_from_p"]
