@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..errors import AdvlabError
 from .adversarial import TRADES, FastAT, Goodfellow, L1Penalty, Noise, PGDTraining
+from .certified import GaussianAugmentation, IBPTraining
 from .rst import RSTSettings
 from .training import Objective, clean_objective
 
@@ -28,6 +29,8 @@ DEFENSES: dict[str, Callable[..., Any]] = {
     "noise-uniform": partial(Noise, kind="uniform"),
     "l1": L1Penalty,
     "rst": RSTSettings,
+    "gaussian": GaussianAugmentation,
+    "ibp": IBPTraining,
 }
 
 
