@@ -170,3 +170,59 @@ def enforce(x: torch.Tensor, x_adv: torch.Tensor, norm: Norm, eps: Eps, bounds: 
     """
     delta = norm.project(x_adv - x, eps)
     return clip_to_bounds(x + delta, bounds)
+
+
+class Threat:
+    """Where an attack may move a point: the engine (attacks/engine.py) asks it to start, to take a
+    step, to measure, and the Attack base class to enforce the budget on whatever is returned.
+
+    `context(x0, eps)` returns per-row tensors the other hooks need (the engine keeps them aligned
+    with the rows still under attack); eps is (N,) everywhere.
+    """
+
+    name = "threat"
+
+    def context(self, x0: torch.Tensor, eps: torch.Tensor, bounds: Bounds) -> dict[str, torch.Tensor]:
+        return {}
+
+    def start(self, x0, eps, alpha, bounds, generator, ctx) -> torch.Tensor:
+        """A random starting point inside the threat."""
+        raise NotImplementedError
+
+    def move(self, x0, x, grad, alpha, eps, bounds, ctx) -> torch.Tensor:
+        """x after one steepest-ascent step of size alpha (N,) on grad, brought back inside the threat."""
+        raise NotImplementedError
+
+    def penalty(self, x, x0, ctx) -> torch.Tensor | None:
+        """(N,) differentiable cost the gradient step pays for x (None: no penalty)."""
+        return None
+
+    def distance(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def enforce(self, x0, x, eps, bounds) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LpBall(Threat):
+    """||x - x0|| <= eps in an Lp norm, inside the bounds: steps are the norm's steepest ascent."""
+
+    def __init__(self, norm: str | Norm = "linf"):
+        self.norm = get_norm(norm)
+        self.name = self.norm.name
+
+    def start(self, x0, eps, alpha, bounds, generator, ctx):
+        return clip_to_bounds(x0 + self.norm.random_init(x0, eps, generator), bounds)
+
+    def move(self, x0, x, grad, alpha, eps, bounds, ctx):
+        x = x + self.norm.step(grad, alpha)
+        return clip_to_bounds(x0 + self.norm.project(x - x0, eps), bounds)
+
+    def distance(self, x0, x):
+        return self.norm.distance(x - x0)
+
+    def enforce(self, x0, x, eps, bounds):
+        return enforce(x0, x, self.norm, eps, bounds)
+
+    def __repr__(self) -> str:
+        return f"LpBall({self.norm.name})"

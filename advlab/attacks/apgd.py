@@ -34,6 +34,7 @@ from ..errors import AdvlabError
 from ..threat import clip_to_bounds
 from .base import Attack, input_gradient
 from .budget import finite_eps
+from .engine import shrink_rows, sync_free_default
 from .give_up import check_give_up, hopeless
 from .losses import get_loss, margin
 
@@ -44,8 +45,9 @@ class APGD(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
                  momentum: float = 0.75, give_up: float | None = None, targeted: bool = False, batch_size: int = 500,
-                 seed: int = 0):
+                 seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
+        self.sync_free = sync_free  # None: masks instead of a shrinking batch on accelerators (engine.py)
         if self.norm.name not in ("linf", "l2"):
             raise AdvlabError(f"APGD supports the linf and l2 norms, not {self.norm.name!r}; use pgd for l1")
         if steps < 1 or restarts < 1:
@@ -82,14 +84,15 @@ class APGDT(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
                  loss="dlr", rho: float = 0.75, momentum: float = 0.75, give_up: float | None = None,
-                 batch_size: int = 500, seed: int = 0):
+                 batch_size: int = 500, seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=False, batch_size=batch_size, seed=seed)
         if n_target_classes < 1:
             raise AdvlabError(f"n_target_classes must be >= 1, got {n_target_classes}")
         self.n_target_classes = n_target_classes
         # The inner optimiser; its own goal check is overridden by passing goal targets None.
         self._apgd = APGD(norm, steps=steps, restarts=1, loss=loss, rho=rho, momentum=momentum, give_up=give_up,
-                          seed=seed)
+                          seed=seed, sync_free=sync_free)
+        self.sync_free = sync_free
         self.steps, self.restarts, self.loss, self.rho, self.momentum = steps, restarts, loss, rho, momentum
         self.give_up = give_up
 
@@ -121,13 +124,13 @@ class APGDT(Attack):
 
 def keep_best(best, best_score, done, idx, x_out, score, found, early_stop):
     """Fold one run's results into the running best (in place): with early stopping a broken point
-    is final; otherwise the highest score wins."""
+    is final; otherwise the highest score wins. No boolean indexing: nothing waits for the device."""
     better = score > best_score[idx]
     if early_stop:
         better = better | found
-        done[idx[found]] = True
-    best[idx[better]] = x_out[better]
-    best_score[idx[better]] = score[better]
+        done[idx] = done[idx] | found
+    best[idx] = torch.where(better.view(-1, *[1] * (x_out.ndim - 1)), x_out, best[idx])
+    best_score[idx] = torch.where(better, score, best_score[idx])
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -150,10 +153,12 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
 
     x (N, ...), eps (N,). Returns (x_out (N, ...), score (N,), found (N,)): x_out is the first
     point that met the goal where one was found and early_stop is on, else the highest-loss point;
-    score is the best loss.
+    score is the best loss. Finished points leave the batch as the engine's do (engine.py: at once on
+    the CPU; on a GPU frozen by a mask, the batch compacted at a check every few steps).
     """
     n, norm, steps = len(x), attack.norm, attack.steps
     shape = (-1, *[1] * (x.ndim - 1))
+    sync_free = sync_free_default(x) if attack.sync_free is None else attack.sync_free
     out_x, out_score = x.clone(), torch.full((n,), -torch.inf, device=x.device)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     hist = torch.empty(steps + 1, n, device=x.device)  # loss after each step; row 0 at the start
@@ -162,6 +167,7 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
         return clip_to_bounds(x0 + norm.project(z - x0, ee), bounds)
 
     idx = torch.arange(n, device=x.device)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
     x0, yy, ee = x, y, eps
     lt = loss_targets
     gt = goal_targets
@@ -184,22 +190,24 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     for i in range(steps + 1):
-        hit = attack._goal_met(logits, yy, gt)
-        found[idx[hit]] = True
-        if early_stop and (hit | stalled).any():
-            out_x[idx[hit]] = xa[hit]
-            stalled &= ~hit
-            out_x[idx[stalled]] = x_best[stalled]
-            out_score[idx[hit | stalled]] = loss_best[hit | stalled]
-            keep = ~(hit | stalled)
-            idx, x0, yy, ee, step, xa, x_prev, grad = (t[keep] for t in (idx, x0, yy, ee, step, xa, x_prev, grad))
-            x_best, grad_best, loss_best, loss_best_last, reduced_last = (
-                t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
-            gap_best, gap_then, stalled = gap_best[keep], gap_then[keep], stalled[keep]
-            lt = lt[keep] if lt is not None else None
-            gt = gt[keep] if gt is not None else None
-            if len(idx) == 0:
-                break
+        hit = attack._goal_met(logits, yy, gt) & active
+        found[idx] = found[idx] | hit
+        if early_stop:
+            stalled = stalled & ~hit & active
+            out_x[idx] = torch.where(hit.view(shape), xa, torch.where(stalled.view(shape), x_best, out_x[idx]))
+            out_score[idx] = torch.where(hit | stalled, loss_best, out_score[idx])
+            active = active & ~(hit | stalled)
+            keep = shrink_rows(active, i, sync_free)
+            if keep is not None:
+                if len(keep) == 0:
+                    break
+                idx, active, x0, yy, ee, step, xa, x_prev, grad = (
+                    t[keep] for t in (idx, active, x0, yy, ee, step, xa, x_prev, grad))
+                x_best, grad_best, loss_best, loss_best_last, reduced_last = (
+                    t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
+                gap_best, gap_then, stalled = gap_best[keep], gap_then[keep], stalled[keep]
+                lt = lt[keep] if lt is not None else None
+                gt = gt[keep] if gt is not None else None
         if i == steps:
             break
 
@@ -220,7 +228,9 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
             gap_best = torch.minimum(gap_best, -margin(logits.detach(), yy, gt))
 
         improved = loss > loss_best
-        x_best[improved], grad_best[improved], loss_best[improved] = xa[improved], grad[improved], loss[improved]
+        x_best = torch.where(improved.view(shape), xa, x_best)
+        grad_best = torch.where(improved.view(shape), grad, grad_best)
+        loss_best = torch.where(improved, loss, loss_best)
 
         if i + 1 in checks:
             # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
@@ -231,18 +241,17 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
             # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
             reduce |= ~reduced_last & (loss_best_last >= loss_best)
             reduced_last, loss_best_last = reduce, loss_best.clone()
-            if reduce.any():
-                step = torch.where(reduce, step / 2, step)
-                # A point that meets the goal right now keeps its iterate: the check at the top of
-                # the next step reads these logits, and with early stopping it returns this iterate.
-                back = reduce & ~attack._goal_met(logits, yy, gt) if early_stop else reduce
-                xa = torch.where(back.view(shape), x_best, xa)
-                grad = torch.where(back.view(shape), grad_best, grad)
+            step = torch.where(reduce, step / 2, step)
+            # A point that meets the goal right now keeps its iterate: the check at the top of the
+            # next step reads these logits, and with early stopping it returns this iterate.
+            back = reduce & ~attack._goal_met(logits, yy, gt) if early_stop else reduce
+            xa = torch.where(back.view(shape), x_best, xa)
+            grad = torch.where(back.view(shape), grad_best, grad)
             if give_up is not None:
                 stalled = hopeless(gap_best, gap_then, interval, steps - last_check, give_up)
                 gap_then = gap_best.clone()
 
     # Points broken under early stopping were written out when they left; the rest return their best point.
-    if len(idx):
-        out_x[idx], out_score[idx] = x_best, loss_best
+    out_x[idx] = torch.where(active.view(shape), x_best, out_x[idx])
+    out_score[idx] = torch.where(active, loss_best, out_score[idx])
     return out_x, out_score, found

@@ -34,8 +34,9 @@ from ..passes import PassCounter
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
-from ..threat import Bounds, Norm, enforce, get_norm
+from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
 from .budget import finite_eps
+from .goals import Goal, Misclassify
 from .padding import PaddedBatches
 from .result import AttackResult
 
@@ -55,6 +56,8 @@ class Attack:
     def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int = 500, seed: int = 0):
         self.norm = get_norm(norm)
         self.targeted = targeted
+        self.goal: Goal = Misclassify()  # what counts as done (attacks/goals.py); subclasses set their own
+        self.threat: Threat = LpBall(self.norm)  # where a point may go (threat.py, metric/embedding_threat.py)
         if batch_size < 1:
             raise AdvlabError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -191,24 +194,22 @@ class Attack:
 
     def _goal_met(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """(N,) bool: has this point met the attack's goal? The cascade, early stopping and
-        AttackResult.success all use it; attacks with another criterion (e.g. a confidence level)
-        override it. Must work on any device."""
-        pred = logits.argmax(1)
-        return pred == targets if targets is not None else pred != y
+        AttackResult.success all use it: the goal object decides (attacks/goals.py)."""
+        return self.goal.met(logits, y, targets)
 
-    # -- threat-model hooks (an Lp ball by default; advlab.metric measures budgets in an embedding) --
+    # -- the threat model (an Lp ball by default; advlab.metric measures budgets in an embedding) ---------
     @property
     def threat_name(self) -> str:
-        """What AttackResult.norm reports: the name of the budget's norm."""
-        return self.norm.name
+        """What AttackResult.norm reports: the threat's name (the norm's, for an Lp ball)."""
+        return self.threat.name
 
     def _enforce(self, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, bounds: Bounds) -> torch.Tensor:
         """Bring x_adv inside the budget and the bounds (what every returned example passes through)."""
-        return enforce(x, x_adv, self.norm, eps, bounds)
+        return self.threat.enforce(x, x_adv, eps, bounds)
 
     def _distance(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """(N,) size of each perturbation in the units of the budget."""
-        return self.norm.distance(x_adv - x)
+        return self.threat.distance(x, x_adv)
 
     # -- subclass hooks -----------------------------------------------------------------------
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
@@ -247,8 +248,8 @@ class Attack:
             if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= k):
                 raise AdvlabError(f"{name} must be in 0..{k - 1} (the model has {k} outputs); "
                                   f"found {labels.min().item()}..{labels.max().item()}")
-        if targets is not None and (targets == y).any():
-            raise AdvlabError("some targets equal the true label; a targeted attack needs a different class")
+        if targets is not None:
+            self.goal.check_targets(y, targets)
         return y.long(), targets
 
 

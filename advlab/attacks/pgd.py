@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import AdvlabError
-from ..threat import clip_to_bounds, per_example
-from .base import Attack, input_gradient
+from .base import Attack
 from .budget import finite_eps
-from .losses import get_loss
+from .engine import ascend
+from .goals import Misclassify
 
 
 class PGD(Attack):
@@ -24,7 +24,8 @@ class PGD(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 20, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss="ce", momentum: float = 0.0, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 loss="ce", momentum: float = 0.0, targeted: bool = False, batch_size: int = 500, seed: int = 0,
+                 sync_free: bool | None = None):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if steps < 1 or restarts < 1:
             raise AdvlabError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
@@ -36,7 +37,8 @@ class PGD(Attack):
         self.step_size, self.rel_step_size = step_size, rel_step_size
         self.random_start, self.momentum = random_start, momentum
         self.loss = loss
-        self._loss_fn = get_loss(loss)
+        self.goal = Misclassify(loss)
+        self.sync_free = sync_free  # None: masks instead of a shrinking batch on accelerators (engine.py)
 
     def _step_sizes(self, eps: torch.Tensor) -> torch.Tensor:
         if self.step_size is not None:
@@ -45,65 +47,42 @@ class PGD(Attack):
         return eps * rel
 
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
-        n = len(x)
-        best = x.clone()
-        best_loss = torch.full((n,), -torch.inf, device=x.device)
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
         eps = finite_eps(eps, x, self.norm, bounds, self.name)  # step sizes scale with eps
-        alpha_all = self._step_sizes(eps)
-        for _ in range(self.restarts):
-            idx = (~done).nonzero().flatten() if early_stop else torch.arange(n, device=x.device)
-            if len(idx) == 0:
-                break
-            x0, yy, ee, alpha = x[idx], y[idx], eps[idx], alpha_all[idx]
-            tt = targets[idx] if targets is not None else None
-            xa = x0
-            if self.random_start:
-                xa = clip_to_bounds(x0 + self.norm.random_init(x0, ee, generator), bounds)
-            velocity = torch.zeros_like(x0) if self.momentum else None
-            for step in range(self.steps + 1):
-                if step == self.steps and self.restarts == 1 and not early_stop:
-                    # One run and nothing to choose between: skip the scoring forward pass
-                    # (a third of an FGSM step's cost in adversarial training).
-                    best[idx] = xa
-                    break
-                loss, logits, grad = input_gradient(model, self._loss_fn, xa, yy, tt) if step < self.steps \
-                    else (*_forward(model, self._loss_fn, xa, yy, tt), None)
-                hit = self._goal_met(logits, yy, tt)
-                if early_stop and hit.any():
-                    # Freeze the points that are already adversarial and drop them from the batch.
-                    best[idx[hit]] = xa[hit]
-                    done[idx[hit]] = True
-                    keep = ~hit
-                    idx, x0, yy, ee, alpha, xa = idx[keep], x0[keep], yy[keep], ee[keep], alpha[keep], xa[keep]
-                    loss = loss[keep]
-                    tt = tt[keep] if tt is not None else None
-                    grad = grad[keep] if grad is not None else None
-                    velocity = velocity[keep] if velocity is not None else None
-                    if len(idx) == 0:
-                        break
-                if step == self.steps:
-                    # Keep the highest-loss end point over restarts.
-                    better = loss > best_loss[idx]
-                    best[idx[better]] = xa[better]
-                    best_loss[idx[better]] = loss[better]
-                    if not early_stop:
-                        done[idx[hit]] = True
-                    break
-                grad = torch.nan_to_num(grad)
-                if velocity is not None:
-                    l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
-                    velocity = self.momentum * velocity + grad / l1
-                    grad = velocity
-                xa = xa + self.norm.step(grad, alpha)
-                xa = clip_to_bounds(x0 + self.norm.project(xa - x0, ee), bounds)
-        return best
+        return restarted_ascent(self, model, x, y, targets, eps, self._step_sizes(eps), bounds, generator,
+                                early_stop, momentum=self.momentum)
 
 
-@torch.no_grad()
-def _forward(model, loss_fn, x, y, targets):
-    logits = model(x)
-    return loss_fn(logits, y, targets), logits
+def restarted_ascent(attack, model, x, y, targets, eps, alpha, bounds, generator, early_stop, momentum=0.0,
+                     skip=None):
+    """`attack.restarts` runs of the engine's ascent (attack.threat, attack.goal, attack.steps,
+    attack.random_start), keeping per point the first one that met the goal (early stopping) or the
+    highest-loss end point. Rows in `skip` (N,) bool are not attacked: they come back unchanged."""
+    threat = attack.threat
+    n = len(x)
+    best = x.clone()
+    best_loss = torch.full((n,), -torch.inf, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device) if skip is None else skip.clone()
+    context = threat.context(x, eps, bounds)
+    for _ in range(attack.restarts):
+        idx = (~done).nonzero().flatten() if early_stop or skip is not None else torch.arange(n, device=x.device)
+        if len(idx) == 0:
+            break
+        out, loss, met = ascend(model, x[idx], y[idx], targets[idx] if targets is not None else None, eps[idx],
+                                alpha[idx], threat=threat, goal=attack.goal, steps=attack.steps,
+                                random_start=attack.random_start, generator=generator, early_stop=early_stop,
+                                bounds=bounds, momentum=momentum, score_last=attack.restarts > 1,
+                                sync_free=attack.sync_free, context={k: v[idx] for k, v in context.items()})
+        # Keep the highest-loss end point over restarts; with early stopping a point that met the goal is final.
+        if early_stop:
+            better = met | (loss > best_loss[idx])
+            done[idx] = met
+        elif attack.restarts == 1:
+            better = torch.ones_like(met)  # the one run's last iterate, unscored
+        else:
+            better = loss > best_loss[idx]
+        best[idx] = torch.where(better.view(-1, *[1] * (x.ndim - 1)), out, best[idx])
+        best_loss[idx] = torch.where(better, loss, best_loss[idx])
+    return best
 
 
 def FGSM(norm="linf", *, loss="ce", targeted=False, batch_size=500, seed=0) -> PGD:
