@@ -100,6 +100,58 @@ def robustness_curves(series: Sequence[dict], title: str = "", xlabel: str = "ep
     return png_bytes(fig)
 
 
+def bracket_curves(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> bytes:
+    """Robust accuracy bracketed: per model an attacked line (upper bound) and a certified line (lower bound).
+
+    series: [{"label", "eps", "attacked", "certified", "certified_lo", "attacked_hi", "same_model"}]. When the
+    certificate is for the attacked model itself (IBP), the band between the two lines is shaded: the true robust
+    accuracy lies in it (up to the intervals, drawn as thin dotted lines). A certificate of another classifier
+    (randomized smoothing certifies the smoothed one) is drawn as a dash-dot line without a band."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for i, s in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        eps = s["eps"]
+        ax.plot(eps, s["attacked"], "-", marker="o", ms=3.5, color=color, label=f"{s['label']}: attacked (upper bound)")
+        if s.get("same_model", True):
+            ax.plot(eps, s["certified"], "--", marker="s", ms=3.5, color=color,
+                    label=f"{s['label']}: certified (lower bound)")
+            ax.fill_between(eps, s["certified"], s["attacked"], color=color, alpha=0.15, linewidth=0,
+                            label=f"{s['label']}: not yet known")
+            if s.get("certified_lo") and s.get("attacked_hi"):
+                ax.plot(eps, s["certified_lo"], ":", color=color, linewidth=0.8)
+                ax.plot(eps, s["attacked_hi"], ":", color=color, linewidth=0.8)
+        else:
+            ax.plot(eps, s["certified"], "-.", marker="s", ms=3.5, color=color,
+                    label=f"{s['label']}: certified, smoothed classifier")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    return png_bytes(fig)
+
+
+def certified_curves(series: Sequence[dict], title: str = "", xlabel: str = "radius") -> bytes:
+    """Certified accuracy against radius: series [{"label", "radius", "acc", "lo", "hi"}], bands 95% intervals."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for i, s in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        # Between two radii of the grid only the value at the larger one is known to hold: steps "pre".
+        ax.step(s["radius"], s["acc"], where="pre", color=color, label=s["label"])
+        ax.plot(s["radius"], s["acc"], "o", ms=3.5, color=color)
+        ax.fill_between(s["radius"], s["lo"], s["hi"], step="pre", color=color, alpha=0.12, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper right", frameon=False)
+    return png_bytes(fig)
+
+
 def matrix_heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
                    xlabel: str = "", ylabel: str = "", fmt: str = "{:.2f}", vmin=None, vmax=None,
                    cmap: str = "viridis") -> bytes:

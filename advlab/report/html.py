@@ -10,6 +10,8 @@ a kind that is missing is simply left out:
     RUN/attacks/NAME-NORM/result.json      `advlab attack --save`: curve, grids (grid-eps*.png),
                     adversarial.safetensors  and the epsilon slider
     RUN/eval/SUITE-NORM/result.json        `advlab evaluate`: worst-case curve, intervals, per class, checks
+                                           (with --certify: the certified lower bound beside it, the bracket)
+    RUN/certify/NAME/result.json           `advlab certify`: certified accuracy against radius
     **/distances.json                      `advlab analyze distances`: heatmaps and suggested budgets
     **/transfer.json                       the transfer matrix (`advlab.evaluate.transfer`, written by the demo)
     **/blobs.json, **/perceptibility.json  `advlab analyze blobs` / `perceptibility`
@@ -120,6 +122,43 @@ def _evals(run_dir: Path) -> list[dict[str, Any]]:
         if rec and rec.get("results"):
             out.append({"dir": path.parent, "record": rec})
     return out
+
+
+def _certifications(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((run_dir / "certify").glob("*/result.json")):
+        rec = _read(path)
+        if rec and rec.get("certified_accuracy") and rec.get("method"):
+            out.append({"dir": path.parent, "record": rec})
+    return out
+
+
+def _bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """An evaluation with --certify: certified (lower) and attacked (upper) robust accuracy per eps."""
+    rows = [r for r in rec["results"] if "certified_accuracy" in r]
+    if not rows or not isinstance(rec.get("certify"), dict) or \
+            not all(isinstance(r["eps"], (int, float)) for r in rows):  # per-class budgets: table only in evals
+        return None
+    c = rec["certify"]
+    same = c.get("method") == "ibp"
+    table = [{"eps": r["eps"], "certified": r["certified_accuracy"], "certified_ci": r.get("certified_ci95"),
+              "attacked": r["robust_accuracy"], "attacked_ci": r.get("ci95"), "gap": r.get("gap"),
+              "broken": r.get("certified_but_broken")} for r in rows]
+    series = {"label": f"{name} · {rec['suite']}", "eps": [float(r["eps"]) for r in rows],
+              "attacked": [float(r["robust_accuracy"]) for r in rows],
+              "certified": [float(r["certified_accuracy"]) for r in rows], "same_model": same,
+              "certified_lo": [float(r["certified_ci95"][0]) for r in rows if r.get("certified_ci95")],
+              "attacked_hi": [float(r["ci95"][1]) for r in rows if r.get("ci95")]}
+    if len(series["certified_lo"]) != len(rows) or len(series["attacked_hi"]) != len(rows):
+        series["certified_lo"] = series["attacked_hi"] = []
+    if same and all(float(r["eps"]) > 0 for r in rows):  # IBP: both bounds meet at the clean accuracy at eps 0
+        clean = float(rec["clean_accuracy"])
+        for key in ("eps", "attacked", "certified", "certified_lo", "attacked_hi"):
+            if series[key]:
+                series[key].insert(0, 0.0 if key == "eps" else clean)
+    return {"run": name, "suite": rec["suite"], "norm": rec.get("norm", "linf"), "n": rec.get("n"),
+            "method": c.get("method"), "certifies": c.get("certifies", ""), "sigma": c.get("sigma"),
+            "contradictions": c.get("contradictions"), "same_model": same, "rows": table, "series": series}
 
 
 def _series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -357,6 +396,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
     out_dir = out_dir or root
     runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
+    brackets, certified = [], []
     cards = [(p.parent, _read(p)) for p in _walk(root, "card.json")]
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
@@ -382,9 +422,14 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
                           "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
                                     "broken_by": r.get("broken_by", {}),
                                     "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
+            b = _bracket(name, rec)
+            if b:
+                brackets.append(b | {"dataset": runs[-1]["dataset"]})
             pc = _per_class(rec)
             if pc["rows"]:
                 per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
+        certs = [_certified_entry(name, c["record"]) for c in _certifications(run_dir_)]
+        certified += certs
         slider = _slider(name, run_dir_, card, attacks)
         if slider:
             sliders.append(slider)
@@ -393,6 +438,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
                     for a in attacks]
         timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
                     for e in evaluations]
+        timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
         shown = {k: v for k, v in card.items() if k != "metrics"}
         shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
         configs.append({"run": name, "seed": card.get("seed"), "versions": card.get("versions", {}),
@@ -405,6 +451,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         title = f"{key[0]}, {key[1]}: robust accuracy (bands: 95% Clopper-Pearson)"
         curve_figures.append({"title": title, "src": F.data_uri(F.robustness_curves(group, title, f"epsilon ({key[1]})")),
                               "series": group})
+    certified_section = _certified_figures(brackets, certified)
     demo = _read(root / "demo.json") if (root / "demo.json").is_file() else None
     context = {
         "title": f"advlab report: {root.resolve().name}",
@@ -414,10 +461,49 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         "evals": evals, "per_class": per_class, "distances": _distances(root), "transfer": _transfer(root),
         "blobs": _simple_figures(root, "blobs"), "perceptibility": _simple_figures(root, "perceptibility"),
         "reproductions": _reproductions(root), "configs": configs, "generative": _generative(root),
+        "certified": certified_section,
     }
     from .. import __version__
     context["version"] = __version__
     return context
+
+
+def _certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    curve = rec["certified_accuracy"]
+    if rec["method"] == "smoothing":
+        what = (f"randomized smoothing, sigma {_fmt(rec.get('sigma'))}, n0 {rec.get('samples0')}, n {rec.get('samples')}, "
+                f"alpha {_fmt(rec.get('alpha'))}; {rec.get('abstained', 0)} of {rec['n']} abstained")
+        label = f"{name} · smoothing sigma {_fmt(rec.get('sigma'))}"
+    else:
+        what = f"interval bound propagation at Linf eps {_fmt(rec.get('eps'))}"
+        label = f"{name} · IBP eps {_fmt(rec.get('eps'))}"
+    return {"run": name, "label": label, "method": rec["method"], "what": what, "n": rec["n"],
+            "norm": rec.get("norm", "l2" if rec["method"] == "smoothing" else "linf"),
+            "certifies": rec.get("certifies", ""), "seconds": rec.get("seconds"),
+            "clean_accuracy": rec.get("clean_accuracy"), "rows": curve,
+            "series": {"label": label, "radius": [float(r["radius"]) for r in curve],
+                       "acc": [float(r["accuracy"]) for r in curve],
+                       "lo": [float(r.get("ci95", [r["accuracy"]] * 2)[0]) for r in curve],
+                       "hi": [float(r.get("ci95", [r["accuracy"]] * 2)[1]) for r in curve]}}
+
+
+def _certified_figures(brackets: list[dict[str, Any]], certified: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The "Certified robustness" section: one bracket figure per (dataset, norm), one curve per norm."""
+    if not brackets and not certified:
+        return None
+    figs = []
+    for key in dict.fromkeys((b["dataset"], b["norm"]) for b in brackets):
+        group = [b for b in brackets if (b["dataset"], b["norm"]) == key]
+        title = f"{key[0]}, {key[1]}: robust accuracy between certified and attacked"
+        figs.append({"title": title, "src": F.data_uri(F.bracket_curves([b["series"] for b in group], title,
+                                                                        f"epsilon ({key[1]})"))})
+    curves = []
+    for norm in dict.fromkeys(c["norm"] for c in certified):
+        group = [c for c in certified if c["norm"] == norm]
+        title = f"certified accuracy against {norm} radius (bands: 95% Clopper-Pearson over the test points)"
+        curves.append({"title": title, "src": F.data_uri(F.certified_curves([c["series"] for c in group], title,
+                                                                            f"radius ({norm})"))})
+    return {"brackets": brackets, "bracket_figures": figs, "certifications": certified, "curve_figures": curves}
 
 
 def render(context: dict[str, Any]) -> str:
@@ -451,6 +537,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 def sections(context: dict[str, Any]) -> list[str]:
     """Names of the sections a context will show (for --json output and tests)."""
-    keys = ["demo", "runs", "curves", "grids", "sliders", "evals", "per_class", "distances", "transfer", "blobs",
-            "perceptibility", "reproductions", "generative", "configs"]
+    keys = ["demo", "runs", "curves", "certified", "grids", "sliders", "evals", "per_class", "distances", "transfer",
+            "blobs", "perceptibility", "reproductions", "generative", "configs"]
     return [k for k in keys if context.get(k)]
