@@ -6,7 +6,8 @@
 Steps, each writing the same artefacts as the command in brackets:
   1. train a standard model and an adversarially trained one            (advlab train)
   2. attack both with FGSM and PGD over an epsilon grid, save examples   (advlab attack --save)
-  3. the evaluation suite and the gradient-masking checks, per model     (advlab evaluate)
+  3. the evaluation suite and the gradient-masking checks, per model,    (advlab evaluate --certify)
+     with the IBP-certified lower bound beside the attacked upper bound
   4. the transfer matrix between the two models                          (advlab.evaluate.transfer)
   5. the epsilon analysis: class distances and perceptibility            (advlab analyze ...)
   6. the HTML report                                                     (advlab report)
@@ -148,13 +149,15 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
                                                "--seed", str(cfg.seed), *quiet, *data_args, *device_args])
     done("attacks", t0)
 
-    name, t0 = step(3, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}")
+    certify = _ibp_supported(runs["standard"])  # the bracket, when IBP can bound this model (cheap: seconds)
+    name, t0 = step(3, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}"
+                       + (", with the IBP-certified lower bound" if certify else ""))
     evals = {}
     n_eval = ["--n", str(cfg.n_eval)] if cfg.n_eval else []
     for key, run in runs.items():
         evals[key] = _cli(["evaluate", "--run", str(run), "--eps", _eps_text(cfg.eval_eps), "--suite", cfg.suite,
                            *n_eval, "--check-n", str(cfg.check_n), "--fresh", "--seed", str(cfg.seed), *quiet,
-                           *data_args, *device_args])
+                           *data_args, *device_args, *(["--certify"] if certify else [])])
         log(f"      {key}: verdict {evals[key]['verdict']}")
     done("evaluation", t0)
 
@@ -185,6 +188,17 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     return record
 
 
+def _ibp_supported(run: Path) -> bool:
+    from .certify import check_ibp_supported
+    from .runs import load_run
+
+    try:
+        check_ibp_supported(load_run(run)[0])
+    except AdvlabError:
+        return False
+    return True
+
+
 def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str | None, device) -> dict[str, Any]:
     from .attacks import FGSM
     from .evaluate.transfer import transfer_matrix
@@ -205,7 +219,8 @@ def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str |
 def _description(cfg: DemoConfig) -> str:
     return (f"A standard {cfg.model} and one adversarially trained with {cfg.defense} (eps {cfg.defense_eps:g}) on "
             f"{cfg.dataset}, attacked with FGSM and PGD-{cfg.pgd_steps} (Linf), evaluated with the '{cfg.suite}' "
-            f"suite and the gradient-masking checks, with the transfer matrix between them and the class-distance "
+            f"suite and the gradient-masking checks (beside it, where the model allows, the IBP-certified lower bound: "
+            f"robust accuracy lies between the two), with the transfer matrix between them and the class-distance "
             f"analysis that says which budgets make sense. Scale: {cfg.scale}.")
 
 
@@ -213,7 +228,11 @@ def _summary(cfg, train_records, attacks, evals, transfer, distances) -> dict[st
     """The table the terminal and the report's first section show: robust accuracy per model and attack."""
     eps_show = [e for e in cfg.eps if e in cfg.eval_eps] or cfg.eps[:2]
     columns = ["model", "clean"] + [f"{a} @ {e:g}" for a in ("FGSM", "PGD") for e in eps_show] + \
-              [f"{cfg.suite} suite @ {e:g}" for e in cfg.eval_eps] + ["checks"]
+              [f"{cfg.suite} suite @ {e:g}" for e in cfg.eval_eps]
+    certified = all("certified_accuracy" in r for key in ("standard", "adversarial") for r in evals[key]["results"])
+    if certified:
+        columns += [f"certified @ {e:g}" for e in cfg.eval_eps]
+    columns += ["checks"]
     rows = []
     for key in ("standard", "adversarial"):
         row = [key, f"{train_records[key]['test_accuracy']:.3f}"]
@@ -221,6 +240,8 @@ def _summary(cfg, train_records, attacks, evals, transfer, distances) -> dict[st
             by_eps = {r["eps"]: r["robust_accuracy"] for r in attacks[f"{key}/{a}"]["results"]}
             row += [f"{by_eps[e]:.3f}" for e in eps_show]
         row += [f"{r['robust_accuracy']:.3f}" for r in evals[key]["results"]]
+        if certified:
+            row += [f"{r['certified_accuracy']:.3f}" for r in evals[key]["results"]]
         row.append(evals[key]["verdict"])
         rows.append(row)
     t = transfer["tables"][-1]
