@@ -72,6 +72,7 @@ class Attack:
                  bounds: Bounds = None, targets: torch.Tensor | None = None,
                  progress: bool = False) -> AttackResult:
         eps_list = _eps_list(eps, len(x))
+        self._check_budget(eps_list, x)
         y, targets = self._check(model, x, y, bounds, targets)
         if self.needs_finite_eps and bounds is None:  # checked up front, not only once a point is attacked
             for e in eps_list:
@@ -90,10 +91,12 @@ class Attack:
                                                       [e[sl] for e in eps_list], order, bounds, b)
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
                                                 if t[0] is not None else None
-                                                for i, t in enumerate(zip(*outputs)))
+                                                for i, t in enumerate(zip(*(o[:5] for o in outputs))))
         y, targets = y.cpu(), targets.cpu() if targets is not None else None
         goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
         info = {"batch_size_after_oom": self._fitted_batch_size} if self._fitted_batch_size else {}
+        if len(outputs[0]) > 5:  # per-example extras of the attack (E, n, ...), e.g. the spatial transformation
+            info.update({k: torch.cat([o[5][k] for o in outputs], dim=1) for k in outputs[0][5]})
         return AttackResult(self.name, self.threat_name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
                             time.perf_counter() - start, min_dist, goal=goal, info=info, passes=counter.counts())
 
@@ -116,6 +119,9 @@ class Attack:
             else:
                 x_adv = self._perturb(model, x, y, eps_t, targets, bounds, gen, early_stop)
         return self._enforce(x, x_adv.detach(), eps_t, bounds)
+
+    def _check_budget(self, eps_list: list[torch.Tensor], x: torch.Tensor) -> None:
+        """Attack-specific checks of the budgets and inputs, before any work (none by default)."""
 
     # -- per batch ----------------------------------------------------------------------------
     _fitted_batch_size: int | None = None  # set when the device ran out of memory (advlab.oom)
@@ -142,6 +148,8 @@ class Attack:
                 self._fitted_batch_size = halved(limit, e, self.name, write)
 
     def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key: tuple[int, ...]):
+        """One batch on the device, every budget: (x_adv (E, n, ...), logits (E, n, K), clean logits (n, K),
+        distances (E, n), minimal distances (n,) or None[, {name: (E, n, ...)} extras for result.info])."""
         n = len(x)
         with torch.no_grad():
             clean_logits = model(x)

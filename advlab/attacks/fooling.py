@@ -22,7 +22,6 @@ AttackResult then reads:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import Union
 
@@ -31,9 +30,11 @@ from torch import nn
 
 from .. import rng
 from ..errors import AdvlabError
-from ..predict import model_device
-from ..threat import Bounds, Norm, clip_to_bounds, get_norm
-from .base import _describe_eps, _eps_list, attack_mode
+from ..predict import model_device, predict_logits
+from ..threat import Bounds, LpBall, Norm, clip_to_bounds, get_norm
+from .base import Attack, attack_mode
+from .engine import ascend
+from .goals import Rubbish
 from .result import AttackResult
 
 Start = Union[str, torch.Tensor]
@@ -82,63 +83,39 @@ def fooling_images(model: nn.Module, classes, shape: Sequence[int], bounds: Boun
     x0 = start_images(len(classes), shape, bounds, start, gen, device)
     with attack_mode(model, evaluation=True):
         _check_classes(model, x0, classes)
-        x = _ascend(model, x0, classes, bounds, norm, steps, step_size, target_confidence, l2, eps)
+        budget = torch.full((len(x0),), float(eps), device=device)
+        x, _, _ = ascend(model, x0, classes, classes, budget, torch.full_like(budget, step_size), threat=LpBall(norm),
+                         goal=Rubbish(target_confidence, l2), steps=steps, random_start=False, generator=gen,
+                         early_stop=True, bounds=bounds)
         with torch.no_grad():
             conf = model(x).softmax(1).gather(1, classes[:, None])[:, 0]
-    return x, conf
+    return x.detach(), conf
 
 
-def _ascend(model, x0, classes, bounds, norm, steps, step_size, target_confidence, l2, eps):
-    """Steepest ascent on log p_c(x) - l2 ||x - x0||^2 inside the eps-ball and the bounds."""
-    x = x0.clone()
-    eps = torch.as_tensor(eps, dtype=x0.dtype, device=x0.device).expand(len(x0))  # (M,)
-    active = torch.arange(len(x0), device=x0.device)
-    for step in range(steps + 1):
-        xa = x[active].detach().requires_grad_(True)
-        with torch.enable_grad():
-            log_p = model(xa).log_softmax(1)
-            conf = log_p.gather(1, classes[active][:, None])[:, 0]
-            objective = conf - l2 * (xa - x0[active]).flatten(1).pow(2).sum(1)
-            grad, = torch.autograd.grad(objective.sum(), xa)
-        done = (log_p.argmax(1) == classes[active]) & (conf.exp() >= target_confidence)
-        keep = ~done
-        active, xa, grad = active[keep], xa[keep].detach(), grad[keep]
-        if len(active) == 0 or step == steps:
-            break
-        xa = xa + norm.step(torch.nan_to_num(grad), step_size)
-        base = x0[active]
-        x[active] = clip_to_bounds(base + norm.project(xa - base, eps[active]), bounds)
-    return x.detach()
-
-
-class Fooling:
-    """The fooling search behind the attack interface (see the module docstring).
+class Fooling(Attack):
+    """The fooling search as an ordinary attack (see the module docstring): the engine's loop with
+    the goal `goals.Rubbish`, from start images of nothing instead of the given inputs.
 
     attack(model, x, y, eps=[...], bounds=...) -> AttackResult with per_class images per class;
     eps: how far (in `norm`) each image may move from its start; inf means anywhere in the bounds.
+    A start image that already meets the goal at a smaller eps keeps its image at the larger ones.
     """
 
     name = "fooling"
-    minimal = False
-    needs_gradients = True
 
     def __init__(self, norm: str | Norm = "linf", *, start: str = "noise", steps: int = 200, step_size: float = 0.01,
                  target_confidence: float = 0.99, l2: float = 0.0, per_class: int = 1, batch_size: int = 500,
-                 seed: int = 0):
+                 seed: int = 0, sync_free: bool | None = None):
         if start not in ("noise", "blank"):
             raise AdvlabError(f"start must be 'noise' or 'blank', got {start!r}")
         if per_class < 1 or batch_size < 1:
             raise AdvlabError(f"per_class and batch_size must be >= 1, got {per_class}, {batch_size}")
         _check_options(steps, step_size, target_confidence, l2, 0.0)
-        self.norm = get_norm(norm)
+        super().__init__(norm, targeted=True, batch_size=batch_size, seed=seed)
         self.start, self.steps, self.step_size = start, steps, step_size
         self.target_confidence, self.l2 = target_confidence, l2
-        self.per_class, self.batch_size, self.seed = per_class, batch_size, seed
-        self.targeted = True
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"Fooling({opts})"
+        self.per_class, self.sync_free = per_class, sync_free
+        self.goal = Rubbish(target_confidence, l2)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, eps=math.inf, *,
                  bounds: Bounds = None, targets: torch.Tensor | None = None, progress: bool = False) -> AttackResult:
@@ -146,41 +123,25 @@ class Fooling:
             raise AdvlabError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
             raise AdvlabError("x must be a batch of example inputs (N, ...): fooling uses it for the input shape")
-        t0 = time.perf_counter()
         device = model_device(model)
         with attack_mode(model, evaluation=True), torch.no_grad():
             k = model(x[:1].to(device)).shape[1]
         classes = (torch.as_tensor(targets).long() if targets is not None
                    else torch.arange(k).repeat_interleave(self.per_class)).to(device)
-        eps_list = _eps_list(eps, len(classes))
-        gen = rng.generator(self.seed, device=device)
-        x0 = start_images(len(classes), x.shape[1:], bounds, self.start, gen, device)
-        images, logits = [], []
+        x0 = start_images(len(classes), x.shape[1:], bounds, self.start, rng.generator(self.seed, device=device), device)
         with attack_mode(model, evaluation=True):
             _check_classes(model, x0, classes)
-            with torch.no_grad():
-                clean = torch.cat([model(x0[i:i + self.batch_size]) for i in range(0, len(x0), self.batch_size)])
-            for e in eps_list:
-                out = []
-                for i in range(0, len(x0), self.batch_size):
-                    sl = slice(i, i + self.batch_size)
-                    out.append(_ascend(model, x0[sl], classes[sl], bounds, self.norm, self.steps, self.step_size,
-                                       self.target_confidence, self.l2, e[sl].to(device)))
-                xe = torch.cat(out)
-                with torch.no_grad():
-                    logits.append(torch.cat([model(xe[i:i + self.batch_size])
-                                             for i in range(0, len(xe), self.batch_size)]).float().cpu())
-                images.append(xe.cpu())
-        logits_t = torch.stack(logits)                                        # (E, M, K)
-        x_adv = torch.stack(images)                                           # (E, M, ...)
-        x0c, classes_c = x0.cpu(), classes.cpu()
-        probs = logits_t.softmax(2)
-        goal = (probs.argmax(2) == classes_c) & (probs.gather(2, classes_c.expand(len(eps_list), -1)[..., None])[..., 0]
-                                                 >= self.target_confidence)
-        dist = torch.stack([self.norm.distance(xa - x0c) for xa in x_adv])    # (E, M)
-        return AttackResult(self.name, self.norm.name, _describe_eps(eps), x_adv, logits_t, clean.float().cpu(),
-                            clean.argmax(1).cpu(), dist, classes_c, time.perf_counter() - t0, goal=goal,
-                            info={"start": x0c, "target_confidence": self.target_confidence})
+        # A rubbish image has no true label: y is what the model says about its start image.
+        labels = predict_logits(model, x0, self.batch_size).argmax(1)
+        result = super().__call__(model, x0.cpu(), labels, eps, bounds=bounds, targets=classes.cpu(), progress=progress)
+        result.info.update(start=x0.cpu(), target_confidence=self.target_confidence)
+        return result
+
+    def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        out, _, _ = ascend(model, x, y, targets, eps, torch.full_like(eps, self.step_size), threat=self.threat,
+                           goal=self.goal, steps=self.steps, random_start=False, generator=generator,
+                           early_stop=True, bounds=bounds, sync_free=self.sync_free)
+        return out
 
 
 def _check_options(steps, step_size, target_confidence, l2, eps):

@@ -3,8 +3,8 @@
 
 The threat model is a transformation range, not an Lp ball: rotations within +/- max_rotation
 degrees, shifts within +/- max_shift pixels in x and y. An rotated image is far from the original
-in every Lp norm, so the Attack base class (which projects into an Lp ball) does not apply;
-Spatial has the same call signature and returns an AttackResult, but is not an Attack subclass.
+in every Lp norm: the threat is `SpatialRange`, and Spatial replaces the base class's per-batch
+cascade with one grid search per batch that serves every budget (the sub-grids are nested).
 
     result = Spatial(max_rotation=30, max_shift=3)(model, x, y, eps=[0.5, 1.0], bounds=(0, 1))
 
@@ -24,24 +24,25 @@ where the image moves out of view. Inputs must be images (N, C, H, W).
 from __future__ import annotations
 
 import math
-import time
 
 import torch
-from torch import nn
 
 from ..errors import AdvlabError
 from ..models.transforms import affine_transform
-from ..predict import model_device
-from ..progress import progress as progress_bar
-from ..threat import Bounds, clip_to_bounds
-from .base import Attack, _describe_eps, _eps_list, attack_mode
+from ..threat import Bounds, Threat, clip_to_bounds
+from .base import Attack
 from .losses import get_loss
-from .result import AttackResult
 
 
-class Spatial:
+class SpatialRange(Threat):
+    """Rotations and shifts up to a share eps of the range: the grid search stays inside it by
+    construction (Spatial._batch picks only allowed grid points), so there is nothing to project."""
+
     name = "spatial"
-    minimal = False
+
+
+class Spatial(Attack):
+    name = "spatial"
     needs_gradients = False
 
     def __init__(self, *, max_rotation: float = 30.0, max_shift: float = 3.0, rotations: int = 31, shifts: int = 7,
@@ -50,14 +51,13 @@ class Spatial:
             raise AdvlabError(f"max_rotation and max_shift must be >= 0, got {max_rotation}, {max_shift}")
         if rotations < 1 or shifts < 1 or batch_size < 1:
             raise AdvlabError(f"rotations, shifts and batch_size must be >= 1, got {rotations}, {shifts}, {batch_size}")
+        super().__init__("linf", targeted=targeted, batch_size=batch_size, seed=seed)
+        del self.norm  # no Lp ball: the budget is a share of the transformation range
+        self.threat = SpatialRange()
         self.max_rotation, self.max_shift = float(max_rotation), float(max_shift)
         self.rotations, self.shifts = rotations, shifts
         self.loss, self._loss_fn = loss, get_loss(loss)
-        self.fill, self.targeted, self.batch_size, self.seed = fill, targeted, batch_size, seed
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"Spatial({opts})"
+        self.fill = fill
 
     def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """angles (G,), shifts (G, 2) as (dx, dy), and sizes (G,) as shares of the range. The
@@ -81,34 +81,23 @@ class Spatial:
         s = torch.where(s == 0, torch.zeros_like(s), s / self.max_shift)
         return torch.maximum(r, s)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps=1.0, *, bounds: Bounds = None,
-                 targets: torch.Tensor | None = None, progress: bool = False) -> AttackResult:
-        eps_list = _eps_list(eps, len(x))  # each (N,): the share of the range allowed per example
+    def _check_budget(self, eps_list, x):
         if any((e > 1).any() for e in eps_list):
             raise AdvlabError("the spatial attack's eps is the share of the transformation range to search, in "
                               "[0, 1] (1: +/- max_rotation degrees and +/- max_shift pixels); set the range with "
                               "max_rotation and max_shift")
-        y, targets = _checked(self, model, x, y, bounds, targets)
-        if x.ndim != 4:
+        if isinstance(x, torch.Tensor) and x.ndim != 4:
             raise AdvlabError(f"the spatial attack needs images (N, C, H, W); got shape {tuple(x.shape)}")
-        start = time.perf_counter()
-        device = model_device(model)
-        fill = self._fill(bounds)
-        angle, shift, size = (t.to(device) for t in self.grid())
-        outs = []
-        with attack_mode(model, evaluation=True):
-            bar = progress_bar(range(math.ceil(len(x) / self.batch_size)), self.name, progress, unit="batch")
-            for b in bar:
-                sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                t = targets[sl].to(device) if targets is not None else None
-                outs.append(self._batch(model, x[sl].to(device), y[sl].to(device), t,
-                                        [e[sl].to(device) for e in eps_list], angle, shift, size, bounds, fill))
-        x_adv, logits, clean, ang, sh = (torch.cat(p, dim=0 if i == 2 else 1) for i, p in enumerate(zip(*outs)))
-        y, targets = y.cpu(), targets.cpu() if targets is not None else None
-        pred = logits.argmax(2)
-        goal = pred == targets if targets is not None else pred != y
-        return AttackResult(self.name, "spatial", _describe_eps(eps), x_adv, logits, clean, y, self._size(ang, sh),
-                            targets, time.perf_counter() - start, goal=goal, info={"angle": ang, "shift": sh})
+
+    def perturb(self, *args, **kwargs):
+        raise AdvlabError("the spatial attack searches a grid of transformations for every budget at once; "
+                          "call it: Spatial(...)(model, x, y, eps=[...])")
+
+    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key):
+        angle, shift, size = (t.to(x.device) for t in self.grid())
+        x_adv, logits, clean, angles, shifts = self._batch(model, x, y, targets, eps_list, angle, shift, size,
+                                                           bounds, self._fill(bounds))
+        return x_adv, logits, clean, self._size(angles, shifts), None, {"angle": angles, "shift": shifts}
 
     def _batch(self, model, x, y, targets, eps_list, angle, shift, size, bounds, fill):
         n, g = len(x), len(angle)
@@ -150,10 +139,3 @@ class Spatial:
         if bounds is None:
             return 0.0
         return float(torch.as_tensor(bounds[0]).min())
-
-
-def _checked(attack, model, x, y, bounds, targets):
-    """The Attack base class's input checks (model, shapes, NaN, bounds, labels, targets)."""
-    checker = Attack(targeted=attack.targeted)
-    checker.name = attack.name
-    return checker._check(model, x, y, bounds, targets)
