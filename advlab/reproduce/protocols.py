@@ -305,6 +305,10 @@ PROTOCOLS: dict[str, tuple[dict[str, Any], Callable]] = {
     "epsilon-choice": (EPSILON, epsilon_choice),
 }
 
+from .certified import COHEN, GOWAL, cohen2019, gowal2018  # noqa: E402  (they use the helpers above)
+
+PROTOCOLS.update({"cohen2019": (COHEN, cohen2019), "gowal2018": (GOWAL, gowal2018)})
+
 
 def defaults(experiment: str) -> dict[str, Any]:
     if experiment not in PROTOCOLS:
