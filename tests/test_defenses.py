@@ -302,7 +302,7 @@ def test_interrupted_adversarial_training_resumes_to_identical_weights(digits, t
 # -- options ---------------------------------------------------------------------------------------
 def test_registry_names_match_the_design():
     assert set(DEFENSES) == {"none", "goodfellow", "pgd", "trades", "fgsm-rs", "noise-sign", "noise-uniform",
-                             "l1", "rst"}
+                             "l1", "rst", "gaussian", "ibp"}
 
 
 @pytest.mark.parametrize("name, options, message", [
