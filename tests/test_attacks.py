@@ -321,3 +321,22 @@ def test_build_attack_rejects_unknown_names_and_options():
         build_attack("pgd", stepz=3)
     with pytest.raises(AdvlabError, match="unknown norm"):
         build_attack("pgd", norm="l3")
+
+
+def test_a_budget_that_shrinks_to_zero_returns_the_clean_point_and_its_logits():
+    """Per-example budgets need not grow: a point whose budget drops to 0 starts over from the clean
+    input, and its reported logits are the clean ones, not those of the larger budget's example."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).eval()
+    x = torch.rand(6, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    first = torch.full((6,), 3.0)
+    then = torch.tensor([9.0, 0.0, 9.0, 0.0, 9.0, 0.0])  # a larger mean, so attacked second
+    r = PGD("linf", steps=10)(model, x, y, [first, then], bounds=None)
+    assert (~r.correct[0]).all()  # everything breaks at the first budget
+    shrinking = then
+    zero = shrinking == 0
+    assert torch.equal(r.x_adv[1][zero], x[zero])
+    assert torch.equal(r.logits[1][zero], r.clean_logits[zero])
+    assert (r.distances[1][zero] == 0).all() and r.correct[1][zero].all()

@@ -36,6 +36,7 @@ from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
 from .budget import finite_eps
+from .cascade import eps_order, still_broken
 from .goals import Goal, Misclassify
 from .padding import PaddedBatches
 from .result import AttackResult
@@ -78,7 +79,7 @@ class Attack:
             for e in eps_list:
                 finite_eps(e, x, self.norm, bounds, self.name)
         start = time.perf_counter()
-        order = sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())
+        order = eps_order(eps_list)
         n_batches = math.ceil(len(x) / self.batch_size)
         outputs = []
         counter = PassCounter(model)
@@ -172,11 +173,12 @@ class Attack:
         for e in order:
             eps = eps_list[e]
             # A point broken at a smaller budget keeps its example: it is inside this ball too.
-            grew = eps >= eps_prev
-            todo = ~(broken & grew) & (eps > 0)
-            if not grew.all():  # per-example budgets that shrink: start those points over
-                x_cur = torch.where(grew.view(-1, *[1] * (x.ndim - 1)), x_cur, x)
-                broken = broken & grew
+            broken = still_broken(broken, eps_prev, eps)
+            todo = ~broken & (eps > 0)
+            # Per-example budgets can shrink: those points start over from the clean input.
+            shrank = eps < eps_prev
+            x_cur = torch.where(shrank.view(-1, *[1] * (x.ndim - 1)), x, x_cur)
+            logits_cur = torch.where(shrank[:, None], clean_logits, logits_cur)
             if todo.any():
                 idx = todo.nonzero().flatten()
                 if self.minimal:

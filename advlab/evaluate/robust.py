@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import distributed, rng
 from ..attacks.base import _describe_eps, _eps_list, attack_mode, check_inputs
+from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
 from ..heap import release_freed_memory
@@ -119,7 +120,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         raise AdvlabError(f"batch_size must be a positive integer, got {batch_size!r}")
     eps_list = _eps_list(eps, len(x))
     eps_values = _describe_eps(eps)
-    order = sorted(range(len(eps_list)), key=lambda i: eps_list[i].mean().item())
+    order = eps_order(eps_list)
     attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
     labels = [entry.label for entry in suite]
     ident = {"eps": eps_values, "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite],
@@ -216,7 +217,7 @@ def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: l
     if pos == 0:
         return
     prev = order[pos - 1]
-    carry = (state.broken_by[prev] != ROBUST) & (state.broken_by[e] == ROBUST) & (eps_list[prev] <= eps_list[e])
+    carry = still_broken(state.broken_by[prev] != ROBUST, eps_list[prev], eps_list[e]) & (state.broken_by[e] == ROBUST)
     state.broken_by[e, carry] = state.broken_by[prev, carry]
     state.found_at[e, carry] = state.found_at[prev, carry]
     state.x_adv[e, carry] = state.x_adv[prev, carry]
