@@ -31,7 +31,7 @@ def ensure_env() -> None:
 def main() -> None:
     ensure_env()
     # gpu.py runs only where CUDA is (without a GPU it says so and exits 0; --small is its CPU smoke run).
-    for script in ["attack_speed.py", "evaluate_vs_autoattack.py", "memory.py", "training.py", "gpu.py"]:
+    for script in ["attack_speed.py", "evaluate_vs_autoattack.py", "memory.py", "training.py", "certify.py", "gpu.py"]:
         print(f"== {script}", flush=True)
         subprocess.run([str(PY), str(HERE / script)], check=True, cwd=ROOT)
 
