@@ -55,6 +55,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+CPU_BATCH = 500     # attacks on a CPU: large enough to use its vector units, small enough for its caches
+GPU_BATCH = 4096    # on an accelerator: large batches keep it busy; out of memory halves it (advlab.oom)
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """The batch an attack or evaluation uses on `device` when the user sets none."""
+    return CPU_BATCH if torch.device(device).type == "cpu" else GPU_BATCH
+
+
 def describe(device: torch.device) -> str:
     """'cuda:0 (NVIDIA H200)' or 'cpu': what results and reports record."""
     if device.type == "cuda":

@@ -44,7 +44,7 @@ class APGD(Attack):
     needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
-                 momentum: float = 0.75, give_up: float | None = None, targeted: bool = False, batch_size: int = 500,
+                 momentum: float = 0.75, give_up: float | None = None, targeted: bool = False, batch_size: int | None = None,
                  seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         self.sync_free = sync_free  # None: masks instead of a shrinking batch on accelerators (engine.py)
@@ -84,7 +84,7 @@ class APGDT(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
                  loss="dlr", rho: float = 0.75, momentum: float = 0.75, give_up: float | None = None,
-                 batch_size: int = 500, seed: int = 0, sync_free: bool | None = None):
+                 batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=False, batch_size=batch_size, seed=seed)
         if n_target_classes < 1:
             raise AdvlabError(f"n_target_classes must be >= 1, got {n_target_classes}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import rng
+from ..device import default_batch_size
 from ..errors import AdvlabError
 from ..oom import halved, is_out_of_memory
 from ..passes import PassCounter
@@ -54,14 +55,15 @@ class Attack:
     needs_gradients = True
     needs_finite_eps = False  # step sizes or proposals scale with eps (see budget.finite_eps)
 
-    def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+    def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         self.norm = get_norm(norm)
         self.targeted = targeted
         self.goal: Goal = Misclassify()  # what counts as done (attacks/goals.py); subclasses set their own
         self.threat: Threat = LpBall(self.norm)  # where a point may go (threat.py, metric/embedding_threat.py)
-        if batch_size < 1:
-            raise AdvlabError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise AdvlabError(f"batch_size must be a positive integer (or None: chosen for the device), got {batch_size!r}")
+        self.batch_size = batch_size  # None: default_batch_size(the model's device)
         self.seed = seed
 
     def __repr__(self) -> str:
@@ -80,14 +82,18 @@ class Attack:
                 finite_eps(e, x, self.norm, bounds, self.name)
         start = time.perf_counter()
         order = eps_order(eps_list)
-        n_batches = math.ceil(len(x) / self.batch_size)
+        device = model_device(model)
+        batch = self.batch_size or default_batch_size(device)
+        n_batches = math.ceil(len(x) / batch)
         outputs = []
         counter = PassCounter(model)
-        runner = PaddedBatches(counter, self.batch_size)  # a few batch sizes only: bounded memory
+        # On the CPU, a few batch sizes only, so glibc's heap does not fragment (padding.py); CUDA's caching
+        # allocator reuses blocks of any size, and there the batch shrinks rarely anyway (engine.py).
+        runner = PaddedBatches(counter, batch) if device.type == "cpu" else counter
         with attack_mode(model, evaluation=True):
             bar = progress_bar(range(n_batches), f"{self.name}", progress, unit="batch")
             for b in bar:
-                sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                sl = slice(b * batch, (b + 1) * batch)
                 outputs += self._attack_batch_fitting(runner, x[sl], y[sl], targets[sl] if targets is not None else None,
                                                       [e[sl] for e in eps_list], order, bounds, b)
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)

@@ -40,7 +40,7 @@ class CW(Attack):
 
     def __init__(self, norm="l2", *, steps: int = 100, binary_search_steps: int = 9, lr: float = 0.1,
                  initial_const: float = 0.01, kappa: float = 0.0, abort_early: bool = True, refine_steps: int = 10,
-                 targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if self.norm.name != "l2":
             raise AdvlabError(f"cw is an L2 attack; got norm {self.norm.name!r} (use deepfool or apgd for linf)")

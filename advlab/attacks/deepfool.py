@@ -29,7 +29,7 @@ class DeepFool(Attack):
     minimal = True
 
     def __init__(self, norm="l2", *, steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
-                 refine_steps: int = 10, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 refine_steps: int = 10, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if self.norm.name not in ("l2", "linf"):
             raise AdvlabError(f"deepfool supports l2 and linf, not {self.norm.name!r}")

@@ -104,12 +104,12 @@ class Fooling(Attack):
     name = "fooling"
 
     def __init__(self, norm: str | Norm = "linf", *, start: str = "noise", steps: int = 200, step_size: float = 0.01,
-                 target_confidence: float = 0.99, l2: float = 0.0, per_class: int = 1, batch_size: int = 500,
+                 target_confidence: float = 0.99, l2: float = 0.0, per_class: int = 1, batch_size: int | None = None,
                  seed: int = 0, sync_free: bool | None = None):
         if start not in ("noise", "blank"):
             raise AdvlabError(f"start must be 'noise' or 'blank', got {start!r}")
-        if per_class < 1 or batch_size < 1:
-            raise AdvlabError(f"per_class and batch_size must be >= 1, got {per_class}, {batch_size}")
+        if per_class < 1:
+            raise AdvlabError(f"per_class must be >= 1, got {per_class}")
         _check_options(steps, step_size, target_confidence, l2, 0.0)
         super().__init__(norm, targeted=True, batch_size=batch_size, seed=seed)
         self.start, self.steps, self.step_size = start, steps, step_size
@@ -132,7 +132,7 @@ class Fooling(Attack):
         with attack_mode(model, evaluation=True):
             _check_classes(model, x0, classes)
         # A rubbish image has no true label: y is what the model says about its start image.
-        labels = predict_logits(model, x0, self.batch_size).argmax(1)
+        labels = predict_logits(model, x0).argmax(1)
         result = super().__call__(model, x0.cpu(), labels, eps, bounds=bounds, targets=classes.cpu(), progress=progress)
         result.info.update(start=x0.cpu(), target_confidence=self.target_confidence)
         return result

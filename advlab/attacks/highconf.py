@@ -29,7 +29,7 @@ class HighConfidence(PGD):
 
     def __init__(self, norm="linf", *, kappa: float = 0.9, steps: int = 100, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                 targeted: bool = False, batch_size: int = 500, seed: int = 0, sync_free: bool | None = None):
+                 targeted: bool = False, batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
         goal = Confident(kappa)  # checks kappa before anything else
         super().__init__(norm, steps=steps, step_size=step_size, rel_step_size=rel_step_size,
                          random_start=random_start, restarts=restarts, loss=wrong_log_prob, targeted=targeted,

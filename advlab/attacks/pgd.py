@@ -24,7 +24,7 @@ class PGD(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 20, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss="ce", momentum: float = 0.0, targeted: bool = False, batch_size: int = 500, seed: int = 0,
+                 loss="ce", momentum: float = 0.0, targeted: bool = False, batch_size: int | None = None, seed: int = 0,
                  sync_free: bool | None = None):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if steps < 1 or restarts < 1:
@@ -85,7 +85,7 @@ def restarted_ascent(attack, model, x, y, targets, eps, alpha, bounds, generator
     return best
 
 
-def FGSM(norm="linf", *, loss="ce", targeted=False, batch_size=500, seed=0) -> PGD:
+def FGSM(norm="linf", *, loss="ce", targeted=False, batch_size=None, seed=0) -> PGD:
     """x + eps * sign(grad) for Linf (the normalised gradient for L2): one step, no random start."""
     attack = PGD(norm, steps=1, rel_step_size=1.0, random_start=False, loss=loss, targeted=targeted,
                  batch_size=batch_size, seed=seed)
@@ -93,14 +93,14 @@ def FGSM(norm="linf", *, loss="ce", targeted=False, batch_size=500, seed=0) -> P
     return attack
 
 
-def BIM(norm="linf", *, steps=10, rel_step_size=None, loss="ce", targeted=False, batch_size=500, seed=0) -> PGD:
+def BIM(norm="linf", *, steps=10, rel_step_size=None, loss="ce", targeted=False, batch_size=None, seed=0) -> PGD:
     attack = PGD(norm, steps=steps, rel_step_size=rel_step_size or 1.0 / steps * 1.25, random_start=False,
                  loss=loss, targeted=targeted, batch_size=batch_size, seed=seed)
     attack.name = "bim"
     return attack
 
 
-def MIFGSM(norm="linf", *, steps=10, decay=1.0, loss="ce", targeted=False, batch_size=500, seed=0) -> PGD:
+def MIFGSM(norm="linf", *, steps=10, decay=1.0, loss="ce", targeted=False, batch_size=None, seed=0) -> PGD:
     attack = PGD(norm, steps=steps, rel_step_size=1.0 / steps, random_start=False, momentum=decay, loss=loss,
                  targeted=targeted, batch_size=batch_size, seed=seed)
     attack.name = "mifgsm"

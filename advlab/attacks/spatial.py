@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from ..device import default_batch_size
 from ..errors import AdvlabError
 from ..models.transforms import affine_transform
 from ..threat import Bounds, Threat, clip_to_bounds
@@ -46,11 +47,11 @@ class Spatial(Attack):
     needs_gradients = False
 
     def __init__(self, *, max_rotation: float = 30.0, max_shift: float = 3.0, rotations: int = 31, shifts: int = 7,
-                 loss="ce", fill: float | None = None, targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 loss="ce", fill: float | None = None, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         if max_rotation < 0 or max_shift < 0:
             raise AdvlabError(f"max_rotation and max_shift must be >= 0, got {max_rotation}, {max_shift}")
-        if rotations < 1 or shifts < 1 or batch_size < 1:
-            raise AdvlabError(f"rotations, shifts and batch_size must be >= 1, got {rotations}, {shifts}, {batch_size}")
+        if rotations < 1 or shifts < 1:
+            raise AdvlabError(f"rotations and shifts must be >= 1, got {rotations}, {shifts}")
         super().__init__("linf", targeted=targeted, batch_size=batch_size, seed=seed)
         del self.norm  # no Lp ball: the budget is a share of the transformation range
         self.threat = SpatialRange()
@@ -101,7 +102,7 @@ class Spatial(Attack):
 
     def _batch(self, model, x, y, targets, eps_list, angle, shift, size, bounds, fill):
         n, g = len(x), len(angle)
-        per_pass = max(1, self.batch_size // n)  # grid points per forward pass
+        per_pass = max(1, (self.batch_size or default_batch_size(x.device)) // n)  # grid points per forward pass
         loss = torch.empty(g, n, device=x.device)
         goal = torch.empty(g, n, dtype=torch.bool, device=x.device)
         with torch.no_grad():

@@ -45,7 +45,7 @@ class Square(Attack):
     needs_gradients = False
 
     def __init__(self, norm="linf", *, n_queries: int = 5000, p_init: float = 0.8, give_up: float | None = None,
-                 targeted: bool = False, batch_size: int = 500, seed: int = 0):
+                 targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if self.norm.name not in ("linf", "l2"):
             raise AdvlabError(f"the Square attack supports linf and l2, not {self.norm.name!r}")

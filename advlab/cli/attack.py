@@ -37,7 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pixel-eps", default=None,
                    help="--threat embedding: also keep the perturbation inside this --norm ball in pixel space")
     p.add_argument("--n", type=int, default=None, help="attack the first N test points (default: all)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="points per batch (default: 500 on the CPU, 4096 on a GPU; halved if it does not fit)")
     p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
     add_common(p, "with --run: where --save writes (default RUN/attacks/ATTACK-NORM); with --model: your model's run "
                   "directory (default runs/FUNCTION-HASH), --save writes to OUT/attacks/ATTACK-NORM")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.embedding is not None or args.pixel_eps is not None:
             raise AdvlabError("--embedding and --pixel-eps belong to the embedding threat model: add --threat embedding")
         attack = build_attack(args.attack, **attack_options(args))
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise AdvlabError(f"--batch-size must be a positive integer, got {args.batch_size}")
     subject = open_subject(args)
     model, data = subject.model, subject.data

@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
                    help="fast: PGD-20; standard: APGD-CE, APGD-T, Square (AutoAttack's protocol); custom: --suite-file")
     p.add_argument("--suite-file", default=None, help="TOML file with [[attack]] tables (for --suite custom)")
     p.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="points per batch (default: 500 on the CPU, 4096 on a GPU; halved if it does not fit)")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--check-n", type=int, default=200, help="points used by the gradient-masking checks")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eps is not None:
         parse_eps_list(args.eps)  # fail on a bad budget before loading anything
     for flag, value in (("--batch-size", args.batch_size), ("--check-n", args.check_n)):
-        if value < 1:
+        if value is not None and value < 1:
             raise AdvlabError(f"{flag} must be a positive integer, got {value}")
     suite = get_suite(args.suite, args.suite_file, norm=args.norm)
     with distributed.setup(resolve_device(args.device)) as device:

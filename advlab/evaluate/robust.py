@@ -26,7 +26,8 @@ from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
 from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
-from ..predict import predict_logits
+from ..device import default_batch_size
+from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds
@@ -105,7 +106,7 @@ class Evaluation:
 
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float] | Any,
                         suite: Sequence[SuiteEntry], *, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
-                        batch_size: int = 500, state_dir: str | Path | None = None, progress: bool = True,
+                        batch_size: int | None = None, state_dir: str | Path | None = None, progress: bool = True,
                         identity: dict[str, Any] | None = None) -> Evaluation:
     """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given.
 
@@ -116,6 +117,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     check_inputs(x, y, bounds)
     if not suite:
         raise AdvlabError("the attack suite is empty")
+    if batch_size is None:  # large on a GPU, 500 on the CPU (advlab.device.default_batch_size)
+        batch_size = default_batch_size(model_device(model))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise AdvlabError(f"batch_size must be a positive integer, got {batch_size!r}")
     eps_list = _eps_list(eps, len(x))

@@ -138,7 +138,7 @@ class EmbeddingPGD(Attack):
     def __init__(self, embedding: nn.Module, *, pixel_norm: str = "linf", pixel_eps: float | None = None,
                  steps: int = 40, step_size: float | None = None, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", penalty: float = 0.0, bisection_steps: int = 10, tolerance: float = 1e-3,
-                 targeted: bool = False, batch_size: int = 500, seed: int = 0, sync_free: bool | None = None):
+                 targeted: bool = False, batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
         super().__init__(pixel_norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if not isinstance(embedding, nn.Module):
             raise AdvlabError(f"embedding must be a torch.nn.Module (an embedding net), got {type(embedding).__name__}")
