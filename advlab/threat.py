@@ -135,7 +135,7 @@ def project_l1(delta: torch.Tensor, eps: Eps) -> torch.Tensor:
     theta = (cssv.gather(1, rho[:, None]) / (rho[:, None] + 1).to(v.dtype)).clamp_min(0)
     projected = v.sign() * (v.abs() - theta).clamp_min(0)
     # |v| - theta cancels catastrophically when eps << |v|; rescale so the float result is inside.
-    over = projected.abs().sum(1, keepdim=True) / e[:, None]
+    over = projected.abs().sum(1, keepdim=True) / e[:, None].clamp_min(torch.finfo(v.dtype).tiny)  # eps 0: 0 / tiny
     projected = projected / over.clamp_min(1.0)
     out = torch.where(inside[:, None], v, projected)
     return out.view_as(delta)
