@@ -22,11 +22,16 @@ def trained_model(name: str, defense: str = "none", eps: float | None = None, ep
     from advlab.defenses import TrainConfig
     from advlab.defenses.run import train_run
 
+    import fcntl
+
     run_dir = CACHE / name
-    if not (run_dir / "card.json").exists():
-        kwargs = {"eps": eps} if eps is not None else {}
-        train_run("fashion-mnist", model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                  defense=defense, defense_kwargs=kwargs, overwrite=True, progress=False, log=print)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:  # two benchmarks at once: one trains, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "card.json").exists():
+            kwargs = {"eps": eps} if eps is not None else {}
+            train_run("fashion-mnist", model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
+                      defense=defense, defense_kwargs=kwargs, overwrite=True, progress=False, log=print)
     return load_run(run_dir)
 
 
