@@ -144,6 +144,15 @@ def pgd_advlab(model, x, y, batch):
     return attack(model, x, y, [EPS], bounds=BOUNDS).robust_accuracy()[0]
 
 
+def pgd_advlab_shrinking(model, x, y, batch):
+    """advlab's PGD with the CPU's early stopping (the batch shrinks, a host sync per step): the
+    engine's device masks (docs/engine.md) are the difference to `pgd_advlab` on a GPU."""
+    from advlab.attacks import PGD
+    attack = PGD(norm="linf", steps=STEPS, step_size=ALPHA, random_start=True, batch_size=batch, seed=0,
+                 sync_free=False)
+    return attack(model, x, y, [EPS], bounds=BOUNDS).robust_accuracy()[0]
+
+
 def pgd_torchattacks(model, x, y, batch):
     import torchattacks
     device = next(model.parameters()).device
@@ -170,6 +179,8 @@ def peer_missing(module: str) -> str | None:
 def bench_pgd(model, x, y, scale: Scale, device: torch.device, rows: list, notes: list) -> None:
     model.eval()
     runners = {"advlab": pgd_advlab}
+    if device.type != "cpu":
+        runners["advlab shrinking batch"] = pgd_advlab_shrinking
     missing = peer_missing("torchattacks")
     if missing:
         notes.append(f"PGD peer skipped: {missing}.")
@@ -198,6 +209,10 @@ def bench_pgd(model, x, y, scale: Scale, device: torch.device, rows: list, notes
         rows.append([f"PGD-20 seconds (median of {scale.repeats}), {what}", f"{med['advlab']:.2f}",
                      f"{med['torchattacks']:.2f} (torchattacks)" if peer else "skipped",
                      f"{med['torchattacks'] / med['advlab']:.2f}x" if peer else "-"])
+        if "advlab shrinking batch" in med:
+            rows.append([f"PGD-20 seconds, {what}, advlab with a shrinking batch (sync_free=False)",
+                         f"{med['advlab shrinking batch']:.2f}", f"{med['advlab']:.2f} (advlab, device masks)",
+                         f"{med['advlab shrinking batch'] / med['advlab']:.2f}x"])
 
 
 # -- 3. standard suite vs AutoAttack -----------------------------------------------------------------
