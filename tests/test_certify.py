@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm as normal
 from torch import nn
 
-from advlab.certify import (Box, certify_ibp, certify_smoothing, check_ibp_supported, input_box, interval_bounds,
+from advlab.certify import (certify_ibp, certify_smoothing, check_ibp_supported, input_box, interval_bounds,
                             margin_lower_bounds, predict_smoothing)
 from advlab.errors import AdvlabError
 from advlab.models import build_model

@@ -330,7 +330,8 @@ def margin_lower_bounds(model: nn.Module, box: Box, y: torch.Tensor, ops: list[O
     last = ops[-1] if ops and isinstance(ops[-1], LinearOp) else None
     for op in (ops[:-1] if last is not None else ops):
         box = op(box)
-    n = len(y)
+    if last is not None and box.lower.ndim != 2:  # a Linear on (N, ..., D): not logits of flat features
+        box, last = last(box), None
     if last is not None:
         w, b = last.weight, last.bias                         # (K, D), (K,)
         c, r = box.center.flatten(1), box.radius.flatten(1)   # (N, D)

@@ -90,11 +90,13 @@ def _write_csvs(out: Path, record: dict[str, Any], cert: Certificate) -> None:
 def text(record: dict[str, Any], out: Path | None = None) -> str:
     """What `advlab certify` prints without --json."""
     if record["method"] == "smoothing":
-        head = (f"randomized smoothing, sigma {record['sigma']:g} (L2), n0 {record['samples0']}, n {record['samples']}, "
-                f"alpha {record['alpha']:g}: {record['n']} points, {record['abstained']} abstained, "
-                f"{record['seconds']:.1f} s ({record['seconds_per_point']:.2f} s per point)")
+        head = (f"randomized smoothing, sigma {record['sigma']:g} (L2), n0 {record['samples0']}, "
+                f"n {record['samples']}, alpha {record['alpha']:g}: {record['n']} points, "
+                f"{record['abstained']} abstained, {record['seconds']:.1f} s "
+                f"({record['seconds_per_point']:.2f} s per point)")
     else:
-        head = f"interval bound propagation, Linf eps {record['eps']:g}: {record['n']} points, {record['seconds']:.1f} s"
+        head = (f"interval bound propagation, Linf eps {record['eps']:g}: {record['n']} points, "
+                f"{record['seconds']:.1f} s")
     lines = [head, f"clean accuracy (the model) {record['clean_accuracy']:.4f}; certifies {record['certifies']}",
              f"{'radius':>8}  {'certified acc':>13}  {'95% interval':>17}"]
     for r in record["certified_accuracy"]:

@@ -90,7 +90,8 @@ def add_parser(subparsers) -> None:
                    help="smoothing: certifies the smoothed classifier in L2 (any model); ibp: certifies the model "
                         "itself in Linf (MLPs, CNNs, ResNets of the zoo)")
     add_smoothing_options(p, 10000)
-    p.add_argument("--eps", type=positive_float, default=None, help="ibp: the Linf budget, raw input units (0.1, 8/255)")
+    p.add_argument("--eps", type=positive_float, default=None,
+                   help="ibp: the Linf budget, raw input units (0.1, 8/255)")
     p.add_argument("--n", type=positive_int, default=None, help="certify the first N test points (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="rows per forward pass (default 1000 noisy copies for smoothing, 256 points for ibp)")

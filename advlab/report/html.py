@@ -36,6 +36,7 @@ import torch
 
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
+from ..evaluate.recorded import fold_record
 from ..io import atomic_write, load_tensors, read_json
 from . import figures as F
 
@@ -416,7 +417,8 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
                 grids.append({"run": name, "attack": a["record"]["attack"], "norm": a["record"].get("norm"),
                               "grids": a["grids"]})
         for ev in evaluations:
-            rec = ev["record"]
+            # The worst case over everything the run holds, also what was recorded after the evaluation.
+            rec = ev["record"] = fold_record(run_dir_, ev["dir"], ev["record"])
             curves.append(_series_from_eval(name, rec) | {"dataset": runs[-1]["dataset"]})
             evals.append({"run": name, "record": rec, "checks": _checks(rec, out_dir),
                           "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
@@ -471,8 +473,9 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
 def _certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:
     curve = rec["certified_accuracy"]
     if rec["method"] == "smoothing":
-        what = (f"randomized smoothing, sigma {_fmt(rec.get('sigma'))}, n0 {rec.get('samples0')}, n {rec.get('samples')}, "
-                f"alpha {_fmt(rec.get('alpha'))}; {rec.get('abstained', 0)} of {rec['n']} abstained")
+        what = (f"randomized smoothing, sigma {_fmt(rec.get('sigma'))}, n0 {rec.get('samples0')}, "
+                f"n {rec.get('samples')}, alpha {_fmt(rec.get('alpha'))}; {rec.get('abstained', 0)} of {rec['n']} "
+                "abstained")
         label = f"{name} · smoothing sigma {_fmt(rec.get('sigma'))}"
     else:
         what = f"interval bound propagation at Linf eps {_fmt(rec.get('eps'))}"
