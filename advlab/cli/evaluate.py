@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import shlex
 import time
 from pathlib import Path
 
 from .. import distributed
+from ..attacks.base import _eps_list
 from ..config import parse_eps_list
 from ..device import describe, resolve_device
 from ..errors import AdvlabError
 from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate.recorded import recorded_sources, save_examples
 from ..evaluate.suites import SUITES
 from ..io import atomic_write, write_json
 from .certify import add_certified, add_certify_options, certified_text, check_certify
@@ -35,6 +38,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--check-n", type=int, default=200, help="points used by the gradient-masking checks")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
+    p.add_argument("--ignore-recorded", action="store_true",
+                   help="only the suite: leave out the adversarial examples the run directory already holds "
+                        "(saved attacks, earlier evaluations, transferred examples), which by default count too")
     add_common(p, "with --run: where results go (default RUN/eval/SUITE-NORM); with --model: your model's run "
                   "directory (default runs/FUNCTION-HASH), results in OUT/eval/SUITE-NORM")
     add_subject(p)
@@ -69,10 +75,15 @@ def _evaluate(args: argparse.Namespace, subject, suite, started: float) -> tuple
     if args.fresh and state.exists() and distributed.is_main():
         state.unlink()
     distributed.barrier()
+    # The worst case over everything the run already holds at this threat: those examples go first.
+    recorded = [] if args.ignore_recorded else recorded_sources(subject.run_dir, args.norm, exclude=[out])
+    if recorded:
+        log(f"counting the examples already recorded in {subject.run_dir}: "
+            f"{', '.join(r.label.removeprefix('recorded ') for r in recorded)}")
     log(f"evaluating {subject.model_record['spec']} on {len(y)} {data.name} test points ({describe(subject.device)}"
         f"{f', {distributed.world_size()} processes' if distributed.is_distributed() else ''}): suite {args.suite} "
         f"({', '.join(s.label for s in suite)}), {args.norm} eps {args.eps or 'per class from ' + args.eps_per_class}")
-    ev = evaluate_robustness(model, x, y, eps, suite, norm=args.norm, bounds=data.bounds, seed=args.seed,
+    ev = evaluate_robustness(model, x, y, eps, [*recorded, *suite], norm=args.norm, bounds=data.bounds, seed=args.seed,
                              batch_size=args.batch_size, state_dir=out, progress=not args.no_progress,
                              identity=subject.identity())
     if not distributed.is_main():
@@ -98,9 +109,40 @@ def _evaluate(args: argparse.Namespace, subject, suite, started: float) -> tuple
     if per_class is not None:
         record["eps_per_class"] = per_class
     add_certified(args, subject, x, y, eps, ev, record, out)
+    record["summary"] = summary(record, args)
+    save_examples(out, x, ev, _eps_list(eps, len(y)))
     write_json(out / "result.json", record)
     _write_csvs(out, record)
     return record, out
+
+
+def summary(record: dict, args: argparse.Namespace) -> dict:
+    """RobustBench-style: what one line of a leaderboard needs, and the command that reproduces it."""
+    return {"clean_accuracy": record["clean_accuracy"], "threat": record["norm"],
+            "eps": [r["eps"] for r in record["results"]],
+            "robust_accuracy": [r["robust_accuracy"] for r in record["results"]],
+            "ci95": [r["ci95"] for r in record["results"]], "n": record["n"], "suite": record["suite"],
+            "passes": record["passes"], "seconds": record["seconds"], "device": record["device"],
+            "command": reproduce_command(args)}
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The `advlab evaluate` command line that gives these numbers again (resolved defaults included)."""
+    parts = ["advlab", "evaluate"]
+    for flag, value in (("--run", args.run), ("--model", args.model), ("--weights", args.weights),
+                        ("--mean", args.mean), ("--std", args.std), ("--dataset", args.dataset),
+                        ("--data", args.data), ("--classes", args.classes), ("--bounds", args.bounds),
+                        ("--eps", args.eps), ("--eps-per-class", args.eps_per_class), ("--norm", args.norm),
+                        ("--suite", args.suite), ("--suite-file", args.suite_file), ("--n", args.n),
+                        ("--seed", args.seed), ("--batch-size", args.batch_size)):
+        if value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    for key, values in (("--model-arg", args.model_arg), ("--dataset-arg", args.dataset_arg)):
+        for v in values or []:
+            parts += [key, shlex.quote(v)]
+    if args.ignore_recorded:
+        parts.append("--ignore-recorded")
+    return " ".join(parts)
 
 
 def _write_csvs(out: Path, record: dict) -> None:
