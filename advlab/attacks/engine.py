@@ -90,6 +90,39 @@ def ascend(model, x0: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | Non
     return out, out_loss, met
 
 
+def restarted_ascent(attack, model, x, y, targets, eps, alpha, bounds, generator, early_stop, momentum=0.0,
+                     skip=None):
+    """`attack.restarts` runs of the engine's ascent (attack.threat, attack.goal, attack.steps,
+    attack.random_start), keeping per point the first one that met the goal (early stopping) or the
+    highest-loss end point. Rows in `skip` (N,) bool are not attacked: they come back unchanged."""
+    threat = attack.threat
+    n = len(x)
+    best = x.clone()
+    best_loss = torch.full((n,), -torch.inf, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device) if skip is None else skip.clone()
+    context = threat.context(x, eps, bounds)
+    for _ in range(attack.restarts):
+        idx = (~done).nonzero().flatten() if early_stop or skip is not None else torch.arange(n, device=x.device)
+        if len(idx) == 0:
+            break
+        out, loss, met = ascend(model, x[idx], y[idx], targets[idx] if targets is not None else None, eps[idx],
+                                alpha[idx], threat=threat, goal=attack.goal, steps=attack.steps,
+                                random_start=attack.random_start, generator=generator, early_stop=early_stop,
+                                bounds=bounds, momentum=momentum, score_last=attack.restarts > 1,
+                                sync_free=attack.sync_free, context={k: v[idx] for k, v in context.items()})
+        # Keep the highest-loss end point over restarts; with early stopping a point that met the goal is final.
+        if early_stop:
+            better = met | (loss > best_loss[idx])
+            done[idx] = met
+        elif attack.restarts == 1:
+            better = torch.ones_like(met)  # the one run's last iterate, unscored
+        else:
+            better = loss > best_loss[idx]
+        best[idx] = torch.where(better.view(-1, *[1] * (x.ndim - 1)), out, best[idx])
+        best_loss[idx] = torch.where(better, loss, best_loss[idx])
+    return best
+
+
 def _ctx(st: dict, keys: list[str]) -> dict:
     return {k: st[k] for k in keys}
 

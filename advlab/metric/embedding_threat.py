@@ -32,7 +32,7 @@ from torch import nn
 from ..attacks.base import Attack, attack_mode
 from ..attacks.budget import box_diameter
 from ..attacks.goals import Misclassify
-from ..attacks.pgd import restarted_ascent
+from ..attacks.engine import restarted_ascent
 from ..errors import AdvlabError
 from ..threat import Bounds, Norm, Threat, clip_to_bounds, enforce
 
