@@ -6,9 +6,10 @@
 Steps, each writing the same artefacts as the command in brackets:
   1. train a standard model and an adversarially trained one            (advlab train)
   2. attack both with FGSM and PGD over an epsilon grid, save examples   (advlab attack --save)
-  3. the evaluation suite and the gradient-masking checks, per model,    (advlab evaluate --certify)
-     with the IBP-certified lower bound beside the attacked upper bound
-  4. the transfer matrix between the two models                          (advlab.evaluate.transfer)
+  3. the transfer matrix between the two models                          (advlab.evaluate.transfer)
+  4. the evaluation suite and the gradient-masking checks, per model,    (advlab evaluate --certify)
+     with the IBP-certified lower bound beside the attacked upper bound; the worst case per
+     example also counts the examples steps 2 and 3 recorded in the run directories
   5. the epsilon analysis: class distances and perceptibility            (advlab analyze ...)
   6. the HTML report                                                     (advlab report)
 
@@ -149,8 +150,12 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
                                                "--seed", str(cfg.seed), *quiet, *data_args, *device_args])
     done("attacks", t0)
 
+    name, t0 = step(3, "transfer matrix (FGSM examples crafted on each model, shown to both; kept for the evaluation)")
+    transfer = _transfer(runs, cfg, out / "transfer", data_dir, dev)
+    done("transfer", t0)
+
     certify = _ibp_supported(runs["standard"])  # the bracket, when IBP can bound this model (cheap: seconds)
-    name, t0 = step(3, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}"
+    name, t0 = step(4, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}"
                        + (", with the IBP-certified lower bound" if certify else ""))
     evals = {}
     n_eval = ["--n", str(cfg.n_eval)] if cfg.n_eval else []
@@ -160,10 +165,6 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
                            *data_args, *device_args, *(["--certify"] if certify else [])])
         log(f"      {key}: verdict {evals[key]['verdict']}")
     done("evaluation", t0)
-
-    name, t0 = step(4, "transfer matrix (FGSM examples crafted on each model, shown to both)")
-    transfer = _transfer(runs, cfg, out / "transfer", data_dir, dev)
-    done("transfer", t0)
 
     name, t0 = step(5, "epsilon analysis: class distances and perceptibility")
     distances = _cli(["analyze", "distances", "--dataset", cfg.dataset, "--per-class", str(cfg.per_class),
@@ -201,6 +202,7 @@ def _ibp_supported(run: Path) -> bool:
 
 def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str | None, device) -> dict[str, Any]:
     from .attacks import FGSM
+    from .evaluate.recorded import save_transfer
     from .evaluate.transfer import transfer_matrix
     from .io import write_json
     from .runs import dataset_from_card, load_run
@@ -211,6 +213,10 @@ def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str |
     data = dataset_from_card(card, data_dir)
     x, y = data.test_subset(cfg.n_transfer)
     m = transfer_matrix(models, x, y, list(cfg.eval_eps), FGSM("linf"), bounds=data.bounds)
+    for source, result in m.results.items():  # each model's examples, scored on the other: RUN/transfer/
+        for target, run in runs.items():
+            if target != source:
+                save_transfer(run, source, x, result.scores[target], "linf")
     record = {**m.as_dict(), "attack": "fgsm", "norm": "linf", "n": len(y), "dataset": data.name}
     write_json(out / "transfer.json", record)
     return record

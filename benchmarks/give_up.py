@@ -11,7 +11,7 @@ random start), first N test images, one thread. Each attack runs where the `stan
 For each: the share broken with the full budget and with give_up=h, the forward rows spent (images
 through the model, padding included) and CPU seconds. Once give_up drops a point the two runs take
 different random draws for the rest, so a point can fall to one run and not the other; both counts
-are shown. The rule: benchmarks/results/evaluate-notes.md and advlab/attacks/give_up.py.
+are shown. The rule: benchmarks/results/evaluate.md (notes of 2026-11-30) and advlab/attacks/give_up.py.
 """
 
 from __future__ import annotations

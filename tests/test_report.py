@@ -64,6 +64,32 @@ def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_
     assert suite["lo"][1:] == pytest.approx([r["ci95"][0] for r in ev["results"]])
 
 
+def test_no_worst_case_above_an_attack_or_the_transfer_on_the_same_page(run_root):
+    """Issue 19: the evaluation is the worst case over every attack the run records, transfer included."""
+    ctx = collect(run_root)
+    for key, other in (("standard", "adversarial"), ("adversarial", "standard")):
+        assert (run_root / key / "transfer" / f"fgsm-from-{other}-linf" / "adversarial.safetensors").is_file()
+        series = [s for c in ctx["curves"] for s in c["series"] if s["group"] == key]
+        suite = [s for s in series if "worst case" in s["label"]][0]
+        transfer = json.loads((run_root / "transfer" / "transfer.json").read_text())
+        for s in series:
+            for e, acc in zip(s["eps"], s["acc"]):
+                if e in suite["eps"] and s["n"] == suite["n"]:
+                    assert suite["acc"][suite["eps"].index(e)] <= acc + 1e-9, (s["label"], e)
+        for e, err in zip(transfer["eps"], transfer["error"][other][key]):
+            if e in suite["eps"] and transfer["n"] == suite["n"]:
+                assert suite["acc"][suite["eps"].index(e)] <= 1 - err + 1e-9
+    demo = json.loads((run_root / "demo.json").read_text())["summary"]
+    for row in demo["rows"]:  # the demo's own table: the suite column never above FGSM or PGD at that eps
+        cells = dict(zip(demo["columns"], row))
+        for col, value in cells.items():
+            if " suite @ " in col:
+                e = col.split(" @ ")[1]
+                for a in ("FGSM", "PGD"):
+                    if f"{a} @ {e}" in cells:
+                        assert float(value) <= float(cells[f"{a} @ {e}"]), (row[0], col, a)
+
+
 def test_slider_frames_match_the_saved_adversarial_examples(run_root):
     from advlab.io import load_tensors
     from advlab.report import figures

@@ -84,11 +84,13 @@ class APGDT(Attack):
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, n_target_classes: int = 9,
                  loss="dlr", rho: float = 0.75, momentum: float = 0.75, give_up: float | None = None,
-                 batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
+                 ranking: str = "logits", batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=False, batch_size=batch_size, seed=seed)
         if n_target_classes < 1:
             raise AdvlabError(f"n_target_classes must be >= 1, got {n_target_classes}")
-        self.n_target_classes = n_target_classes
+        if ranking not in RANKINGS:
+            raise AdvlabError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+        self.n_target_classes, self.ranking = n_target_classes, ranking
         # The inner optimiser; its own goal check is overridden by passing goal targets None.
         self._apgd = APGD(norm, steps=steps, restarts=1, loss=loss, rho=rho, momentum=momentum, give_up=give_up,
                           seed=seed, sync_free=sync_free)
@@ -101,11 +103,11 @@ class APGDT(Attack):
             raise AdvlabError("apgd-t chooses its own target classes; for given targets use "
                               "apgd-ce with targeted=True (loss 'dlr' or 'ce')")
         eps = finite_eps(eps, x, self.norm, bounds, self.name)
-        with torch.no_grad():
-            clean = model(x)  # (N, K)
-        # Wrong classes by decreasing clean logit: the true class is masked out of the ranking.
-        ranking = clean.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)
-        n_targets = min(self.n_target_classes, clean.shape[1] - 1)
+        ranking = rank_targets(model, x, y, self.norm, self.ranking)  # (N, K - 1) wrong classes, likeliest first
+        n_targets = min(self.n_target_classes, ranking.shape[1])
+        loss_fn = self._apgd._loss_fn
+        if self.loss == "dlr" and ranking.shape[1] < 3:
+            loss_fn = get_loss("margin")  # the targeted DLR loss needs 4 classes; C&W's margin is its unscaled form
         best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for k in range(n_targets):
@@ -113,13 +115,47 @@ class APGDT(Attack):
                 idx = (~done).nonzero().flatten() if early_stop else torch.arange(len(x), device=x.device)
                 if len(idx) == 0:
                     return best
-                x_out, _, found = run_apgd(self._apgd, model, x[idx], y[idx], eps[idx], self._apgd._loss_fn,
+                x_out, _, found = run_apgd(self._apgd, model, x[idx], y[idx], eps[idx], loss_fn,
                                            ranking[idx, k], None, bounds, generator, early_stop)
                 # Losses of different targets are not comparable: rank candidates by the true margin.
                 with torch.no_grad():
                     score = margin(model(x_out), y[idx])
                 keep_best(best, best_score, done, idx, x_out, score, found, early_stop)
         return best
+
+
+RANKINGS = ("logits", "linear")
+
+
+def rank_targets(model, x, y, norm, how: str = "logits") -> torch.Tensor:
+    """(N, K - 1): the wrong classes of each point, the most promising target first.
+
+    "logits" (AutoAttack's): by decreasing clean logit. "linear" (MALT, Melamed et al. 2024): by the
+    distance to each class's decision boundary in the linear approximation of the model at x,
+    (z_y - z_t) / ||grad_x (z_y - z_t)||_*, with the dual norm of the threat (l1 for Linf, l2 for L2):
+    exact for a linear model, where it is the budget each target needs. It costs one forward and
+    K - 1 backward passes per point (counted by a PassCounter like any other), against the 100 steps
+    an unpromising target would get.
+    """
+    if how == "logits":
+        with torch.no_grad():
+            clean = model(x)  # (N, K)
+        order = clean.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)
+        return order[:, :-1]  # the true class, at -inf, comes last
+    dual = {"linf": 1, "l2": 2, "l1": torch.inf}[norm.name]
+    xx = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xx)
+        k = logits.shape[1]
+        zy = logits.gather(1, y[:, None])[:, 0]
+        dist = torch.full((len(x), k), torch.inf, device=x.device)
+        for t in range(k):
+            gap = zy - logits[:, t]  # > 0 while the point is on its own side of the boundary with t
+            grad, = torch.autograd.grad(gap.sum(), xx, retain_graph=t < k - 1)
+            size = torch.linalg.vector_norm(torch.nan_to_num(grad).flatten(1), ord=dual, dim=1)
+            dist[:, t] = gap.detach() / size.clamp_min(1e-12)
+    dist = dist.scatter(1, y[:, None], torch.inf)
+    return dist.argsort(1)[:, :-1]
 
 
 def keep_best(best, best_score, done, idx, x_out, score, found, early_stop):

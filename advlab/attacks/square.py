@@ -17,6 +17,13 @@ would not bring its margin to zero with the queries left. On a robust model most
 far from the boundary and h=5 saves more than half of the queries; benchmarks/results/evaluate.md has
 what it costs in points found (benchmarks/give_up.py measures it with side-by-side runs).
 
+screen=s (off by default; the `standard` suite uses 1000) makes it the cheap black-box stage that
+escalates only where it has to: after s queries, if the run has broken no point yet, only the points
+whose margin has at least halved since the start keep querying (they are getting close to the
+boundary); once any point has been broken, every point gets the full budget. In an evaluation Square
+runs on what the gradient attacks left, so a break there is the sign of misleading gradients; on a
+model whose gradients work, most points stop after s queries.
+
 Inputs that are not (N, C, H, W) images are treated as one row of pixels (N, 1, 1, D), where the
 window becomes a run of consecutive features covering the same share p.
 """
@@ -34,6 +41,8 @@ from .budget import finite_eps
 from .give_up import check_give_up, hopeless
 from .losses import margin
 
+SCREEN_SHARE = 0.5  # screen: a point goes on when its margin is at most this share of its margin at the start
+
 # (share of the schedule in 1/10000, divisor of p_init) from the paper's code.
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
               (8000, 256), (10000, 512))
@@ -45,7 +54,7 @@ class Square(Attack):
     needs_gradients = False
 
     def __init__(self, norm="linf", *, n_queries: int = 5000, p_init: float = 0.8, give_up: float | None = None,
-                 targeted: bool = False, batch_size: int | None = None, seed: int = 0):
+                 screen: int | None = None, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         if self.norm.name not in ("linf", "l2"):
             raise AdvlabError(f"the Square attack supports linf and l2, not {self.norm.name!r}")
@@ -54,7 +63,9 @@ class Square(Attack):
         if not 0 < p_init <= 1:
             raise AdvlabError(f"p_init is a share of the image, in (0, 1]; got {p_init}")
         check_give_up(give_up)
-        self.n_queries, self.p_init, self.give_up = n_queries, p_init, give_up
+        if screen is not None and (isinstance(screen, bool) or not isinstance(screen, int) or screen < 1):
+            raise AdvlabError(f"screen is a number of queries >= 1 (or None), got {screen!r}")
+        self.n_queries, self.p_init, self.give_up, self.screen = n_queries, p_init, give_up, screen
 
     def p_selection(self, query: int) -> float:
         """Share of the pixels the window covers at this query."""
@@ -95,7 +106,11 @@ class Square(Attack):
         active = ~hit if early_stop else torch.ones(n, dtype=torch.bool, device=x.device)
         checkpoints = self.checkpoints() if early_stop and self.give_up is not None else set()
         last_q, last_margin = 0, best_margin.clone()
+        start_margin, broke = best_margin.clone(), hit.clone()
         for q in range(1, self.n_queries):
+            if early_stop and q == self.screen and not bool(broke.any()):
+                # Nothing broken so far: only points whose margin has fallen to SCREEN_SHARE of its start go on.
+                active &= best_margin <= SCREEN_SHARE * start_margin
             if q in checkpoints:
                 stalled = hopeless(best_margin[idx], last_margin[idx], q - last_q, self.n_queries - q, self.give_up)
                 active[idx[stalled]] = False
@@ -116,6 +131,7 @@ class Square(Attack):
             best_margin[idx[better]] = m[better]
             if early_stop:
                 active[idx[hit & better]] = False
+                broke[idx[hit & better]] = True
         return best.reshape(shape)
 
 

@@ -30,7 +30,9 @@ def add_parser(subparsers) -> None:
     add_budget(p)
     p.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
     p.add_argument("--suite", default="standard", choices=[*SUITES, "custom"],
-                   help="fast: PGD-20; standard: APGD-CE, APGD-T, Square (AutoAttack's protocol); custom: --suite-file")
+                   help="fast: APGD-CE and APGD-T, short; standard: APGD-CE, APGD-T on 3 ranked targets, Square with "
+                        "give-up (AutoAttack's strength, a fifth of its passes); autoattack: AutoAttack's protocol "
+                        "with full budgets; custom: --suite-file")
     p.add_argument("--suite-file", default=None, help="TOML file with [[attack]] tables (for --suite custom)")
     p.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
     p.add_argument("--batch-size", type=int, default=None,

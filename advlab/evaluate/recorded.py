@@ -6,7 +6,7 @@
 An evaluation is the per-example worst case over everything recorded in the run at the same threat:
 examples saved by `advlab attack --save` (RUN/attacks/NAME-NORM/adversarial.safetensors), by earlier
 evaluations (RUN/eval/SUITE-NORM/adversarial.safetensors) and transferred from other models
-(RUN/attacks/transfer-*/, the same format). A recorded example counts for a point when
+(RUN/transfer/ATTACK-from-SOURCE-NORM/, the same format; `save_transfer`). A recorded example counts for a point when
 
 - its clean input and label are the point's, bit for bit (rows are matched by content, so any subset
   or order of the test set works);
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import AdvlabError
-from ..io import load_tensors, read_json, save_tensors
+from ..io import load_tensors, read_json, save_tensors, write_json
 from ..predict import model_device
 from ..threat import Bounds, LpBall
 from .stats import clopper_pearson, per_class_accuracy
@@ -39,7 +39,7 @@ from .suites import SuiteEntry
 
 EXAMPLES_FILE = "adversarial.safetensors"
 RECORD_FILE = "result.json"
-KINDS = ("attacks", "eval")  # sub-directories of a run that hold recorded examples
+KINDS = ("attacks", "eval", "transfer")  # sub-directories of a run that hold recorded examples
 
 
 def within(distance: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -194,6 +194,20 @@ def save_examples(out: str | os.PathLike, x: torch.Tensor, ev, eps: Sequence[tor
     return path
 
 
+def save_transfer(run_dir: str | os.PathLike, source: str, x: torch.Tensor, scored, norm: str) -> Path:
+    """RUN/transfer/ATTACK-from-SOURCE-NORM/: examples crafted on model `source`, with this run's model's
+    logits on them (`scored`: the AttackResult a transfer scored on this model), for later evaluations
+    and the report."""
+    out = Path(run_dir) / "transfer" / f"{scored.attack}-from-{source}-{norm}"
+    save_tensors(out / EXAMPLES_FILE, {"x": x, "x_adv": scored.x_adv, "logits": scored.logits,
+                                       "y": scored.y, "clean_logits": scored.clean_logits},
+                 {"eps": ",".join(map(str, scored.eps))})
+    write_json(out / RECORD_FILE, {"attack": f"{scored.attack} transferred from {source}", "norm": norm,
+                                   "threat": "lp", "n": len(scored.y), "source": source,
+                                   "results": scored.summary()})
+    return out
+
+
 def fold_record(run_dir: str | os.PathLike, eval_dir: str | os.PathLike, record: dict[str, Any]) -> dict[str, Any]:
     """The evaluation `record` (result.json) with every example recorded in `run_dir` at its threat
     folded in from saved logits (the report does not load the model): per budget the robust accuracy,
@@ -279,4 +293,4 @@ def recorded_labels(ev_attacks: Sequence[str]) -> list[str]:
 
 
 __all__ = ["EXAMPLES_FILE", "RecordedEntry", "RecordedExamples", "fold_record", "recorded_labels",
-           "recorded_sources", "save_examples", "within"]
+           "recorded_sources", "save_examples", "save_transfer", "within"]

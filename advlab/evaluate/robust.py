@@ -51,6 +51,7 @@ class Evaluation:
     seconds: float = 0.0
     attack_seconds: dict[str, float] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)          # model rows, forward and backward
+    attack_passes: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, per attack of the suite
     oom_batch_sizes: dict[str, int] = field(default_factory=dict)  # attack -> batch size after running out of memory
 
     @property
@@ -150,10 +151,12 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                     idx = subset[b * batch_size:(b + 1) * batch_size]
                     attack = attacks[a]
                     attack.seed = rng.derive_seed(seed, e, a, b)
-                    t0 = time.perf_counter()
+                    t0, before = time.perf_counter(), counter.counts()
                     r = attack(counter, x[idx], y[idx], [eps_list[e][idx]], bounds=bounds)
                     state.attack_seconds[labels[a]] = state.attack_seconds.get(labels[a], 0.0) + \
                         time.perf_counter() - t0
+                    spent = {k: v - before[k] for k, v in counter.counts().items()}
+                    state.attack_passes[labels[a]] = add_counts(state.attack_passes.get(labels[a]), spent)
                     newly = ~r.correct[0]
                     hit = idx[newly]
                     mine[b * batch_size:(b + 1) * batch_size] |= newly
@@ -191,7 +194,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         passes = dict(zip(passes, (int(v) for v in distributed.all_reduce_sum(list(passes.values())))))
     return Evaluation(eps_values, norm, labels, y.cpu(), state.clean_logits, state.broken_by, state.x_adv,
                       state.logits, time.perf_counter() - start, dict(state.attack_seconds), passes=passes,
-                      oom_batch_sizes=dict(state.oom))
+                      attack_passes=dict(state.attack_passes), oom_batch_sizes=dict(state.oom))
 
 
 def _merge_ranks(state: "_State", e: int, subset: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
@@ -242,6 +245,7 @@ class _State:
         self.subset: torch.Tensor | None = None
         self.seconds = 0.0
         self.attack_seconds: dict[str, float] = {}
+        self.attack_passes: dict[str, dict[str, int]] = {}  # this process's rank only under torchrun
         self.saved_passes: dict[str, int] = {}  # counted before this process started (resumed work)
         self.passes: dict[str, int] = {}
         self.oom: dict[str, int] = {}
@@ -267,6 +271,7 @@ class _State:
                 state.stage, state.batch = meta["stage"], meta["batch"]
                 state.seconds, state.attack_seconds = meta["seconds"], meta["attack_seconds"]
                 state.saved_passes, state.oom = meta.get("passes", {}), meta.get("oom", {})
+                state.attack_passes = meta.get("attack_passes", {})
                 state._replay_parts()
                 write(f"resuming the evaluation saved in {path.parent} (stage {state.stage + 1}, batch {state.batch})")
                 return state
@@ -311,5 +316,6 @@ class _State:
         if self.subset is not None:
             tensors["subset"] = self.subset
         meta = {"identity": self.identity, "stage": self.stage, "batch": self.batch, "seconds": self.seconds,
-                "attack_seconds": self.attack_seconds, "passes": self.passes, "oom": self.oom}
+                "attack_seconds": self.attack_seconds, "passes": self.passes, "oom": self.oom,
+                "attack_passes": self.attack_passes}
         save_tensors(self.path, tensors, {"advlab": json.dumps(meta)})

@@ -28,6 +28,7 @@ class TransferMatrix:
     eps: list[float]
     error: dict[str, dict[str, list[float]]]                 # error[source][target][eps index]
     clean_error: dict[str, float] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict, repr=False)  # per source: its TransferResult (examples)
 
     def table(self, e: int = -1) -> list[list[float]]:
         """Rows are sources, columns targets, at epsilon index e."""
@@ -45,12 +46,13 @@ def transfer_matrix(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
         raise AdvlabError("transfer_matrix needs at least one model")
     error: dict[str, dict[str, list[float]]] = {}
     eps_values: list[float] = []
+    results = {}
     for source_name, source in models.items():
-        t = transfer(attack, source, models, x, y, eps, bounds, progress=progress)
+        t = results[source_name] = transfer(attack, source, models, x, y, eps, bounds, progress=progress)
         eps_values = t.eps
         error[source_name] = {name: t.error(name) for name in models}
     clean = {name: 1 - (predict_logits(m, x).argmax(1) == y).float().mean().item() for name, m in models.items()}
-    return TransferMatrix(list(models), eps_values, error, clean)
+    return TransferMatrix(list(models), eps_values, error, clean, results)
 
 
 def ensemble_transfer(members: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps, attack,

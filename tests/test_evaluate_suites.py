@@ -1,0 +1,235 @@
+"""The suites' new rules on models whose answers are known: target ranking, Square's screen, the
+give-up rules together, and the worst case over what a run directory records."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.attacks import APGDT, Square
+from advlab.attacks.apgd import rank_targets
+from advlab.errors import AdvlabError, ConfigError
+from advlab.evaluate import evaluate_robustness, get_suite
+from advlab.evaluate.suites import SuiteEntry
+from advlab.passes import PassCounter
+from advlab.rng import seeded
+from advlab.threat import get_norm
+
+from attack_models import hyperplane_distance, logistic
+
+
+def linear_classes(n=160, d=20, k=5, eps=0.25, seed=0):
+    """(model, x, y, eps, dist): a linear K-class model whose classes differ a lot in ||w||_1, labels =
+    its own predictions, and each point's exact Linf distance to each wrong class's boundary,
+    (z_y - z_j) / ||w_y - w_j||_1 (inf for j = y). Without bounds the optimal Linf attack on class j
+    lowers z_y - z_j by exactly eps * ||w_y - w_j||_1, so a point is breakable iff min_j dist < eps."""
+    g = torch.Generator().manual_seed(seed)
+    with seeded(seed):
+        model = nn.Linear(d, k).eval()
+    with torch.no_grad():
+        scale = torch.linspace(0.3, 3.0, k)[:, None]  # boundaries of the large-weight classes are close in Linf
+        model.weight.copy_(torch.randn(k, d, generator=g) * scale)
+        model.bias.copy_(torch.randn(k, generator=g) * 2)
+    x = torch.randn(n, d, generator=g)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    w = model.weight.detach()
+    gap = z.gather(1, y[:, None]) - z                               # (n, k) >= 0
+    size = (w[y][:, None, :] - w[None, :, :]).abs().sum(2)          # (n, k) ||w_y - w_j||_1
+    dist = torch.where(torch.arange(k)[None] == y[:, None], torch.inf, gap / size.clamp_min(1e-12))
+    return model, x, y, eps, dist
+
+
+def test_linear_ranking_puts_the_nearest_boundary_first_where_the_logits_do_not():
+    model, x, y, eps, dist = linear_classes()
+    best = dist.argmin(1)
+    linear = rank_targets(model, x, y, get_norm("linf"), "linear")
+    logits = rank_targets(model, x, y, get_norm("linf"), "logits")
+    assert linear.shape == logits.shape == (len(x), 4)
+    assert torch.equal(linear[:, 0], best)                           # exact on a linear model
+    assert torch.equal(linear.sort(1).values, logits.sort(1).values)  # both rank every wrong class once
+    assert (linear != y[:, None]).all()
+    assert (logits[:, 0] != best).float().mean() > 0.2               # the case the ranking is for
+
+
+def test_one_ranked_target_breaks_exactly_the_breakable_points():
+    model, x, y, eps, dist = linear_classes()
+    breakable = dist.min(1).values < eps
+    clear = ((dist.min(1).values - eps).abs() > 0.1 * eps)
+    attack = APGDT("linf", n_target_classes=1, ranking="linear", steps=50)
+    broken = ~attack(model, x, y, [eps]).correct[0]
+    assert breakable[clear].any() and (~breakable[clear]).any()
+    assert torch.equal(broken[clear], breakable[clear])
+
+
+def test_ranking_must_be_known():
+    with pytest.raises(AdvlabError, match="ranking"):
+        APGDT(ranking="oracle")
+
+
+class _Rows(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, v):
+        self.rows += len(v)
+        return self.net(v)
+
+
+def test_square_screen_drops_only_points_that_cannot_halve_their_margin():
+    model, x, y, z = logistic(n=300)
+    dist = hyperplane_distance(model, z, 1)
+    eps = dist.median().item() / 2
+    screen, budget = 50, 600
+    # Beyond 3 eps the margin cannot halve from wherever the start lands (it is at least |z| - eps ||w||_1
+    # > (|z| + eps ||w||_1) / 2): with nothing broken these points stop at the screen, and they are
+    # unbreakable, so stopping them changes nothing.
+    far = dist > 3 * eps
+    counted = _Rows(model)
+    out = Square("linf", n_queries=budget, screen=screen).perturb(counted, x[far], y[far], eps, early_stop=True)
+    assert (model(out).argmax(1) == y[far]).all()
+    assert counted.rows <= int(far.sum()) * (screen + 1)
+    # A batch where Square breaks a point the far ones are not screened: a break is the sign to spend it all.
+    near = dist < 0.5 * eps
+    mixed = far | near
+    counted = _Rows(model)
+    out = Square("linf", n_queries=budget, screen=screen).perturb(counted, x[mixed], y[mixed], eps, early_stop=True)
+    assert counted.rows > int(far.sum()) * budget * 0.9
+    # Breakable points are never the ones screened out: alone in their batch, every one still falls.
+    reach = (dist < 0.9 * eps) & (dist > 0.5 * eps)
+    out = Square("linf", n_queries=budget, screen=screen).perturb(model, x[reach], y[reach], eps, early_stop=True)
+    assert (model(out).argmax(1) != y[reach]).all()
+
+
+def test_square_screen_must_be_a_query_count():
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(AdvlabError, match="screen"):
+            Square(screen=bad)
+
+
+def test_standard_suite_finds_the_exact_answer_and_spends_little_on_what_it_cannot_break():
+    model, x, y, eps, dist = linear_classes(n=120)
+    robust = dist.min(1).values > eps
+    clear = (dist.min(1).values - eps).abs() > 0.1 * eps
+    counter = PassCounter(model)
+    ev = evaluate_robustness(counter, x, y, [eps], get_suite("standard"), progress=False)
+    assert torch.equal(ev.robust[0][clear], robust[clear])
+    # AutoAttack's budgets on the points nothing can break: 100 APGD-CE steps (forward and backward),
+    # 3 x 100 APGD-T steps and 5000 Square queries, each; the give-up rules and the screen cut that.
+    full = int(robust.sum()) * (2 * 100 + 3 * 2 * 100 + 5000)
+    assert sum(ev.passes.values()) < 0.3 * full, ev.attack_passes
+
+
+def test_suites_by_name_and_norm():
+    fast, standard, aa = get_suite("fast"), get_suite("standard"), get_suite("autoattack")
+    assert [e.attack for e in fast] == ["apgd-ce", "apgd-t"]
+    assert [e.attack for e in standard] == [e.attack for e in aa] == ["apgd-ce", "apgd-t", "square"]
+    assert aa[1].options == {} and aa[2].options == {"n_queries": 5000}  # AutoAttack's full budgets
+    assert standard[1].options["ranking"] == "linear" and standard[2].options["screen"] == 1000
+    assert [e.attack for e in get_suite("fast", norm="l1")] == ["pgd"]
+    with pytest.raises(ConfigError, match="linf and l2"):
+        get_suite("autoattack", norm="l1")
+    for e in [*fast, *standard, *aa]:
+        e.build("l2")
+
+
+def test_fast_suite_works_on_a_binary_model():
+    model, x, y, z = logistic(n=40)
+    ev = evaluate_robustness(model, x, y, [0.05, 0.2], get_suite("fast"), progress=False)
+    acc = ev.robust_accuracy()
+    assert acc[0] >= acc[1]
+
+
+# -- the worst case over everything a run records ------------------------------------------------------------
+def _cli(*args):
+    import contextlib
+    import io
+
+    from advlab.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([*map(str, args), "--json", "--no-progress"]) == 0
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("recorded") / "run"
+    _cli("train", "--dataset", "digits", "--model", "softmax", "--epochs", "3", "--out", run)
+    # One small step from the clean point: far weaker than PGD-20.
+    (run.parent / "weak.toml").write_text('[[attack]]\nname = "pgd"\nsteps = 1\nstep_size = 0.01\n'
+                                          'random_start = false\n')
+    return run
+
+
+def test_an_evaluation_counts_the_saved_attacks_and_says_which_broke_what(softmax_run):
+    run = softmax_run
+    pgd = _cli("attack", "--run", run, "--attack", "pgd", "--eps", "0.05,0.2", "--steps", "20", "--n", "120", "--save")
+    ev = _cli("evaluate", "--run", run, "--eps", "0.05,0.1", "--suite", "custom", "--suite-file",
+              run.parent / "weak.toml", "--n", "120", "--no-checks", "--out", run / "eval" / "weak-a")
+    clean_wrong = round(120 * (1 - ev["clean_accuracy"]))
+    at = {r["eps"]: r for r in pgd["results"]}
+    # eps 0.05: every point PGD broke at 0.05 counts, found by the recorded examples (they go first)
+    row = ev["results"][0]
+    assert row["broken_by"]["recorded attacks/pgd-linf"] == 120 - clean_wrong - round(120 * at[0.05]["robust_accuracy"])
+    assert row["robust_accuracy"] <= at[0.05]["robust_accuracy"]
+    # eps 0.1: PGD's 0.2 examples of the points it did not break at 0.05 lie outside the 0.1 ball: they
+    # do not count, so the recorded source breaks nothing new at 0.1.
+    moved = _tensors(run / "attacks" / "pgd-linf")
+    outside = (moved["x_adv"][1] - moved["x"]).flatten(1).abs().amax(1) > 0.1 + 1e-6
+    assert outside.any()
+    assert ev["results"][1]["broken_by"]["recorded attacks/pgd-linf"] == row["broken_by"]["recorded attacks/pgd-linf"]
+    assert ev["summary"]["command"].startswith("advlab evaluate --run ")
+    assert {"clean_accuracy", "robust_accuracy", "ci95", "threat", "eps", "n", "passes", "seconds", "device"} <= \
+        set(ev["summary"])
+    # --ignore-recorded: the suite alone
+    alone = _cli("evaluate", "--run", run, "--eps", "0.05", "--suite", "custom", "--suite-file", run.parent / "weak.toml",
+                 "--n", "120", "--no-checks", "--ignore-recorded", "--out", run / "eval" / "weak-b")
+    assert not any(k.startswith("recorded") for k in alone["results"][0]["broken_by"])
+
+
+def _tensors(d):
+    from advlab.io import load_tensors
+    return load_tensors(d / "adversarial.safetensors")
+
+
+def test_the_report_never_shows_a_worst_case_above_an_attack_on_the_same_page(softmax_run, tmp_path):
+    import shutil
+
+    from advlab.report.html import write_report
+    run = tmp_path / "run"
+    shutil.copytree(softmax_run, run, ignore=shutil.ignore_patterns("attacks", "eval"))
+    # The evaluation first, with a weak suite; the stronger attack is saved after it.
+    _cli("evaluate", "--run", run, "--eps", "0.05,0.1", "--suite", "custom", "--suite-file",
+         softmax_run.parent / "weak.toml", "--n", "100", "--no-checks")
+    _cli("attack", "--run", run, "--attack", "pgd", "--eps", "0.05,0.1", "--steps", "20", "--n", "100", "--save")
+    _, ctx = write_report(run)
+    series = [s for fig in ctx["curves"] for s in fig["series"]]
+    evals = [s for s in series if "worst case" in s["label"]]
+    attacks = [s for s in series if "worst case" not in s["label"]]
+    assert evals and attacks
+    for ev in evals:
+        for at in attacks:
+            for e, acc in zip(at["eps"], at["acc"]):
+                if e in ev["eps"]:
+                    assert ev["acc"][ev["eps"].index(e)] <= acc + 1e-9, (ev["label"], at["label"], e)
+    (shown,) = ctx["evals"]
+    assert shown["record"]["folded_recorded"]
+    assert any(r["broken_by"].get("recorded attacks/pgd-linf", 0) > 0 for r in shown["rows"])
+    assert shown["record"]["summary"]["robust_accuracy"] == [r["acc"] for r in shown["rows"]]
+
+
+@pytest.mark.slow  # trains the digits CNN (shared with the engine tests) when it runs first
+def test_ranked_targets_with_give_up_are_identical_with_and_without_device_masks(digits):
+    """The suites' APGD-T (linear ranking, give_up) keeps the engine's promise: the masked path a GPU
+    takes and the shrinking batch of the CPU give the same examples, bit for bit."""
+    from attack_models import digits_cnn
+    model = digits_cnn()[0]
+    x, y = digits.test_subset(120)
+    runs = [APGDT(steps=20, n_target_classes=2, ranking="linear", give_up=3.0, sync_free=sf)(
+        model, x, y, [0.05, 0.15], bounds=digits.bounds) for sf in (False, True)]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].success, runs[1].success)
+    assert runs[0].success[-1].float().mean() > 0.2
