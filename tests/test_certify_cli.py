@@ -121,26 +121,29 @@ def exit_2(capsys, *argv, match: str):
     assert err.count("\n") == 1 and re.search(match, err), (argv, err)
 
 
+# The messages' wording after "must be" is argparse types' (advlab/cli/types.py); what matters here is one line,
+# exit 2, the option named, nothing written.
 @pytest.mark.parametrize("argv, match", [
-    (["--method", "smoothing", "--sigma", "-1"], "--sigma: must be a positive finite number"),
-    (["--method", "smoothing", "--sigma", "nan"], "--sigma: must be a positive finite number"),
-    (["--method", "smoothing", "--sigma", "abc"], "--sigma: must be a positive finite number"),
-    (["--method", "smoothing", "--sigma", "0.25", "--samples", "0"], "--samples: must be a positive integer"),
-    (["--method", "smoothing", "--sigma", "0.25", "--samples", "1.5"], "--samples: must be a positive integer"),
-    (["--method", "smoothing", "--sigma", "0.25", "--samples0", "-3"], "--samples0: must be a positive integer"),
+    (["--method", "smoothing", "--sigma", "-1"], "--sigma: must be"),
+    (["--method", "smoothing", "--sigma", "nan"], "--sigma: must be"),
+    (["--method", "smoothing", "--sigma", "abc"], "--sigma: must be"),
+    (["--method", "smoothing", "--sigma", "0.25", "--samples", "0"], "--samples: must be"),
+    (["--method", "smoothing", "--sigma", "0.25", "--samples", "1.5"], "--samples: must be"),
+    (["--method", "smoothing", "--sigma", "0.25", "--samples0", "-3"], "--samples0: must be"),
     (["--method", "smoothing", "--sigma", "0.25", "--alpha", "1"], "--alpha: must be a probability"),
     (["--method", "smoothing", "--sigma", "0.25", "--alpha", "0"], "--alpha: must be a probability"),
-    (["--method", "ibp", "--eps", "0"], "--eps: must be a positive finite number"),
-    (["--method", "ibp", "--eps", "inf"], "--eps: must be a positive finite number"),
-    (["--method", "ibp", "--eps", "0.1", "--n", "0"], "--n: must be a positive integer"),
-    (["--method", "ibp", "--eps", "0.1", "--batch-size", "-1"], "--batch-size: must be a positive integer"),
-    (["--method", "smoothing", "--sigma", "0.25", "--radii", "0,-1"], "--radii: must be comma-separated radii"),
+    (["--method", "ibp", "--eps", "0"], "--eps: must be"),
+    (["--method", "ibp", "--eps", "inf"], "--eps: must be"),
+    (["--method", "ibp", "--eps", "0.1", "--n", "0"], "--n: must be"),
+    (["--method", "ibp", "--eps", "0.1", "--batch-size", "-1"], "--batch-size: must be"),
+    (["--method", "smoothing", "--sigma", "0.25", "--radii", "0,-1"], "--radii: must be"),
     (["--method", "crown", "--eps", "0.1"], "invalid choice: 'crown'"),
 ])
-def test_bad_options_exit_2_while_parsing(argv, match, capsys, tmp_path, monkeypatch):
+def test_bad_options_exit_2_while_parsing(argv, match, run_dir, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exit_2(capsys, "certify", "--run", "missing", *argv, match=match)
-    assert list(tmp_path.iterdir()) == []
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    exit_2(capsys, "certify", "--run", str(run_dir), *argv, match=match)
+    assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in run_dir.rglob("*")) == before
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -149,9 +152,9 @@ def test_bad_options_exit_2_while_parsing(argv, match, capsys, tmp_path, monkeyp
     (["--method", "ibp", "--eps", "0.1", "--sigma", "0.2"], "--sigma belongs to --method smoothing"),
     (["--method", "smoothing", "--sigma", "0.2", "--eps", "0.1"], "--eps belongs to --method ibp"),
 ])
-def test_missing_or_mixed_options_exit_2_before_loading(argv, match, capsys, tmp_path, monkeypatch):
+def test_missing_or_mixed_options_exit_2_before_loading(argv, match, run_dir, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exit_2(capsys, "certify", "--run", "missing", *argv, match=match)
+    exit_2(capsys, "certify", "--run", str(run_dir), *argv, match=match)
 
 
 def test_ibp_on_an_unsupported_model_names_the_layer(tmp_path, capsys):
@@ -170,7 +173,7 @@ def test_ibp_on_an_unsupported_model_names_the_layer(tmp_path, capsys):
     (["--norm", "l2", "--certify"], "--norm l2 needs --sigma"),
     (["--sigma", "0.25"], "--sigma is an option of --certify"),
     (["--certify", "--sigma", "0.25"], "--norm linf uses interval bound propagation"),
-    (["--certify", "--norm", "l2", "--sigma", "0.25", "--samples", "0"], "--samples: must be a positive integer"),
+    (["--certify", "--norm", "l2", "--sigma", "0.25", "--samples", "0"], "--samples: must be"),
 ])
 def test_evaluate_certify_option_errors(argv, match, run_dir, capsys):
     exit_2(capsys, "evaluate", "--run", str(run_dir), "--eps", "0.1", "--n", "5", *argv, match=match)
