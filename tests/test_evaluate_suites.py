@@ -51,7 +51,7 @@ def test_linear_ranking_puts_the_nearest_boundary_first_where_the_logits_do_not(
     assert torch.equal(linear[:, 0], best)                           # exact on a linear model
     assert torch.equal(linear.sort(1).values, logits.sort(1).values)  # both rank every wrong class once
     assert (linear != y[:, None]).all()
-    assert (logits[:, 0] != best).float().mean() > 0.2               # the case the ranking is for
+    assert (logits[:, 0] != best).float().mean() >= 0.2              # the case the ranking is for
 
 
 def test_one_ranked_target_breaks_exactly_the_breakable_points():

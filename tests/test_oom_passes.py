@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from advlab.attacks import FGSM, PGD, Square
-from advlab.evaluate import evaluate_robustness, get_suite
+from advlab.evaluate import SuiteEntry, evaluate_robustness, get_suite
 from advlab.predict import predict_logits
 
 
@@ -74,10 +74,13 @@ def test_pass_counts_match_an_independent_count(attack):
         assert result.passes["backward"] >= len(x)  # at least one gradient per point at the first budget
 
 
+PGD20 = [SuiteEntry("pgd-20", "pgd", {"steps": 20})]  # the bounds below count PGD-20's passes per row
+
+
 def test_evaluation_counts_its_passes_across_a_resume(tmp_path):
     x, y = _data()
     net = CountingNet()
-    ev = evaluate_robustness(net, x, y, [0.05, 0.2], get_suite("fast"), bounds=(0.0, 1.0), progress=False,
+    ev = evaluate_robustness(net, x, y, [0.05, 0.2], PGD20, bounds=(0.0, 1.0), progress=False,
                              state_dir=tmp_path / "a")
     assert ev.passes["forward"] > len(x) and ev.passes["backward"] > 0
     # interrupted after the first stage, then resumed: the total is the same
@@ -92,9 +95,9 @@ def test_evaluation_counts_its_passes_across_a_resume(tmp_path):
             return super().forward(x)
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate_robustness(Interrupting(), x, y, [0.05, 0.2], get_suite("fast"), bounds=(0.0, 1.0), progress=False,
+        evaluate_robustness(Interrupting(), x, y, [0.05, 0.2], PGD20, bounds=(0.0, 1.0), progress=False,
                             state_dir=state)
-    resumed = evaluate_robustness(CountingNet(), x, y, [0.05, 0.2], get_suite("fast"), bounds=(0.0, 1.0),
+    resumed = evaluate_robustness(CountingNet(), x, y, [0.05, 0.2], PGD20, bounds=(0.0, 1.0),
                                   progress=False, state_dir=state)
     assert resumed.robust_accuracy() == ev.robust_accuracy()
     # Nothing done before the interruption is lost; the interrupted batch (64 rows, PGD-20: at most
@@ -124,7 +127,7 @@ def test_out_of_memory_halves_the_batch_and_says_so_once(capsys):
 
 def test_out_of_memory_in_an_evaluation_is_recorded(capsys):
     x, y = _data(n=80)
-    ev = evaluate_robustness(SmallMemory(CountingNet(), limit=50), x, y, [0.1], get_suite("fast"),
+    ev = evaluate_robustness(SmallMemory(CountingNet(), limit=50), x, y, [0.1], PGD20,
                              bounds=(0.0, 1.0), progress=False, batch_size=80)
     assert ev.oom_batch_sizes == {"pgd-20": 40}
     assert ev.robust_accuracy()[0] < 1.0
