@@ -24,7 +24,7 @@ NO_MODEL = {
 # Values that pass a subcommand's own argument checks (these may run before the device is resolved),
 # and arguments that are required without argparse knowing it (--run or --model).
 VALID = {"--eps": "0.1"}
-EXTRA = {("attack",): ["--run", "missing"], ("evaluate",): ["--run", "missing"]}
+EXTRA = {("attack",): ["--run", "{dir}"], ("evaluate",): ["--run", "{dir}"]}
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -48,14 +48,22 @@ def device_action(parser: argparse.ArgumentParser):
     return next((a for a in parser._actions if "--device" in a.option_strings), None)
 
 
-def minimal_argv(parser: argparse.ArgumentParser) -> list[str]:
-    """The required arguments with placeholder values (paths that do not exist, first choices)."""
+def minimal_argv(parser: argparse.ArgumentParser, fixtures) -> list[str]:
+    """The required arguments with placeholder values (an empty folder or file in `fixtures` where the
+    option must name an existing one, first choices, "1" for numbers)."""
+    from advlab.cli import types as T
+
     def value(action) -> str:
         if action.option_strings and action.option_strings[0] in VALID:
             return VALID[action.option_strings[0]]
         if action.choices:
             return str(next(iter(action.choices)))
-        return "1" if action.type in (int, float) else "missing"
+        if action.type in (T.existing_dir,):
+            return str(fixtures)
+        if action.type in (T.existing_file, T.existing_path):
+            return str(fixtures / "file")
+        return "1" if action.type in (int, float, T.positive_int, T.positive_float, T.non_negative_int,
+                                      T.non_negative_float, T.eps_list) else "missing"
 
     argv = []
     for action in parser._actions:
@@ -94,18 +102,24 @@ def test_the_exceptions_have_no_device(path):
 @pytest.mark.parametrize("path", WITH_DEVICE, ids=" ".join)
 def test_device_cuda_without_cuda_exits_2_before_any_work(path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also meaningful on a GPU machine
-    monkeypatch.chdir(tmp_path)  # placeholder paths are relative: nothing there, nothing may be written
-    argv = [*path, *minimal_argv(LEAVES[path]), *EXTRA.get(path, []), "--device", "cuda"]
+    fixtures, cwd = tmp_path / "fixtures", tmp_path / "cwd"
+    fixtures.mkdir()
+    (fixtures / "file").write_text("")
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # relative placeholder paths land here: nothing may be written
+    extra = [a.format(dir=fixtures) for a in EXTRA.get(path, [])]
+    argv = [*path, *minimal_argv(LEAVES[path], fixtures), *extra, "--device", "cuda"]
     assert main(argv) == 2, argv
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA" in err, (argv, err)
-    assert list(tmp_path.iterdir()) == [], f"{argv} wrote files before checking the device"
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in fixtures.iterdir()) == ["file"], \
+        f"{argv} wrote files before checking the device"
 
 
 def test_a_bad_device_name_is_a_clear_error(capsys):
     assert main(["analyze", "blobs", "--device", "gpu"]) == 2
     err = capsys.readouterr().err
-    assert "--device must be one of" in err and err.count("\n") == 1
+    assert "--device: must be one of" in err and err.count("\n") == 1
 
 
 # -- distances: the torch tiles against the numpy ones ---------------------------------------------------

@@ -145,8 +145,11 @@ def case(row_id, tmp_path, capsys, run_dir):
         "config-path-escapes": lambda: [expect_error(lambda p=p: inside(tmp_path, p, "out"), "absolute path|leaves the run directory")
                                         for p in ("../x", "a/../../x", "/etc/passwd")],
         "config-path-symlink": lambda: _symlink_escape(tmp_path),
-        "bad-training-option": lambda: expect_exit_2(capsys, "epochs=0 is invalid", "train", "--dataset", "digits",
-                                                     "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "r")),
+        "bad-training-option": lambda: (
+            expect_exit_2(capsys, "argument --epochs: must be a positive whole number", "train", "--dataset", "digits",
+                          "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "r")),
+            expect_error(lambda: __import__("advlab.defenses", fromlist=["TrainConfig"]).TrainConfig(epochs=0),
+                         "epochs=0 is invalid")),
         "diverging-training": lambda: expect_exit_2(capsys, "lower the learning rate", "train", "--dataset", "digits",
                                                     "--model", "mlp", "--lr", "1e30", "--epochs", "1",
                                                     "--out", str(tmp_path / "r"), "--no-progress"),
@@ -155,10 +158,20 @@ def case(row_id, tmp_path, capsys, run_dir):
                                             "softmax", "--epochs", "1", "--out", str(run_dir)),
         "not-a-run": lambda: expect_exit_2(capsys, "not a run directory", "attack", "--run", str(tmp_path), "--attack",
                                            "pgd", "--eps", "0.1"),
-        "bad-n": lambda: expect_exit_2(capsys, "--n must be a positive", "attack", "--run", str(run_dir), "--attack",
-                                       "pgd", "--eps", "0.1", "--n", "0"),
+        "bad-n": lambda: (expect_exit_2(capsys, "argument --n: must be a positive whole number", "attack", "--run",
+                                        str(run_dir), "--attack", "pgd", "--eps", "0.1", "--n", "0"),
+                          expect_error(lambda: __import__("advlab").load_dataset("digits").test_subset(0),
+                                       "--n must be a positive")),
         "bad-eps-per-class": lambda: _bad_budget(tmp_path, capsys, run_dir),
         "corrupt-weights": lambda: _corrupt_weights(tmp_path, run_dir),
+        "bad-option-value": lambda: (
+            expect_exit_2(capsys, "argument --batch-size: must be a positive whole number", "evaluate", "--run",
+                          str(run_dir), "--eps", "0.1", "--batch-size", "0"),
+            expect_exit_2(capsys, "argument --lr: must be finite", "train", "--dataset", "digits", "--model", "mlp",
+                          "--lr", "nan"),
+            expect_exit_2(capsys, "argument --weights: no such file", "evaluate", "--model", "x.py:f", "--weights",
+                          str(tmp_path / "none.pt"), "--eps", "0.1")),
+        "disk-full": lambda: _disk_full(tmp_path, capsys, run_dir),
         **_byo_cases(tmp_path, capsys),
     }
     return cases
@@ -287,6 +300,43 @@ def _byo_cases(tmp_path, capsys):
                                                   "cannot be read as an image"),
         "data-decompression-bomb": bomb,
     }
+
+
+def _disk_full(tmp_path, capsys, run_dir):
+    """The disk fills while an evaluation saves its state: a one-line error, exit 2, the state saved
+    before it intact, and the same command, run again, resumes to the numbers of a run never stopped."""
+    import errno
+    import json
+    import shutil
+    import advlab.io as io
+    from advlab.io import load_tensors
+    args = ["evaluate", "--eps", "0.05,0.1", "--suite", "fast", "--no-checks", "--n", "60", "--batch-size", "20",
+            "--no-progress", "--json"]
+    for name in ("clean", "full"):
+        shutil.copytree(run_dir, tmp_path / name)
+    assert cli(*args, "--run", str(tmp_path / "clean")) == 0
+    reference = json.loads(capsys.readouterr().out)["results"]
+    real, writes = io.atomic_write, []
+
+    def full_disk(path, data):
+        if str(path).endswith("state.safetensors"):
+            writes.append(path)
+            if len(writes) == 3:  # two saves went through; the third finds the disk full
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    io.atomic_write = full_disk
+    try:
+        expect_exit_2(capsys, "cannot write .*: No space left on device; the last saved state is intact",
+                      *args, "--run", str(tmp_path / "full"))
+    finally:
+        io.atomic_write = real
+    state = tmp_path / "full" / "eval" / "fast-linf" / "state.safetensors"
+    assert load_tensors(state)  # the second save, whole
+    assert cli(*args, "--run", str(tmp_path / "full")) == 0
+    out = capsys.readouterr()
+    assert "resuming" in out.err
+    assert [r["robust_accuracy"] for r in json.loads(out.out)["results"]] == [r["robust_accuracy"] for r in reference]
 
 
 def _no_cuda(fn):

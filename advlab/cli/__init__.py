@@ -6,17 +6,28 @@ Exit codes: 0 success, 2 bad input or usage (one-line reason on stderr), 1 a bug
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from .. import __version__
 from ..errors import AdvlabError
 
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 SUBCOMMANDS = ["demo", "train", "attack", "evaluate", "certify", "analyze", "report", "generate", "reproduce"]
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr (`advlab evaluate: error: argument --n: ...`), exit 2, like every
+    AdvlabError; the subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="advlab", description="Adversarial examples for PyTorch: craft, measure, defend, understand, report.",
         epilog="Run `advlab SUBCOMMAND --help` for its options and an example.")
     parser.add_argument("--version", action="version", version=f"advlab {__version__}")
@@ -33,11 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         # `torchrun ... -m advlab -- evaluate --run R --n 500`: torchrun's own parser would take
         # --run and --n for abbreviations of its options; after `--` it passes everything on.
         argv = argv[1:]
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed in one line (2)
+        return e.code if isinstance(e.code, int) else 0
     try:
         return args.handler(args) or 0
     except AdvlabError as e:
         print(f"advlab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _CANNOT_WRITE or not e.filename:
+            raise
+        # Every file advlab writes goes through an atomic rename: what was there before is untouched.
+        print(f"advlab: error: cannot write {e.filename}: {e.strerror}; the last saved state is intact (free "
+              "some space or choose another --out, then run the same command again to resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nadvlab: interrupted; work up to the last checkpoint is saved (rerun with --resume)", file=sys.stderr)

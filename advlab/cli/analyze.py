@@ -24,6 +24,7 @@ from ..device import resolve_device
 from ..errors import AdvlabError
 from .common import add_common, add_data_dir, add_device, emit, log
 from .common import add_subcommand as _add_subcommand
+from . import types as T
 
 EXAMPLE = "advlab analyze distances --dataset digits --per-class 100 --norms l1,l2,linf --out runs/analyze/digits --json"
 
@@ -68,19 +69,19 @@ def _distances(sub) -> None:
         "(eps_per_class_NORM.json) for --eps-per-class.", EXAMPLE)
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
-    p.add_argument("--per-class", type=int, default=100,
+    p.add_argument("--per-class", type=T.positive_int, default=100,
                    help="training images per class for the class-distance matrix and the within/between-class "
                         "nearest neighbours (searched in the full training set)")
     p.add_argument("--norms", default="l1,l2,linf", help="comma-separated norms: l1, l2, linf")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=T.positive_int, default=None,
                    help="first N test images for the train-to-test nearest neighbours (default: all)")
-    p.add_argument("--percentile", type=float, default=5.0,
+    p.add_argument("--percentile", type=T.percentile, default=5.0,
                    help="percentile of between-class nearest-neighbour distances for the alternative budget")
     p.add_argument("--budget-rule", choices=["separation", "percentile"], default="separation",
                    help="rule for the per-class budgets: half the smallest between-class NN distance of the "
                         "class's points, or half its percentile")
-    p.add_argument("--block", type=int, default=2048, help="rows per block of the distance matrix (memory bound)")
-    p.add_argument("--workers", type=int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
+    p.add_argument("--block", type=T.positive_int, default=2048, help="rows per block of the distance matrix (memory bound)")
+    p.add_argument("--workers", type=T.positive_int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
     add_common(p, "output directory (default runs/analyze/distances-DATASET)")
     add_data_dir(p)
     _add_device(p, "where the distance tiles are computed: auto takes the GPU when there is one (float64 tiles, "
@@ -121,7 +122,7 @@ def _perceptibility(sub) -> None:
         "the number can be obvious to a person.",
         "advlab analyze perceptibility --dataset digits --eps 0,0.05,0.1,0.2,0.3 --pairs 0:5,1:6 --out runs/analyze/p")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--eps", default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
+    p.add_argument("--eps", type=T.eps_list, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
     p.add_argument("--pairs", default=None,
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     add_common(p, "output directory (default runs/analyze/perceptibility-DATASET)")
@@ -178,16 +179,16 @@ def _linearity(sub) -> None:
         "prediction) or on an image dataset padded with noise features.",
         "advlab analyze linearity --dataset gaussian --dims 10,30,100,300,1000,3000 --eps 0.1 --out runs/analyze/lin")
     p.add_argument("--dataset", default="gaussian", choices=[d for d in DATASET_NAMES if d != "blobs"])
-    p.add_argument("--eps", default="0.1", help="Linf budget")
-    p.add_argument("--dims", default="10,30,100,300,1000,3000", help="gaussian: input dimensions to sweep")
-    p.add_argument("--signal", type=float, default=3.0, help="gaussian: ||class mean||_2, the same for every n")
-    p.add_argument("--sigma", type=float, default=1.0, help="gaussian: noise standard deviation")
-    p.add_argument("--n-train", type=int, default=2000, help="gaussian: training points")
-    p.add_argument("--n-test", type=int, default=2000, help="gaussian: test points")
+    p.add_argument("--eps", type=T.non_negative_float, default="0.1", help="Linf budget")
+    p.add_argument("--dims", type=T.positive_int_list, default="10,30,100,300,1000,3000", help="gaussian: input dimensions to sweep")
+    p.add_argument("--signal", type=T.positive_float, default=3.0, help="gaussian: ||class mean||_2, the same for every n")
+    p.add_argument("--sigma", type=T.positive_float, default=1.0, help="gaussian: noise standard deviation")
+    p.add_argument("--n-train", type=T.positive_int, default=2000, help="gaussian: training points")
+    p.add_argument("--n-test", type=T.positive_int, default=2000, help="gaussian: test points")
     p.add_argument("--classes", default="3,7", help="image datasets: the two classes (logistic regression is binary)")
-    p.add_argument("--pad", default="0,1,3,7", help="image datasets: noise features to append, in multiples of the "
+    p.add_argument("--pad", type=T.non_negative_int_list, default="0,1,3,7", help="image datasets: noise features to append, in multiples of the "
                                                     "image size (n = D * (1 + pad))")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=T.non_negative_float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/linearity-DATASET)")
     add_data_dir(p)
     _add_device(p, _LINEAR_DEVICE_HELP)
@@ -225,18 +226,18 @@ def _theory(sub) -> None:
         "robust accuracy against the number of training samples.",
         "advlab analyze theory --experiments dimension,samples --out runs/analyze/theory")
     p.add_argument("--experiments", default="dimension,samples", help="dimension and/or samples")
-    p.add_argument("--dims", default="1,2,5,10,20,50,100,200,500,1000,2000", help="dimension: d values")
-    p.add_argument("--eps", default="0.1", help="dimension: Linf budget")
-    p.add_argument("--signal", type=float, default=2.0, help="dimension: ||class mean||_2, the same for every d")
-    p.add_argument("--sigma", type=float, default=1.0, help="dimension: noise standard deviation")
-    p.add_argument("--n-train", type=int, default=2000, help="dimension: training points")
-    p.add_argument("--samples", default="1,2,5,10,20,50,100,200,500,1000", help="samples: training set sizes")
-    p.add_argument("--sample-dim", type=int, default=1000, help="samples: dimension d")
-    p.add_argument("--sample-mu", type=float, default=1.0, help="samples: mean of every coordinate")
-    p.add_argument("--sample-sigma", type=float, default=None, help="samples: noise std (default d^(1/4) / 2)")
-    p.add_argument("--sample-eps", default="0.7", help="samples: Linf budget")
-    p.add_argument("--reps", type=int, default=3, help="samples: training sets drawn per size")
-    p.add_argument("--n-test", type=int, default=2000, help="test points")
+    p.add_argument("--dims", type=T.positive_int_list, default="1,2,5,10,20,50,100,200,500,1000,2000", help="dimension: d values")
+    p.add_argument("--eps", type=T.non_negative_float, default="0.1", help="dimension: Linf budget")
+    p.add_argument("--signal", type=T.positive_float, default=2.0, help="dimension: ||class mean||_2, the same for every d")
+    p.add_argument("--sigma", type=T.positive_float, default=1.0, help="dimension: noise standard deviation")
+    p.add_argument("--n-train", type=T.positive_int, default=2000, help="dimension: training points")
+    p.add_argument("--samples", type=T.positive_int_list, default="1,2,5,10,20,50,100,200,500,1000", help="samples: training set sizes")
+    p.add_argument("--sample-dim", type=T.positive_int, default=1000, help="samples: dimension d")
+    p.add_argument("--sample-mu", type=T.positive_float, default=1.0, help="samples: mean of every coordinate")
+    p.add_argument("--sample-sigma", type=T.positive_float, default=None, help="samples: noise std (default d^(1/4) / 2)")
+    p.add_argument("--sample-eps", type=T.non_negative_float, default="0.7", help="samples: Linf budget")
+    p.add_argument("--reps", type=T.positive_int, default=3, help="samples: training sets drawn per size")
+    p.add_argument("--n-test", type=T.positive_int, default=2000, help="test points")
     add_common(p, "output directory (default runs/analyze/theory)")
     _add_device(p, _LINEAR_DEVICE_HELP)
     p.set_defaults(handler=run_theory)
@@ -282,11 +283,11 @@ def _blobs(sub) -> None:
         "The first picture: two Gaussian blobs, logistic regression, FGSM at each eps; an error table with "
         "the error predicted in closed form for the trained model, and a scatter plot with the boundary.",
         "advlab analyze blobs --eps 0,0.2,0.5 --out runs/analyze/blobs")
-    p.add_argument("--eps", default="0,0.2,0.5", help="Linf budgets")
+    p.add_argument("--eps", type=T.eps_list, default="0,0.2,0.5", help="Linf budgets")
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=T.non_negative_float, default=1e-4)
     add_common(p, "output directory (default runs/analyze/blobs)")
     _add_device(p, _LINEAR_DEVICE_HELP)
     p.set_defaults(handler=run_blobs)
@@ -322,41 +323,41 @@ def _embedding(sub) -> None:
         "often the adversarial examples change the embedding's k-NN label. Writes embedding.json and figures.",
         "advlab analyze embedding --dataset digits --epochs 10 --n 300 --out runs/analyze/embedding-digits --json")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--embedding", default=None, metavar="RUN_DIR", help="use this embedding run instead of training "
+    p.add_argument("--embedding", type=T.existing_dir, default=None, metavar="RUN_DIR", help="use this embedding run instead of training "
                    "one in OUT/embedding")
-    p.add_argument("--run", default=None, metavar="RUN_DIR", help="classifier to attack (default: train one in "
+    p.add_argument("--run", type=T.existing_dir, default=None, metavar="RUN_DIR", help="classifier to attack (default: train one in "
                    "OUT/classifier)")
-    p.add_argument("--referee", default=None, metavar="RUN_DIR",
+    p.add_argument("--referee", type=T.existing_dir, default=None, metavar="RUN_DIR",
                    help="a second embedding run (e.g. --seed 1) whose k-NN label also judges the adversarial "
                         "examples: a referee independent of the embedding that bounds the attack")
     p.add_argument("--retrain", action="store_true", help="train a new triplet network even if OUT/embedding exists")
     g = p.add_argument_group("triplet network")
     g.add_argument("--arch", default=None, help="backbone from the model registry (default cnn-small for images, "
                    "mlp for features)")
-    g.add_argument("--dim", type=int, default=32, help="embedding dimension")
-    g.add_argument("--margin", type=float, default=0.2, help="triplet margin alpha (embeddings are on the unit sphere)")
+    g.add_argument("--dim", type=T.positive_int, default=32, help="embedding dimension")
+    g.add_argument("--margin", type=T.non_negative_float, default=0.2, help="triplet margin alpha (embeddings are on the unit sphere)")
     g.add_argument("--mining", default="semi-hard", choices=["batch-hard", "semi-hard", "all"],
                    help="triplets per batch (batch-hard can sit at loss = margin for epochs on normalised embeddings)")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (adam, one-cycle)")
+    g.add_argument("--epochs", type=T.positive_int, default=10)
+    g.add_argument("--batch-size", type=T.positive_int, default=128)
+    g.add_argument("--lr", type=T.positive_float, default=3e-3, help="peak learning rate (adam, one-cycle)")
     g = p.add_argument_group("quality and calibration")
-    g.add_argument("--k", type=int, default=5, help="neighbours for k-NN accuracy and the k-NN label")
-    g.add_argument("--per-class", type=int, default=100, help="training points per class for the distance matrix")
-    g.add_argument("--percentile", type=float, default=5.0,
+    g.add_argument("--k", type=T.positive_int, default=5, help="neighbours for k-NN accuracy and the k-NN label")
+    g.add_argument("--per-class", type=T.positive_int, default=100, help="training points per class for the distance matrix")
+    g.add_argument("--percentile", type=T.percentile, default=5.0,
                    help="suggested eps_e = half this percentile of the between-class nearest-neighbour distances")
     g.add_argument("--projection", default="pca", choices=["pca", "tsne"], help="2-D projection for the plot")
     g = p.add_argument_group("comparison")
     g.add_argument("--no-compare", action="store_true", help="skip the attacks (embedding and calibration only)")
     g.add_argument("--classifier-model", default=None, help="model of the trained classifier (default cnn-small/mlp)")
-    g.add_argument("--classifier-epochs", type=int, default=10)
-    g.add_argument("--n", type=int, default=300, help="attack the first N test points")
-    g.add_argument("--steps", type=int, default=20, help="PGD steps (both threat models)")
+    g.add_argument("--classifier-epochs", type=T.positive_int, default=10)
+    g.add_argument("--n", type=T.positive_int, default=300, help="attack the first N test points")
+    g.add_argument("--steps", type=T.positive_int, default=20, help="PGD steps (both threat models)")
     g.add_argument("--pixel-norm", default="linf", choices=["linf", "l2", "l1"])
-    g.add_argument("--pixel-eps", default=None, help="pixel budgets (default: a grid for the norm)")
-    g.add_argument("--embedding-eps", default=None,
+    g.add_argument("--pixel-eps", type=T.eps_list, default=None, help="pixel budgets (default: a grid for the norm)")
+    g.add_argument("--embedding-eps", type=T.eps_list, default=None,
                    help="embedding budgets (default: fractions of the mean between-class embedding distance)")
-    g.add_argument("--targets", default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
+    g.add_argument("--targets", type=T.eps_list, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
     add_common(p, "output directory (default runs/analyze/embedding-DATASET)")
     add_data_dir(p)
     add_device(p)

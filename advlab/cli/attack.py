@@ -13,6 +13,7 @@ from ..config import parse_eps_list, parse_key_values, parse_number
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
 from .common import add_budget, add_common, add_subcommand, add_subject, budgets, emit, log, open_subject
+from . import types as T
 
 
 def add_parser(subparsers) -> None:
@@ -24,20 +25,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--norm", default=None, choices=["linf", "l2", "l1"],
                    help="threat model (default linf; spatial has none: its budget is a rotation/shift range)")
     add_budget(p)
-    p.add_argument("--steps", type=int, default=None, help="iterations (iterative attacks; queries for square)")
-    p.add_argument("--step-size", default=None, help="absolute step size, e.g. 0.01 or 2/255")
-    p.add_argument("--restarts", type=int, default=None, help="random restarts (PGD)")
+    p.add_argument("--steps", type=T.positive_int, default=None, help="iterations (iterative attacks; queries for square)")
+    p.add_argument("--step-size", type=T.positive_float, default=None, help="absolute step size, e.g. 0.01 or 2/255")
+    p.add_argument("--restarts", type=T.positive_int, default=None, help="random restarts (PGD)")
     p.add_argument("--loss", default=None, choices=["ce", "margin", "dlr"], help="loss to ascend")
     p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="any other attack option, repeatable")
     p.add_argument("--threat", default="lp", choices=["lp", "embedding"],
                    help="lp: --eps bounds the perturbation's --norm; embedding: --eps bounds ||f(x')-f(x)||_2 in the "
                         "embedding of --embedding (pgd, bim, fgsm; --norm is then the norm of the pixel steps)")
-    p.add_argument("--embedding", default=None, metavar="RUN_DIR",
+    p.add_argument("--embedding", type=T.existing_dir, default=None, metavar="RUN_DIR",
                    help="--threat embedding: an embedding run (triplet network from `advlab analyze embedding`)")
-    p.add_argument("--pixel-eps", default=None,
+    p.add_argument("--pixel-eps", type=T.non_negative_float, default=None,
                    help="--threat embedding: also keep the perturbation inside this --norm ball in pixel space")
-    p.add_argument("--n", type=int, default=None, help="attack the first N test points (default: all)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--n", type=T.positive_int, default=None, help="attack the first N test points (default: all)")
+    p.add_argument("--batch-size", type=T.positive_int, default=None,
                    help="points per batch (default: 500 on the CPU, 4096 on a GPU; halved if it does not fit)")
     p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
     add_common(p, "with --run: where --save writes (default RUN/attacks/ATTACK-NORM); with --model: your model's run "

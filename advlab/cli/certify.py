@@ -7,64 +7,11 @@ add_certified), so evaluate.py only calls them.
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 from pathlib import Path
 
-from ..config import parse_number
 from ..errors import AdvlabError
 from .common import add_common, add_subcommand, add_subject, emit, log, open_subject
-
-
-# -- option types: checked while parsing, one line on stderr, exit 2 ----------------------------------
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = parse_number(text)
-    except AdvlabError:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number such as 0.25 or 8/255, got {text!r}") \
-            from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number such as 0.25 or 8/255, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    try:
-        value = parse_number(text)
-    except AdvlabError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a probability strictly between 0 and 1, got {text!r}")
-    return value
-
-
-def radii_list(text: str) -> list[float]:
-    items = [t for t in text.split(",") if t.strip()]
-    try:
-        values = [parse_number(t) for t in items]
-    except AdvlabError:
-        values = []
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated radii >= 0 such as 0,0.25,0.5, got {text!r}")
-    return sorted(set(values))
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Usage errors as one line (`advlab certify: error: ...`), exit 2, like every AdvlabError."""
-    def error(message: str):
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-    parser.error = error
+from .types import positive_float, positive_int, probability, radii
 
 
 def add_smoothing_options(p: argparse.ArgumentParser, samples_default: int) -> None:
@@ -95,13 +42,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=positive_int, default=None, help="certify the first N test points (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="rows per forward pass (default 1000 noisy copies for smoothing, 256 points for ibp)")
-    p.add_argument("--radii", type=radii_list, default=None,
+    p.add_argument("--radii", type=radii, default=None,
                    help="radii of the certified-accuracy curve (default: 0 to 2 for smoothing; 0 and eps for ibp)")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the certification over")
     add_common(p, "with --run: where results go (default RUN/certify/METHOD-NORM-PARAM); with --model: your model's "
                   "run directory (default runs/FUNCTION-HASH), results in OUT/certify/...")
     add_subject(p)
-    _one_line_errors(p)
     p.set_defaults(handler=run)
 
 
@@ -144,7 +90,6 @@ def add_certify_options(p: argparse.ArgumentParser) -> None:
                    help="add certified accuracy beside robust accuracy: IBP at the same eps for --norm linf (the "
                         "model itself); randomized smoothing with --sigma for --norm l2 (the smoothed classifier)")
     add_smoothing_options(g, 1000)
-    _one_line_errors(p)
 
 
 def check_certify(args: argparse.Namespace, subject) -> None:

@@ -10,6 +10,7 @@ from ..data import DATASET_NAMES
 from ..errors import AdvlabError
 from ..io import dumps
 from ..progress import write
+from . import types as T
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -23,13 +24,13 @@ def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.A
 
 def add_common(parser: argparse.ArgumentParser, out_help: str = "output directory") -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout (progress goes to stderr)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default=None, help=out_help)
+    parser.add_argument("--seed", type=T.non_negative_int, default=0, help="random seed")
+    parser.add_argument("--out", type=T.output_dir, default=None, help=out_help)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", type=T.existing_dir, default=None,
                         help="folder with dataset files (searched first; then $ADVLAB_DATA, ~/.cache/advlab, "
                              "/usr/share/datasets)")
 
@@ -48,8 +49,8 @@ def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
 
 def add_budget(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--eps", help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
-    group.add_argument("--eps-per-class", metavar="FILE",
+    group.add_argument("--eps", type=T.eps_list, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    group.add_argument("--eps-per-class", type=T.existing_file, metavar="FILE",
                        help="JSON mapping class -> epsilon (from `advlab analyze distances`): one budget per class")
 
 
@@ -67,7 +68,7 @@ def budgets(args: argparse.Namespace, y, num_classes: int, norm: str | None):
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+    parser.add_argument("--device", type=T.device, default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                         help="where the model runs: auto takes the GPU when there is one (under torchrun each rank "
                              "takes cuda:LOCAL_RANK); data moves there batch by batch, results come back to the CPU")
 
@@ -75,21 +76,21 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_subject(parser: argparse.ArgumentParser) -> None:
     """--run, or the user's own --model with its weights, plus the data it runs on and the device."""
     g = parser.add_argument_group("the model: a run directory (--run) or your own (--model)")
-    g.add_argument("--run", default=None, help="run directory (from advlab train, or an earlier --model evaluation)")
+    g.add_argument("--run", type=T.existing_dir, default=None, help="run directory (from advlab train, or an earlier --model evaluation)")
     g.add_argument("--model", default=None, metavar="SPEC",
                    help="your own model: path/to/file.py:FUNCTION or package.module:FUNCTION returning an nn.Module "
                         "that maps the data's raw inputs to logits (runs your code), torchvision:NAME or timm:NAME "
                         "(the advlab[zoo] extra), or an advlab model name; with --model, --out is its run directory "
                         "(default runs/FUNCTION-HASH)")
-    g.add_argument("--weights", default=None, metavar="FILE",
+    g.add_argument("--weights", type=T.existing_file, default=None, metavar="FILE",
                    help="--model's weights: .safetensors, or a .pt/.pth state dict (read with weights_only=True)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for --model, repeatable")
-    g.add_argument("--mean", default=None, help="per-channel mean to normalise with inside the model, e.g. 0.4914,0.4822,0.4465")
-    g.add_argument("--std", default=None, help="per-channel std, with --mean; epsilon stays in raw input units")
+    g.add_argument("--mean", type=T.number_list, default=None, help="per-channel mean to normalise with inside the model, e.g. 0.4914,0.4822,0.4465")
+    g.add_argument("--std", type=T.number_list, default=None, help="per-channel std, with --mean; epsilon stays in raw input units")
     d = parser.add_argument_group("the data (default: the run's dataset)")
     d.add_argument("--dataset", default=None, choices=DATASET_NAMES, help="a named dataset")
     d.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
-    d.add_argument("--data", default=None, metavar="FILE_OR_DIR",
+    d.add_argument("--data", type=T.existing_path, default=None, metavar="FILE_OR_DIR",
                    help="your own test data: .npz or .safetensors with x and y, or a folder with one sub-folder of "
                         "images per class (docs/data.md)")
     d.add_argument("--classes", default=None, help="--data: number of classes or their names, e.g. 10 or cat,dog")

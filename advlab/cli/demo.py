@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from ..data import DATASET_NAMES
+from . import types as T
 
 
 def add_parser(subparsers) -> None:
@@ -14,12 +16,12 @@ def add_parser(subparsers) -> None:
                        "the epsilon analysis, and write OUT/report.html. A few minutes on 2 CPU cores for digits.",
                        "advlab demo                      # digits, runs/demo/report.html\n"
                        "  advlab demo --dataset fashion-mnist --out runs/demo-fashion")
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES,
                    help="digits (no files needed), fashion-mnist, mnist or cifar10")
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): a smoke test of the whole pipeline")
     p.add_argument("--model", default=None, choices=["softmax", "mlp", "maxout", "cnn-small", "cnn-madry"],
                    help="architecture of both models (default cnn-small)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the preset's)")
+    p.add_argument("--epochs", type=T.positive_int, default=None, help="training epochs per model (default: the preset's)")
     add_common(p, "output directory (default runs/demo)")
     add_data_dir(p)
     add_device(p)

@@ -20,6 +20,7 @@ from ..evaluate.suites import SUITES
 from ..io import atomic_write, write_json
 from .certify import add_certified, add_certify_options, certified_text, check_certify
 from .common import add_budget, add_common, add_subcommand, add_subject, budgets, emit, log, open_subject
+from . import types as T
 
 
 def add_parser(subparsers) -> None:
@@ -33,12 +34,12 @@ def add_parser(subparsers) -> None:
                    help="fast: APGD-CE and APGD-T, short; standard: APGD-CE, APGD-T on 3 ranked targets, Square with "
                         "give-up (AutoAttack's strength, a fifth of its passes); autoattack: AutoAttack's protocol "
                         "with full budgets; custom: --suite-file")
-    p.add_argument("--suite-file", default=None, help="TOML file with [[attack]] tables (for --suite custom)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--suite-file", type=T.existing_file, default=None, help="TOML file with [[attack]] tables (for --suite custom)")
+    p.add_argument("--n", type=T.positive_int, default=None, help="evaluate the first N test points (default: all)")
+    p.add_argument("--batch-size", type=T.positive_int, default=None,
                    help="points per batch (default: 500 on the CPU, 4096 on a GPU; halved if it does not fit)")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
-    p.add_argument("--check-n", type=int, default=200, help="points used by the gradient-masking checks")
+    p.add_argument("--check-n", type=T.positive_int, default=200, help="points used by the gradient-masking checks")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
     p.add_argument("--ignore-recorded", action="store_true",
                    help="only the suite: leave out the adversarial examples the run directory already holds "

@@ -21,6 +21,7 @@ from ..device import resolve_device
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
 from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from . import types as T
 
 DATASETS = ["digits", "fashion-mnist", "mnist"]
 
@@ -35,13 +36,13 @@ def add_parser(subparsers) -> None:
     t = add_subcommand(sub, "train", "Train a class-conditional AC-GAN and save it as a run directory.",
                        "advlab generate train --dataset digits --epochs 60 --judge runs/digits-mlp --out runs/gan-digits")
     t.add_argument("--dataset", required=True, choices=DATASETS)
-    t.add_argument("--epochs", type=int, default=60)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both networks")
-    t.add_argument("--latent-dim", type=int, default=32, help="size of the latent code z")
-    t.add_argument("--width", type=int, default=64, help="channels of the first convolution (doubled in the second)")
-    t.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
-    t.add_argument("--judge", default=None,
+    t.add_argument("--epochs", type=T.positive_int, default=60)
+    t.add_argument("--batch-size", type=T.positive_int, default=64)
+    t.add_argument("--lr", type=T.positive_float, default=2e-4, help="Adam learning rate of both networks")
+    t.add_argument("--latent-dim", type=T.positive_int, default=32, help="size of the latent code z")
+    t.add_argument("--width", type=T.positive_int, default=64, help="channels of the first convolution (doubled in the second)")
+    t.add_argument("--subset", type=T.positive_int, default=None, help="train on the first N training images only")
+    t.add_argument("--judge", type=T.existing_dir, default=None,
                    help="run directory of a classifier trained on real data: its accuracy on generated images "
                         "per class is the quality figure (logged every epoch, stored in the card)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
@@ -53,9 +54,9 @@ def add_parser(subparsers) -> None:
 
     s = add_subcommand(sub, "sample", "Sample grid of a trained AC-GAN and a judge's accuracy on its images per class.",
                        "advlab generate sample --gan runs/gan-digits --judge runs/digits-mlp --n-per-class 200 --json")
-    s.add_argument("--gan", required=True, help="AC-GAN run directory (from advlab generate train)")
-    s.add_argument("--judge", default=None, help="classifier run directory trained on real data")
-    s.add_argument("--n-per-class", type=int, default=100)
+    s.add_argument("--gan", type=T.existing_dir, required=True, help="AC-GAN run directory (from advlab generate train)")
+    s.add_argument("--judge", type=T.existing_dir, default=None, help="classifier run directory trained on real data")
+    s.add_argument("--n-per-class", type=T.positive_int, default=100)
     add_common(s, "where the figures go (default GAN/samples)")
     add_device(s)
     s.set_defaults(handler=run_sample)
@@ -63,24 +64,24 @@ def add_parser(subparsers) -> None:
     a = add_subcommand(sub, "attack", "Unrestricted adversarial examples: search the AC-GAN's latent space.",
                        "advlab generate attack --gan runs/gan-digits --model runs/digits-cnn --judge runs/digits-mlp "
                        "--target untargeted --n 10 --json")
-    a.add_argument("--gan", required=True, help="AC-GAN run directory (from advlab generate train)")
-    a.add_argument("--model", required=True, help="run directory of the classifier to attack")
-    a.add_argument("--judge", default=None,
+    a.add_argument("--gan", type=T.existing_dir, required=True, help="AC-GAN run directory (from advlab generate train)")
+    a.add_argument("--model", type=T.existing_dir, required=True, help="run directory of the classifier to attack")
+    a.add_argument("--judge", type=T.existing_dir, default=None,
                    help="independent classifier run (real data, another architecture) for the legitimacy checks")
     a.add_argument("--source", default="all", help="source classes: comma-separated indices or 'all'")
     a.add_argument("--target", default="untargeted",
                    help="'untargeted', 'all' (every other class, targeted) or one class index")
-    a.add_argument("--n", type=int, default=10, help="random latent codes per (source, target) pair")
-    a.add_argument("--steps", type=int, default=200)
-    a.add_argument("--lr", type=float, default=0.05, help="Adam step size in latent space")
-    a.add_argument("--lambda1", type=float, default=10.0, help="weight of the latent distance term")
-    a.add_argument("--lambda2", type=float, default=10.0, help="weight of the auxiliary-classifier term")
-    a.add_argument("--latent-eps", type=float, default=0.1,
+    a.add_argument("--n", type=T.positive_int, default=10, help="random latent codes per (source, target) pair")
+    a.add_argument("--steps", type=T.positive_int, default=200)
+    a.add_argument("--lr", type=T.positive_float, default=0.05, help="Adam step size in latent space")
+    a.add_argument("--lambda1", type=T.non_negative_float, default=10.0, help="weight of the latent distance term")
+    a.add_argument("--lambda2", type=T.non_negative_float, default=10.0, help="weight of the auxiliary-classifier term")
+    a.add_argument("--latent-eps", type=T.non_negative_float, default=0.1,
                    help="free zone of the latent term: mean(max(|z - z0| - latent_eps, 0)); 0 gives ||z - z0||_1 / m")
-    a.add_argument("--latent-radius", type=float, default=None,
+    a.add_argument("--latent-radius", type=T.positive_float, default=None,
                    help="hard Linf limit on z - z0, enforced after every step (default: none)")
-    a.add_argument("--noise", default="0", help="bound tau of the extra pixel noise tau * tanh(q), e.g. 0.1 (0: off)")
-    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--noise", type=T.non_negative_float, default=0.0, help="bound tau of the extra pixel noise tau * tanh(q), e.g. 0.1 (0: off)")
+    a.add_argument("--batch-size", type=T.positive_int, default=256)
     a.add_argument("--save", action="store_true", help="write the examples (safetensors) next to the summary")
     add_common(a, "output directory (default GAN/attacks/MODELNAME-TARGET)")
     add_data_dir(a)

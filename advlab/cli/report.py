@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .common import add_subcommand, emit
+from . import types as T
 
 
 def add_parser(subparsers) -> None:
@@ -15,9 +16,9 @@ def add_parser(subparsers) -> None:
                        "numbers beside ours, configuration and timings. Sections whose artefacts are missing are "
                        "left out; the file needs no network to open.",
                        "advlab report runs/demo   # then open runs/demo/report.html")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (from advlab train, demo or reproduce)")
+    p.add_argument("run_dir", type=T.existing_dir, metavar="RUN_DIR", help="run directory (from advlab train, demo or reproduce)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    p.add_argument("--out", default=None, help="where to write the HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--out", type=T.output_file, default=None, help="where to write the HTML file (default RUN_DIR/report.html)")
     p.set_defaults(handler=run)
 
 

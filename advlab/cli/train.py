@@ -16,6 +16,7 @@ from ..defenses.training import TrainConfig
 from ..device import resolve_device
 from ..models import MODEL_NAMES
 from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from . import types as T
 
 
 def add_parser(subparsers) -> None:
@@ -31,20 +32,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="option of a generated dataset (blobs, gaussian), e.g. --dataset-arg dim=100")
     p.add_argument("--defense", default="none", choices=sorted(DEFENSES))
-    p.add_argument("--eps", default=None, help="defense budget in raw input units, e.g. 0.1 or 8/255")
+    p.add_argument("--eps", type=T.non_negative_float, default=None, help="defense budget in raw input units, e.g. 0.1 or 8/255")
     p.add_argument("--defense-arg", action="append", metavar="KEY=VALUE",
                    help="defense option, repeatable: steps=7, step_size=0.01, rel_step_size=0.25, random_start=false "
                         "(pgd, trades); alpha=0.5 (goodfellow, noise-*); beta=6 (trades); check=false, check_drop=0.2 "
                         "(fgsm-rs); coef=0.001 (l1); layer=1 (perturb hidden activations); val=fgsm|pgd|clean "
                         "(validation metric); labels=5000, base=trades, variant=joint|alternate, use_pool=false (rst)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=T.positive_int, default=10)
+    p.add_argument("--batch-size", type=T.positive_int, default=128)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 for adam, 0.05 for sgd)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr", type=T.positive_float, default=None, help="peak learning rate (default 3e-3 for adam, 0.05 for sgd)")
+    p.add_argument("--weight-decay", type=T.non_negative_float, default=0.0)
     p.add_argument("--schedule", choices=["onecycle", "step", "constant"], default="onecycle")
-    p.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs without improvement")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training set held out for validation")
+    p.add_argument("--patience", type=T.positive_int, default=None, help="early stopping after this many epochs without improvement")
+    p.add_argument("--val-fraction", type=T.fraction, default=0.1, help="share of the training set held out for validation")
     p.add_argument("--no-normalize", action="store_true", help="do not put per-channel normalisation inside the model")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
