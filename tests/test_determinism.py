@@ -39,9 +39,12 @@ def test_same_seed_same_bits(tmp_path):
         assert ta.keys() == tb.keys()
         for k in ta:
             assert ta[k].equal(tb[k]), (name, k)
-    drop = {"seconds", "run_dir", "saved", "attack_seconds", "model"}  # "model" holds the run's path
+    drop = {"seconds", "run_dir", "saved", "attack_seconds", "model", "summary"}  # "model" holds the run's path
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+        if "summary" in ra:  # its seconds and command (the run's path) differ; the numbers may not
+            assert {k: v for k, v in ra["summary"].items() if k not in ("seconds", "command")} == \
+                {k: v for k, v in rb["summary"].items() if k not in ("seconds", "command")}
         if "model" in ra and isinstance(ra["model"], dict):
             assert {k: v for k, v in ra["model"].items() if k != "run"} == \
                 {k: v for k, v in rb["model"].items() if k != "run"}
