@@ -164,3 +164,27 @@ def test_counting_wrappers_leave_the_models_mode_as_they_found_it(mode, recwarn)
     assert all(m.training == (mode == "train") for m in net.modules())
     train_mode_warnings = [w for w in recwarn if issubclass(w.category, AdvlabWarning) and "train mode" in str(w.message)]
     assert bool(train_mode_warnings) == (mode == "train")
+
+
+def test_training_that_runs_out_of_memory_accumulates_chunks_to_the_same_update(capsys):
+    """Out of device memory in a training step: the batch is split and the chunks' gradients add up to
+    the whole batch's, so the weights match an uninterrupted run (up to float summation order)."""
+    from advlab.defenses import TrainConfig, Trainer
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(256, 20, generator=g), torch.randint(0, 4, (256,), generator=g)
+
+    def train(limit):
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+        model = SmallMemory(net, limit) if limit else net
+        Trainer(model, x, y, config=TrainConfig(epochs=2, batch_size=64, lr=1e-2), progress=False,
+                log=lambda m: print(m)).fit()
+        return net, model
+
+    reference, _ = train(None)
+    chunked, small = train(20)
+    assert small.largest <= 20
+    for a, b in zip(reference.parameters(), chunked.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    out = capsys.readouterr().out
+    assert out.count("out of device memory") == 2 and "going on with 16" in out  # 64 -> 32 -> 16, said once each

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from .. import distributed, rng
 from ..errors import AdvlabError
 from ..io import flatten_state, load_tensors, save_tensors, unflatten_state
+from ..oom import halved, is_out_of_memory
 from ..predict import accuracy, model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -221,7 +222,12 @@ class Trainer:
         # Each rank draws its own attack noise and dropout masks; one process draws as before.
         ranks = (distributed.rank(),) if distributed.is_distributed() else ()
         gen = rng.generator(cfg.seed, epoch, rng.STREAM_OBJECTIVE, *ranks, device=self.device)
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Sums stay on the device: reading them every step would make a GPU wait for the host.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        seen = 0
+        check_every = 1 if self.device.type == "cpu" else 25  # divergence checks: free on the CPU
         t0 = time.perf_counter()
         self.model.train()
         # Dropout draws from the global RNG: seed it per epoch, and restore it afterwards.
@@ -235,23 +241,55 @@ class Trainer:
                     group["lr"] = lr
                 self.optimizer.zero_grad(set_to_none=True)
                 if len(idx):
-                    x = plan.x[idx].to(self.device, non_blocking=True)
-                    y = plan.y[idx].to(self.device, non_blocking=True)
-                    loss, logits = plan.objective(self.model, x, y, gen)
-                    if not torch.isfinite(loss):
-                        raise AdvlabError(f"training loss became {loss.item()} at epoch {epoch + 1}, "
-                                                 f"batch {i}; lower the learning rate")
-                    loss.backward()
-                    loss_sum += loss.item() * len(y)
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += len(y)
+                    batch_loss, batch_correct = self._gradient(plan, idx, gen)
+                    finite &= torch.isfinite(batch_loss)
+                    if (i + 1) % check_every == 0 or i + 1 == steps_per_epoch:
+                        self._check_finite(finite, batch_loss, epoch, i)
+                    loss_sum += batch_loss.double() * len(idx)
+                    correct += batch_correct
+                    seen += len(idx)
                 distributed.all_reduce_gradients(self.model, len(idx) / len(batch))
                 self.optimizer.step()
-                if seen:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
-        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen])
+                if seen and self.progress and i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}",
+                                    lr=f"{lr:.2e}")
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum.item(), correct.item(), seen])
         return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                 "epoch_seconds": time.perf_counter() - t0}
+
+    _micro_batch: int | None = None  # set when the device ran out of memory (advlab.oom)
+
+    def _gradient(self, plan: EpochPlan, idx: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate the gradient of the batch's mean loss; returns (mean loss, correct count), on the device.
+
+        When the device runs out of memory the batch is split into chunks whose gradients add up to
+        the whole batch's (each chunk's mean loss weighted by its share): the same update, except that
+        batch-norm statistics are then per chunk. The chunk size that fitted is kept.
+        """
+        while True:
+            size = min(len(idx), self._micro_batch or len(idx))
+            try:
+                loss_total, correct = 0.0, 0
+                for part in idx.split(size):
+                    x = plan.x[part].to(self.device, non_blocking=True)
+                    y = plan.y[part].to(self.device, non_blocking=True)
+                    loss, logits = plan.objective(self.model, x, y, gen)
+                    share = len(part) / len(idx)
+                    (loss * share if share != 1 else loss).backward()
+                    loss_total = loss_total + loss.detach() * share
+                    correct = correct + (logits.argmax(1) == y).sum()
+                return loss_total, correct
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                self._micro_batch = halved(size, e, "training", self.log)
+
+    @staticmethod
+    def _check_finite(finite: torch.Tensor, loss: torch.Tensor, epoch: int, i: int) -> None:
+        if not bool(finite):
+            raise AdvlabError(f"training loss became {loss.item()} at epoch {epoch + 1}, batch {i} or before; "
+                              "lower the learning rate")
 
     def validate(self) -> dict[str, Any]:
         """The validation metric (a mean over examples; under torchrun each rank scores its slice)."""
