@@ -233,3 +233,14 @@ def test_ranked_targets_with_give_up_are_identical_with_and_without_device_masks
         model, x, y, [0.05, 0.15], bounds=digits.bounds) for sf in (False, True)]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].success, runs[1].success)
     assert runs[0].success[-1].float().mean() > 0.2
+
+
+def test_a_recorded_file_that_cannot_be_read_breaks_nothing(tmp_path, capsys):
+    from advlab.evaluate.recorded import RecordedEntry
+    bad = tmp_path / "adversarial.safetensors"
+    bad.write_bytes(b"not safetensors")
+    model, x, y, eps, dist = linear_classes(n=30)
+    entry = RecordedEntry("recorded attacks/bad", "recorded", {"path": str(bad)})
+    ev = evaluate_robustness(model, x, y, [eps], [entry], progress=False)
+    assert ev.robust_accuracy()[0] == ev.clean_accuracy()
+    assert "skipping the recorded examples" in capsys.readouterr().err

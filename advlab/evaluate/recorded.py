@@ -33,6 +33,7 @@ import torch
 from ..errors import AdvlabError
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..predict import model_device
+from ..progress import write
 from ..threat import Bounds, LpBall
 from .stats import clopper_pearson, per_class_accuracy
 from .suites import SuiteEntry
@@ -142,21 +143,29 @@ class RecordedExamples:
     def __init__(self, path: Path, norm: str):
         self.path, self.threat, self.seed = path, LpBall(norm), 0
         self._examples: _Examples | None = None
+        self._unreadable = False
 
     @property
-    def examples(self) -> _Examples:
-        if self._examples is None:
-            self._examples = _Examples(self.path)
+    def examples(self) -> _Examples | None:
+        """The file, loaded once; None (said once) when it cannot be read: it then breaks nothing."""
+        if self._examples is None and not self._unreadable:
+            try:
+                self._examples = _Examples(self.path)
+            except AdvlabError as e:
+                self._unreadable = True
+                write(f"skipping the recorded examples in {self.path}: {e}")
         return self._examples
 
     @torch.no_grad()
     def __call__(self, model, x, y, eps, bounds: Bounds = None, **_) -> RecordedResult:
         eps = torch.as_tensor(eps[0], dtype=torch.float32).expand(len(x)).cpu()
         rec = self.examples
-        rows = rec.match(x, y)
         correct = torch.ones(len(x), dtype=torch.bool)
         x_adv = x.detach().cpu().clone()
         logits: torch.Tensor | None = None
+        if rec is None:
+            return RecordedResult([correct], [x_adv], [torch.zeros(len(x), 1)])
+        rows = rec.match(x, y)
         device = model_device(model)
         for k in range(len(rec.x_adv)):  # every recorded budget: an example from a larger one may fit too
             todo = (rows >= 0) & correct
