@@ -306,7 +306,7 @@ def cli_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--threat", "embedding", "--embedding", "NOPE", "--eps", "0.1"], "does not exist"),
+    (["--threat", "embedding", "--embedding", "NOPE", "--eps", "0.1"], "--embedding: no such folder"),
     (["--threat", "embedding", "--eps", "0.1"], "needs --embedding"),
     (["--threat", "embedding", "--embedding", "EMB", "--eps", "-0.1"], ">= 0"),
     (["--threat", "embedding", "--embedding", "EMB", "--eps", "0.1", "--pixel-eps", "-1"], "--pixel-eps"),
@@ -325,8 +325,8 @@ def test_attack_cli_errors(cli_runs, tmp_path, capsys, extra, message):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--embedding", "NOPE"], "does not exist"),
-    (["--referee", "NOPE"], "does not exist"),
+    (["--embedding", "NOPE"], "--embedding: no such folder"),
+    (["--referee", "NOPE"], "--referee: no such folder"),
     (["--percentile", "101"], "--percentile"),
     (["--pixel-eps", "0.1,-1"], ">= 0"),
     (["--embedding-eps", "abc"], "must be a number"),
