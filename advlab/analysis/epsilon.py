@@ -34,6 +34,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,7 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
 
     `device`: None/"cpu" (the numpy code on the CPU), "auto", "cuda", "cuda:N" or a torch.device:
     where the distance tiles are computed. The record says which (`device`)."""
-    norms = [check_norm(n) for n in norms]
-    if not norms:
-        raise AdvlabError("--norms needs at least one of l1, l2, linf")
-    if not 0 <= percentile <= 100:
-        raise AdvlabError(f"--percentile must be in [0, 100], got {percentile}")
-    if rule not in RULES:
-        raise AdvlabError(f"--budget-rule must be one of {', '.join(RULES)}, got {rule!r}")
+    norms = _check_options(norms, percentile, rule)
     tile_device = resolve_tile_device(device)  # a missing GPU fails here, before any work
     started = time.perf_counter()
     k = ds.num_classes
@@ -131,71 +126,15 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
     }
     for norm in norms:
         t0 = time.perf_counter()
-        total = count_tasks(len(xs), block) + count_tasks(len(x_test), block)
-        bar = progress_bar(range(total), f"distances {norm}", progress, unit="block")
-
-        class_distance = mean_class_distances(xs, ys, xs, ys, k, norm, same=True, block=block, workers=workers,
-                                              device=tile_device)
-        mins_s, idx_s = min_distance_to_classes(xs, ds.x_train, ds.y_train, k, norm, self_index=sample,
-                                                block=block, workers=workers, tick=lambda: bar.update(1),
-                                                device=tile_device)
-        mins_t, idx_t = min_distance_to_classes(x_test, ds.x_train, ds.y_train, k, norm,
-                                                block=block, workers=workers, tick=lambda: bar.update(1),
-                                                device=tile_device)
-        bar.close()
-
-        within = mins_s[np.arange(len(ys_np)), ys_np]
-        between, between_cls = _between(mins_s, ys_np)
-        nn_class = np.stack([mins_s[ys_np == c].mean(0) if (ys_np == c).any() else np.full(k, np.nan)
-                             for c in range(k)])
-        test_nn = mins_t.min(1)
-        test_nn_label = mins_t.argmin(1)
-        test_between, test_cls = _between(mins_t, yt_np)
-        test_within = mins_t[np.arange(len(yt_np)), yt_np]
-
-        # Every between-class nearest-neighbour pair the analysis found: its distance, the class of
-        # the query point and the class of its neighbour.
-        gaps = np.concatenate([between, test_between])
-        gap_labels = np.concatenate([ys_np, yt_np])
-        gap_neighbours = np.concatenate([between_cls, test_cls])
-        finite = np.isfinite(gaps)
-        if not finite.any():
-            raise AdvlabError("no pair of points with different labels: the dataset needs at least two classes")
-        separation = float(gaps[finite].min())
-        pct = float(np.percentile(gaps[finite], percentile))
-        per_class_sep, per_class_pct = [], []
-        for c in range(k):
-            # A pair bounds the budgets of both its classes, so eps_i + eps_j <= d for every pair.
-            mine = finite & ((gap_labels == c) | (gap_neighbours == c))
-            per_class_sep.append(float(gaps[mine].min()) / 2 if mine.any() else separation / 2)
-            per_class_pct.append(float(np.percentile(gaps[mine], percentile)) / 2 if mine.any() else pct / 2)
-        closest = _closest_pair(between, between_cls, ys_np, idx_s, sample.numpy(), test_between, test_cls, yt_np,
-                                 idx_t, classes)
-
-        entry: dict[str, Any] = {
-            "class_distance": class_distance.tolist(),
-            "closer_than_itself": closer_than_itself(class_distance, classes),
-            "nn_class_distance": nn_class.tolist(),
-            "nn_closer_than_itself": closer_than_itself(nn_class, classes),
-            "within_class_nn": summary(within),
-            "between_class_nn": summary(between),
-            "nn_misclassified_fraction": float(np.mean(between < within)),
-            "train_test_nn": {**summary(test_nn),
-                              "one_nn_accuracy": float(np.mean(test_nn_label == yt_np)),
-                              "within_class": summary(test_within),
-                              "between_class": summary(test_between)},
-            "separation": separation,
-            "closest_pair": closest,
-            "suggested_eps": separation / 2,
-            "suggested_eps_percentile": pct / 2,
-            "eps_per_class": per_class_sep if rule == "separation" else per_class_pct,
-            "eps_per_class_separation": per_class_sep,
-            "eps_per_class_percentile": per_class_pct,
-            "seconds": time.perf_counter() - t0,
-        }
+        nn = _nearest_neighbours(ds, norm, xs, ys, sample, x_test, block=block, workers=workers,
+                                 progress=progress, device=tile_device)
+        stats = _neighbour_statistics(nn, ys_np, yt_np, k)
+        entry = _norm_entry(nn, stats, ys_np, yt_np, sample.numpy(), classes, percentile, rule)
+        entry["seconds"] = time.perf_counter() - t0
         entry["reasoning"] = reasoning(norm, entry, percentile, ds.bounds)
         if out is not None:
-            entry["figures"] = _figures(out, norm, entry, classes, within, between, test_nn, ds.name, percentile)
+            entry["figures"] = _figures(out, norm, entry, classes, stats.within, stats.between, stats.test_nn,
+                                        ds.name, percentile)
             entry["eps_per_class_file"] = write_eps_per_class(
                 out / f"eps_per_class_{norm}.json", entry["eps_per_class"], norm=norm, dataset=ds.name,
                 classes=classes, rule=_rule_text(rule, percentile))
@@ -209,6 +148,125 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
         record["json"] = str(out / "distances.json")
         write_json(out / "distances.json", record)
     return record
+
+
+def _check_options(norms: Sequence[str], percentile: float, rule: str) -> list[str]:
+    """The checked norm names; a bad percentile or budget rule is an error before any work."""
+    norms = [check_norm(n) for n in norms]
+    if not norms:
+        raise AdvlabError("--norms needs at least one of l1, l2, linf")
+    if not 0 <= percentile <= 100:
+        raise AdvlabError(f"--percentile must be in [0, 100], got {percentile}")
+    if rule not in RULES:
+        raise AdvlabError(f"--budget-rule must be one of {', '.join(RULES)}, got {rule!r}")
+    return norms
+
+
+@dataclass
+class _Neighbours:
+    """The exact searches of one norm: the sampled training points (`s`) and the test points (`t`)
+    against the full training set."""
+    class_distance: np.ndarray  # (K, K) mean distance between sampled points of class i and class j
+    mins_s: np.ndarray  # (n_sample, K) distance to the nearest training point of each class (itself excluded)
+    idx_s: np.ndarray  # (n_sample, K) its index in the training set
+    mins_t: np.ndarray  # (n_test, K)
+    idx_t: np.ndarray  # (n_test, K)
+
+
+def _nearest_neighbours(ds: Dataset, norm: str, xs, ys, sample, x_test, *, block: int, workers: int | None,
+                        progress: bool, device) -> _Neighbours:
+    """Class distances of the sample and nearest training neighbours of the sample and the test points."""
+    k = ds.num_classes
+    total = count_tasks(len(xs), block) + count_tasks(len(x_test), block)
+    bar = progress_bar(range(total), f"distances {norm}", progress, unit="block")
+
+    class_distance = mean_class_distances(xs, ys, xs, ys, k, norm, same=True, block=block, workers=workers,
+                                          device=device)
+    mins_s, idx_s = min_distance_to_classes(xs, ds.x_train, ds.y_train, k, norm, self_index=sample,
+                                            block=block, workers=workers, tick=lambda: bar.update(1),
+                                            device=device)
+    mins_t, idx_t = min_distance_to_classes(x_test, ds.x_train, ds.y_train, k, norm,
+                                            block=block, workers=workers, tick=lambda: bar.update(1),
+                                            device=device)
+    bar.close()
+    return _Neighbours(class_distance, mins_s, idx_s, mins_t, idx_t)
+
+
+@dataclass
+class _Statistics:
+    """Per point: nearest-neighbour distances within and between classes."""
+    within: np.ndarray  # (n_sample,) sampled point -> nearest training point of its own class
+    between: np.ndarray  # (n_sample,) ... of another class
+    between_cls: np.ndarray  # (n_sample,) which class that is
+    nn_class: np.ndarray  # (K, K) mean distance from a class-i sample to its nearest class-j training point
+    test_nn: np.ndarray  # (n_test,) test point -> nearest training point
+    test_nn_label: np.ndarray  # (n_test,) that point's label
+    test_within: np.ndarray  # (n_test,)
+    test_between: np.ndarray  # (n_test,)
+    test_cls: np.ndarray  # (n_test,)
+
+
+def _neighbour_statistics(nn: _Neighbours, ys_np: np.ndarray, yt_np: np.ndarray, k: int) -> _Statistics:
+    between, between_cls = _between(nn.mins_s, ys_np)
+    test_between, test_cls = _between(nn.mins_t, yt_np)
+    return _Statistics(
+        within=nn.mins_s[np.arange(len(ys_np)), ys_np],
+        between=between, between_cls=between_cls,
+        nn_class=np.stack([nn.mins_s[ys_np == c].mean(0) if (ys_np == c).any() else np.full(k, np.nan)
+                           for c in range(k)]),
+        test_nn=nn.mins_t.min(1), test_nn_label=nn.mins_t.argmin(1),
+        test_within=nn.mins_t[np.arange(len(yt_np)), yt_np],
+        test_between=test_between, test_cls=test_cls)
+
+
+def _separation_budgets(st: _Statistics, ys_np: np.ndarray, yt_np: np.ndarray, k: int,
+                        percentile: float) -> tuple[float, float, list[float], list[float]]:
+    """(separation, its percentile, per-class budgets by the separation rule, by the percentile rule)."""
+    # Every between-class nearest-neighbour pair the analysis found: its distance, the class of
+    # the query point and the class of its neighbour.
+    gaps = np.concatenate([st.between, st.test_between])
+    gap_labels = np.concatenate([ys_np, yt_np])
+    gap_neighbours = np.concatenate([st.between_cls, st.test_cls])
+    finite = np.isfinite(gaps)
+    if not finite.any():
+        raise AdvlabError("no pair of points with different labels: the dataset needs at least two classes")
+    separation = float(gaps[finite].min())
+    pct = float(np.percentile(gaps[finite], percentile))
+    per_class_sep, per_class_pct = [], []
+    for c in range(k):
+        # A pair bounds the budgets of both its classes, so eps_i + eps_j <= d for every pair.
+        mine = finite & ((gap_labels == c) | (gap_neighbours == c))
+        per_class_sep.append(float(gaps[mine].min()) / 2 if mine.any() else separation / 2)
+        per_class_pct.append(float(np.percentile(gaps[mine], percentile)) / 2 if mine.any() else pct / 2)
+    return separation, pct, per_class_sep, per_class_pct
+
+
+def _norm_entry(nn: _Neighbours, st: _Statistics, ys_np: np.ndarray, yt_np: np.ndarray, sample_np: np.ndarray,
+                classes: list[str], percentile: float, rule: str) -> dict[str, Any]:
+    """One norm's record (without `seconds`, `reasoning` and the files)."""
+    separation, pct, per_class_sep, per_class_pct = _separation_budgets(st, ys_np, yt_np, len(classes), percentile)
+    closest = _closest_pair(st.between, st.between_cls, ys_np, nn.idx_s, sample_np, st.test_between, st.test_cls,
+                            yt_np, nn.idx_t, classes)
+    return {
+        "class_distance": nn.class_distance.tolist(),
+        "closer_than_itself": closer_than_itself(nn.class_distance, classes),
+        "nn_class_distance": st.nn_class.tolist(),
+        "nn_closer_than_itself": closer_than_itself(st.nn_class, classes),
+        "within_class_nn": summary(st.within),
+        "between_class_nn": summary(st.between),
+        "nn_misclassified_fraction": float(np.mean(st.between < st.within)),
+        "train_test_nn": {**summary(st.test_nn),
+                          "one_nn_accuracy": float(np.mean(st.test_nn_label == yt_np)),
+                          "within_class": summary(st.test_within),
+                          "between_class": summary(st.test_between)},
+        "separation": separation,
+        "closest_pair": closest,
+        "suggested_eps": separation / 2,
+        "suggested_eps_percentile": pct / 2,
+        "eps_per_class": per_class_sep if rule == "separation" else per_class_pct,
+        "eps_per_class_separation": per_class_sep,
+        "eps_per_class_percentile": per_class_pct,
+    }
 
 
 def _describe(device: torch.device | None) -> str:
