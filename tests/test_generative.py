@@ -11,7 +11,8 @@ from advlab.errors import AdvlabError
 from advlab.generative import (ACGAN, GANConfig, UnrestrictedAttack, attack_loss, check_legitimacy,
                                discriminator_loss, generator_loss, latent_penalty, load_gan, make_tasks,
                                nearest_distances, nearest_per_class, train_gan, unrestricted_loss)
-from advlab.generative.acgan import CHECKPOINT, tile
+from advlab.generative.acgan import CHECKPOINT
+from advlab.plotting import tile
 from advlab.rng import seeded
 
 

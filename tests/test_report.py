@@ -92,7 +92,7 @@ def test_no_worst_case_above_an_attack_or_the_transfer_on_the_same_page(run_root
 
 def test_slider_frames_match_the_saved_adversarial_examples(run_root):
     from advlab.io import load_tensors
-    from advlab.report import figures
+    from advlab import plotting as figures
 
     ctx = collect(run_root)
     (slider,) = [s for s in ctx["sliders"] if s["run"] == "standard"]

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import plotting as figures
 from ..attacks import FGSM
 from ..data import load_dataset
 from ..errors import AdvlabError
 from ..io import write_json
 from ..predict import accuracy
-from . import figures
 from .linear import class_errors, fit_linear, to_device, weights, wilson
 
 

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import plotting as figures
 from .. import rng
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
 from ..progress import progress as progress_bar
-from . import figures
 from .budgets import write_eps_per_class
 from .distances import DEFAULT_BLOCK, NORM_NAMES, check_norm, count_tasks, mean_class_distances, \
     min_distance_to_classes, resolve_tile_device

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from scipy.stats import norm as normal
 
+from .. import plotting as figures
 from .. import rng
 from ..attacks import FGSM
 from ..data import Dataset, load_dataset
 from ..errors import AdvlabError
 from ..io import write_json
 from ..predict import predict_logits
-from . import figures
 from .linear import class_errors, fit_linear, perturb_on_model_device, to_device, weights, wilson
 
 

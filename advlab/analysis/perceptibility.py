@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import plotting as figures
 from .. import rng
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
 from ..threat import clip_to_bounds
-from . import figures
 
 
 def blend(x0: torch.Tensor, x1: torch.Tensor, eps: float, bounds) -> torch.Tensor:

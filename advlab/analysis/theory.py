@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm as normal
 
+from .. import plotting as figures
 from .. import rng
 from ..attacks import FGSM
 from ..data import load_dataset
 from ..errors import AdvlabError
 from ..io import write_json
 from ..predict import predict_logits
-from . import figures
 from .linear import fit_linear, linear_error, linear_model, perturb_on_model_device, to_device, weights
 
 

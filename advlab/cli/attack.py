@@ -139,7 +139,7 @@ def _embedding_attack(args: argparse.Namespace):
 
 def save_outputs(out: Path, x, result, classes, record: dict, per_grid: int = 8) -> None:
     """Adversarial examples and logits as safetensors, the record as JSON, one PNG grid per epsilon."""
-    from ..report.figures import adversarial_grid
+    from ..plotting import adversarial_grid
 
     x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
     tensors = {"x": x, "x_adv": result.x_adv, "logits": result.logits, "y": result.y,

@@ -105,7 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from ..generative.acgan import generation_quality, load_gan, quality_figure, sample_grid
+    from ..generative.acgan import generation_quality, load_gan
+    from ..generative.figures import quality_figure, sample_grid
     device = resolve_device(args.device)  # a missing GPU fails before any work
     gan, card = load_gan(args.gan, device=device)
     classes = card["dataset"]["classes"]

@@ -39,6 +39,7 @@ from ..io import flatten_state, load_tensors, save_tensors, unflatten_state, wri
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..runs import CARD_FILE, MODEL_FILE, environment, read_card
+from .figures import quality_figure, sample_grid
 
 CHECKPOINT = Path("checkpoint") / "state.safetensors"
 KIND = "acgan"
@@ -354,7 +355,7 @@ class GANTrainer:
         self.log(f"resuming {self.run_dir} after epoch {self.epoch}")
 
 
-# -- quality and pictures -----------------------------------------------------------------------
+# -- quality --------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def generation_quality(gan: ACGAN, judge: nn.Module, n_per_class: int = 100, seed: int = 0,
@@ -374,51 +375,6 @@ def generation_quality(gan: ACGAN, judge: nn.Module, n_per_class: int = 100, see
     correct = (pred == labels).float()
     per_class = correct.view(k, n_per_class).mean(1)
     return {"accuracy": correct.mean().item(), "per_class": per_class.tolist(), "n_per_class": n_per_class}
-
-
-def tile(x: torch.Tensor, rows: int, cols: int, pad: int = 1, fill: float = 1.0) -> torch.Tensor:
-    """(rows*cols, C, H, W) images -> one (C, rows*(H+pad)-pad, cols*(W+pad)-pad) image, row-major."""
-    n, c, h, w = x.shape
-    out = torch.full((c, rows * (h + pad) - pad, cols * (w + pad) - pad), fill, dtype=x.dtype)
-    for i in range(min(n, rows * cols)):
-        r, k = divmod(i, cols)
-        out[:, r * (h + pad):r * (h + pad) + h, k * (w + pad):k * (w + pad) + w] = x[i]
-    return out
-
-
-def sample_grid(gan: ACGAN, classes, path, z: torch.Tensor | None = None, per_class: int = 8,
-                title: str = "", seed: int = 0) -> None:
-    """One row per class of generated images (one imshow of a tiled image: fast enough for every epoch)."""
-    from ..report.figures import plt, save_figure, to_image
-    k = gan.num_classes
-    if z is None:
-        z = torch.randn(k * per_class, gan.latent_dim, generator=rng.generator(seed, 999))
-    per_class = len(z) // k
-    labels = torch.arange(k).repeat_interleave(per_class)
-    lo, hi = gan.generator.bounds
-    x = gan.sample(labels, z=z[:k * per_class])
-    h = x.shape[2]
-    fig, ax = plt.subplots(figsize=(0.45 * per_class + 1.2, 0.45 * k + 0.5))
-    ax.imshow(to_image(tile(x, k, per_class, fill=hi)), cmap="gray", vmin=lo, vmax=hi)
-    ax.set_xticks([])
-    ax.set_yticks([(h + 1) * i + h / 2 - 0.5 for i in range(k)], [str(c)[:12] for c in classes], fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    save_figure(fig, path)
-
-
-def quality_figure(quality: dict[str, Any], classes, path, title: str = "") -> None:
-    from ..report.figures import plt, save_figure
-    per_class = quality["per_class"]
-    fig, ax = plt.subplots(figsize=(0.6 * len(per_class) + 1.5, 2.8))
-    ax.bar(range(len(per_class)), per_class, color="#4060a0")
-    ax.axhline(quality["accuracy"], color="#b00020", lw=1, ls="--", label=f"mean {quality['accuracy']:.2f}")
-    ax.set_xticks(range(len(per_class)), [str(c)[:10] for c in classes], rotation=45, ha="right", fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("judge accuracy")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "independent classifier on generated images", fontsize=9)
-    save_figure(fig, path)
 
 
 # -- run directories ----------------------------------------------------------------------------

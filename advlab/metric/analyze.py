@@ -126,7 +126,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
                                                      out / f"projection-{projection}.png", projection, seed=seed,
                                                      title=f"{ds.name} test embeddings ({projection.upper()})")}
-    from ..analysis.figures import histograms
+    from ..plotting import histograms
     figures["distances"] = histograms(
         {"within-class NN": calib["_within"], "between-class NN": calib["_between"]},
         f"{ds.name}: nearest-neighbour distances in the embedding", "embedding distance",

@@ -207,7 +207,7 @@ def compare_threats(classifier: nn.Module, net: nn.Module, ds: Dataset, *, pixel
 def projection_plot(z: torch.Tensor, y: torch.Tensor, classes: Sequence[str], path, method: str = "pca",
                     seed: int = 0, max_points: int = 2000, title: str = "") -> str:
     """Scatter of a 2-D projection of embeddings (PCA or t-SNE from scikit-learn), coloured by class."""
-    from ..analysis.figures import new_figure, save_png
+    from ..plotting import new_figure, save_png
 
     z, y = z[:max_points].numpy(), y[:max_points].numpy()
     if method == "pca":
@@ -237,8 +237,7 @@ def side_by_side_grid(x: torch.Tensor, y: torch.Tensor, pixel_found: tuple, embe
     embedding adversarial (each captioned with the classifier's label and the k-NN label) and both
     perturbations, magnified by the same factor. `*_found` are (AttackResult, epsilon index, k-NN
     labels of its adversarial examples)."""
-    from ..analysis.figures import new_figure, save_png
-    from ..report.figures import to_image
+    from ..plotting import new_figure, save_png, to_image
 
     (pixel, e_pixel, knn_pixel), (embedding, e_emb, knn_emb) = pixel_found, embedding_found
     both = pixel.success[e_pixel] & embedding.success[e_emb] & pixel.clean_correct
@@ -268,7 +267,7 @@ def side_by_side_grid(x: torch.Tensor, y: torch.Tensor, pixel_found: tuple, embe
 
 
 def change_curve(cmp: dict[str, Any], path) -> str:
-    from ..analysis.figures import curves
+    from ..plotting import curves
 
     lines = {}
     for i, name in enumerate(("pixel", "embedding")):

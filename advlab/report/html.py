@@ -38,7 +38,7 @@ from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
 from ..evaluate.recorded import fold_record
 from ..io import atomic_write, load_tensors, read_json
-from . import figures as F
+from .. import plotting as F
 
 REPORT_FILE = "report.html"
 SKIP_DIRS = {"checkpoint", "parts", "__pycache__"}

@@ -137,7 +137,7 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
     res = r["result"]
     fooled = (~res.correct[0] & res.clean_correct).nonzero().flatten()[:8]
     if len(fooled):
-        from ..report.figures import adversarial_grid
+        from ..plotting import adversarial_grid
         probs = res.logits[0][fooled].softmax(1)
         adversarial_grid(x[fooled], res.x_adv[0][fooled], y[fooled], probs.argmax(1), probs.amax(1), ds.classes,
                          out / "maxout_fgsm.png", title=f"maxout, FGSM eps {eps:g} ({ds.name})")
