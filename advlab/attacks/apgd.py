@@ -28,6 +28,8 @@ broken (early_stop), so later iterations cost only what is still robust.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 
 from ..errors import AdvlabError
@@ -184,6 +186,39 @@ def checkpoints(steps: int) -> list[int]:
     return out
 
 
+@dataclass
+class _Rows:
+    """The state of one APGD run, one row per point still running (all shrink together)."""
+    idx: torch.Tensor  # (R,) position in the run's batch
+    active: torch.Tensor  # (R,) still running (False: frozen under a device mask)
+    x0: torch.Tensor  # (R, ...) clean input, the centre of the ball
+    y: torch.Tensor
+    eps: torch.Tensor
+    loss_targets: torch.Tensor | None
+    goal_targets: torch.Tensor | None
+    step: torch.Tensor  # (R,) step size
+    x: torch.Tensor  # (R, ...) current iterate
+    x_prev: torch.Tensor
+    grad: torch.Tensor
+    x_best: torch.Tensor  # highest-loss point so far, its gradient and loss
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    loss_best_last: torch.Tensor  # best loss at the last checkpoint
+    reduced_last: torch.Tensor  # the step size was halved at the last checkpoint
+    # give_up: the distance to the goal (z_y - max_{j != y} z_j, <= 0 once met), best so far and at
+    # the last checkpoint; points the rule stops leave with their best point, like broken ones.
+    gap_best: torch.Tensor
+    gap_then: torch.Tensor
+    stalled: torch.Tensor
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep`."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                setattr(self, f.name, value[keep])
+
+
 def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets, bounds, generator, early_stop):
     """One APGD run from a random start.
 
@@ -202,92 +237,105 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     def project(x0, ee, z):
         return clip_to_bounds(x0 + norm.project(z - x0, ee), bounds)
 
-    idx = torch.arange(n, device=x.device)
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    x0, yy, ee = x, y, eps
-    lt = loss_targets
-    gt = goal_targets
-    xa = project(x0, ee, x0 + norm.random_init(x0, ee, generator))
-    loss, logits, grad = input_gradient(model, loss_fn, xa, yy, lt)
-    grad = torch.nan_to_num(grad)
-    step = 2.0 * ee
-    x_prev = xa
-    x_best, grad_best, loss_best = xa.clone(), grad.clone(), loss.clone()
-    loss_best_last = loss_best.clone()
-    reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    r, loss, logits = _start(attack, model, x, y, eps, loss_fn, loss_targets, goal_targets, generator, project)
     hist[0] = loss
     checks = checkpoints(steps)
     last_check = 0
-    # give_up: the distance to the goal (z_y - max_{j != y} z_j, <= 0 once met), best so far and at
-    # the last checkpoint; points the rule stops leave with their best point, like broken ones.
     give_up = attack.give_up if early_stop else None
-    gap_best = -margin(logits.detach(), yy, gt)
-    gap_then = gap_best.clone()
-    stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
     for i in range(steps + 1):
-        hit = attack._goal_met(logits, yy, gt) & active
-        found[idx] = found[idx] | hit
+        hit = attack._goal_met(logits, r.y, r.goal_targets) & r.active
+        found[r.idx] = found[r.idx] | hit
         if early_stop:
-            stalled = stalled & ~hit & active
-            out_x[idx] = torch.where(hit.view(shape), xa, torch.where(stalled.view(shape), x_best, out_x[idx]))
-            out_score[idx] = torch.where(hit | stalled, loss_best, out_score[idx])
-            active = active & ~(hit | stalled)
-            keep = shrink_rows(active, i, sync_free)
+            _retire(r, hit, out_x, out_score, shape)
+            keep = shrink_rows(r.active, i, sync_free)
             if keep is not None:
                 if len(keep) == 0:
                     break
-                idx, active, x0, yy, ee, step, xa, x_prev, grad = (
-                    t[keep] for t in (idx, active, x0, yy, ee, step, xa, x_prev, grad))
-                x_best, grad_best, loss_best, loss_best_last, reduced_last = (
-                    t[keep] for t in (x_best, grad_best, loss_best, loss_best_last, reduced_last))
-                gap_best, gap_then, stalled = gap_best[keep], gap_then[keep], stalled[keep]
-                lt = lt[keep] if lt is not None else None
-                gt = gt[keep] if gt is not None else None
+                r.keep(keep)
         if i == steps:
             break
 
-        # Momentum step: z from the gradient, then a convex combination with the last move.
-        a = 1.0 if i == 0 else attack.momentum
-        z = project(x0, ee, xa + norm.step(grad, step))
-        x_new = project(x0, ee, xa + a * (z - xa) + (1 - a) * (xa - x_prev))
-        x_prev, xa = xa, x_new
-        if i < steps - 1:
-            loss, logits, grad = input_gradient(model, loss_fn, xa, yy, lt)
-            grad = torch.nan_to_num(grad)
-        else:  # the last iterate is only scored
-            with torch.no_grad():
-                logits = model(xa)
-                loss = loss_fn(logits, yy, lt)
-        hist[i + 1, idx] = loss
+        loss, logits = _momentum_step(attack, model, loss_fn, r, project, first=i == 0, last=i == steps - 1)
+        hist[i + 1, r.idx] = loss
         if give_up is not None:
-            gap_best = torch.minimum(gap_best, -margin(logits.detach(), yy, gt))
+            r.gap_best = torch.minimum(r.gap_best, -margin(logits.detach(), r.y, r.goal_targets))
 
-        improved = loss > loss_best
-        x_best = torch.where(improved.view(shape), xa, x_best)
-        grad_best = torch.where(improved.view(shape), grad, grad_best)
-        loss_best = torch.where(improved, loss, loss_best)
+        improved = loss > r.loss_best
+        r.x_best = torch.where(improved.view(shape), r.x, r.x_best)
+        r.grad_best = torch.where(improved.view(shape), r.grad, r.grad_best)
+        r.loss_best = torch.where(improved, loss, r.loss_best)
 
         if i + 1 in checks:
-            # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
             interval, last_check = i + 1 - last_check, i + 1
-            window = hist[last_check - interval:last_check + 1, idx]  # (interval + 1, R)
-            rises = (window[1:] > window[:-1]).sum(0)
-            reduce = rises <= interval * attack.rho
-            # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
-            reduce |= ~reduced_last & (loss_best_last >= loss_best)
-            reduced_last, loss_best_last = reduce, loss_best.clone()
-            step = torch.where(reduce, step / 2, step)
-            # A point that meets the goal right now keeps its iterate: the check at the top of the
-            # next step reads these logits, and with early stopping it returns this iterate.
-            back = reduce & ~attack._goal_met(logits, yy, gt) if early_stop else reduce
-            xa = torch.where(back.view(shape), x_best, xa)
-            grad = torch.where(back.view(shape), grad_best, grad)
-            if give_up is not None:
-                stalled = hopeless(gap_best, gap_then, interval, steps - last_check, give_up)
-                gap_then = gap_best.clone()
+            _checkpoint(attack, r, hist, logits, interval, last_check, early_stop, give_up)
 
     # Points broken under early stopping were written out when they left; the rest return their best point.
-    out_x[idx] = torch.where(active.view(shape), x_best, out_x[idx])
-    out_score[idx] = torch.where(active, loss_best, out_score[idx])
+    out_x[r.idx] = torch.where(r.active.view(shape), r.x_best, out_x[r.idx])
+    out_score[r.idx] = torch.where(r.active, r.loss_best, out_score[r.idx])
     return out_x, out_score, found
+
+
+def _start(attack, model, x, y, eps, loss_fn, loss_targets, goal_targets, generator, project):
+    """A random point of the ball, its loss and gradient: (state, loss (N,), logits (N, K))."""
+    n, dev = len(x), x.device
+    xa = project(x, eps, x + attack.norm.random_init(x, eps, generator))
+    loss, logits, grad = input_gradient(model, loss_fn, xa, y, loss_targets)
+    grad = torch.nan_to_num(grad)
+    gap = -margin(logits.detach(), y, goal_targets)
+    loss_best = loss.clone()
+    r = _Rows(idx=torch.arange(n, device=dev), active=torch.ones(n, dtype=torch.bool, device=dev),
+              x0=x, y=y, eps=eps, loss_targets=loss_targets, goal_targets=goal_targets,
+              step=2.0 * eps, x=xa, x_prev=xa, grad=grad,
+              x_best=xa.clone(), grad_best=grad.clone(), loss_best=loss_best, loss_best_last=loss_best.clone(),
+              reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
+              gap_best=gap, gap_then=gap.clone(), stalled=torch.zeros(n, dtype=torch.bool, device=dev))
+    return r, loss, logits
+
+
+def _retire(r: _Rows, hit, out_x, out_score, shape) -> None:
+    """Early stopping: points that met the goal leave with that iterate, points the give-up rule
+    stopped with their best point (written to out_x, out_score; the rows stay until compacted)."""
+    r.stalled = r.stalled & ~hit & r.active
+    out_x[r.idx] = torch.where(hit.view(shape), r.x, torch.where(r.stalled.view(shape), r.x_best, out_x[r.idx]))
+    out_score[r.idx] = torch.where(hit | r.stalled, r.loss_best, out_score[r.idx])
+    r.active = r.active & ~(hit | r.stalled)
+
+
+def _momentum_step(attack, model, loss_fn, r: _Rows, project, first: bool, last: bool):
+    """z from the gradient, then a convex combination with the last move; the loss and logits at
+    the new iterate (and its gradient, except after the last step, which is only scored)."""
+    a = 1.0 if first else attack.momentum
+    z = project(r.x0, r.eps, r.x + attack.norm.step(r.grad, r.step))
+    x_new = project(r.x0, r.eps, r.x + a * (z - r.x) + (1 - a) * (r.x - r.x_prev))
+    r.x_prev, r.x = r.x, x_new
+    if not last:
+        loss, logits, grad = input_gradient(model, loss_fn, r.x, r.y, r.loss_targets)
+        r.grad = torch.nan_to_num(grad)
+    else:
+        with torch.no_grad():
+            logits = model(r.x)
+            loss = loss_fn(logits, r.y, r.loss_targets)
+    return loss, logits
+
+
+def _checkpoint(attack, r: _Rows, hist, logits, interval: int, last_check: int, early_stop: bool, give_up) -> None:
+    """Halve the step size of the points whose loss stopped rising and move them back to their best
+    point; with give_up, mark the points that cannot reach the goal in the steps left."""
+    shape = (-1, *[1] * (r.x.ndim - 1))
+    # Condition 1: the loss rose in at most rho of the steps since the last checkpoint.
+    window = hist[last_check - interval:last_check + 1, r.idx]  # (interval + 1, R)
+    rises = (window[1:] > window[:-1]).sum(0)
+    reduce = rises <= interval * attack.rho
+    # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
+    reduce |= ~r.reduced_last & (r.loss_best_last >= r.loss_best)
+    r.reduced_last, r.loss_best_last = reduce, r.loss_best.clone()
+    r.step = torch.where(reduce, r.step / 2, r.step)
+    # A point that meets the goal right now keeps its iterate: the check at the top of the
+    # next step reads these logits, and with early stopping it returns this iterate.
+    back = reduce & ~attack._goal_met(logits, r.y, r.goal_targets) if early_stop else reduce
+    r.x = torch.where(back.view(shape), r.x_best, r.x)
+    r.grad = torch.where(back.view(shape), r.grad_best, r.grad)
+    if give_up is not None:
+        r.stalled = hopeless(r.gap_best, r.gap_then, interval, attack.steps - last_check, give_up)
+        r.gap_then = r.gap_best.clone()
