@@ -30,7 +30,7 @@ def git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    from . import __version__
+    from .version import __version__
     return {"advlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "git_commit": git_commit(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -10,8 +10,8 @@ import errno
 import importlib
 import sys
 
-from .. import __version__
 from ..errors import AdvlabError
+from ..version import __version__
 
 _CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 

@@ -465,7 +465,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         "reproductions": _reproductions(root), "configs": configs, "generative": _generative(root),
         "certified": certified_section,
     }
-    from .. import __version__
+    from ..version import __version__
     context["version"] = __version__
     return context
 
