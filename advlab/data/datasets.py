@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import AdvlabError, CorruptFileError
-from . import locate as _locate
 from .cifar import read_cifar10
 from .idx import read_idx
+from .locate import RemoteFile, candidate_dirs, locate
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 
 def _idx_dataset(name: str, classes: list[str], data_dir=None) -> Dataset:
-    files = [_locate.RemoteFile(f, m) for f, m in zip(_MNIST_FILES, _MD5[name])]
-    paths = _locate.locate(name, files, _URLS[name], data_dir, _HOW_TO_GET[name])
+    files = [RemoteFile(f, m) for f, m in zip(_MNIST_FILES, _MD5[name])]
+    paths = locate(name, files, _URLS[name], data_dir, _HOW_TO_GET[name])
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)
     for images, labels, split in ((xtr, ytr, "train"), (xte, yte, "test")):
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
@@ -187,9 +187,9 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def cifar10(data_dir=None) -> Dataset:
-    archive = _locate.RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
+    archive = RemoteFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
     # An extracted folder is used as is; otherwise the archive is read without extracting it.
-    for folder in _locate.candidate_dirs("cifar10", data_dir):
+    for folder in candidate_dirs("cifar10", data_dir):
         if (folder / "cifar-10-batches-py" / "test_batch").is_file():
             location = folder / "cifar-10-batches-py"
             break
@@ -197,9 +197,9 @@ def cifar10(data_dir=None) -> Dataset:
             location = folder
             break
     else:
-        location = _locate.locate("cifar10", [archive], ["https://www.cs.toronto.edu/~kriz/"], data_dir,
-                                  "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-                                  "on a connected machine into ~/.cache/advlab/cifar10")[0]
+        location = locate("cifar10", [archive], ["https://www.cs.toronto.edu/~kriz/"], data_dir,
+                           "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                           "on a connected machine into ~/.cache/advlab/cifar10")[0]
     xtr, ytr, xte, yte = read_cifar10(Path(location))
     scale = np.float32(1 / 255)
     return _as_dataset("cifar10", xtr * scale, ytr, xte * scale, yte, CIFAR_CLASSES, (0.0, 1.0),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import progress as _progress
 from ..errors import AdvlabError, CorruptFileError
+from ..progress import progress as progress_bar
+from ..progress import write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP")  # never EPS & co., whatever the file says
@@ -46,8 +47,8 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
         files += [(label, p) for p in images]
     if skipped:
         examples = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
-        _progress.write(f"{where}: skipped {len(skipped)} {'entry' if len(skipped) == 1 else 'entries'} that are hidden or not {'/'.join(IMAGE_SUFFIXES)} files "
-                       f"({examples}{', ...' if len(skipped) > 3 else ''})")
+        write(f"{where}: skipped {len(skipped)} {'entry' if len(skipped) == 1 else 'entries'} that are hidden or not {'/'.join(IMAGE_SUFFIXES)} files "
+              f"({examples}{', ...' if len(skipped) > 3 else ''})")
 
     from PIL import Image
 
@@ -57,7 +58,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
     first: tuple[Path, tuple[int, int]] | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for _, p in _progress.progress(files, desc="reading images"):
+        for _, p in progress_bar(files, desc="reading images"):
             shown = Path(where) / p.relative_to(root)
             data = p.read_bytes()
             hashes.append((p.relative_to(root).as_posix(), hashlib.sha256(data).hexdigest()))

@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import rng
 from ..errors import AdvlabError
+from ..rng import generator as seeded_generator
 from .transforms import Transform
 
 
@@ -49,7 +49,7 @@ class _RandomWrapper(nn.Module):
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != torch.device(device):
-            self._generator = rng.generator(self.seed, device=device)
+            self._generator = seeded_generator(self.seed, device=device)
         return self._generator
 
     def _transformed(self, x: torch.Tensor) -> torch.Tensor:
