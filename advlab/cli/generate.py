@@ -227,7 +227,8 @@ def _parse_target(text: str, k: int) -> str | int:
 
 
 def _load_classifier(run_dir: str, gan_card: dict, flag: str, device=None):
-    from ..generative.acgan import KIND, _check_same_data
+    from ..generative.acgan.store import KIND
+    from ..generative.acgan.train import _check_same_data
     from ..runs import load_run, read_card
     if read_card(run_dir).get("kind") == KIND:
         raise AdvlabError(f"{flag} {run_dir} is an AC-GAN run; give a classifier run from `advlab train`")
