@@ -19,6 +19,11 @@ def _none(*, bounds=None) -> Objective:
     return clean_objective
 
 
+def _rst(eps: float | None = None, **options: Any) -> RSTSettings:
+    """Robust self-training over a base defense named in this table, which builds it."""
+    return RSTSettings(eps, bases=DEFENSES, build_base=build_defense, **options)
+
+
 DEFENSES: dict[str, Callable[..., Any]] = {
     "none": _none,
     "goodfellow": Goodfellow,
@@ -28,13 +33,15 @@ DEFENSES: dict[str, Callable[..., Any]] = {
     "noise-sign": partial(Noise, kind="sign"),
     "noise-uniform": partial(Noise, kind="uniform"),
     "l1": L1Penalty,
-    "rst": RSTSettings,
+    "rst": _rst,
     "gaussian": GaussianAugmentation,
     "ibp": IBPTraining,
 }
 
 
 def defense_options(name: str) -> list[str]:
+    if name == "rst":
+        return RSTSettings.options()
     factory = DEFENSES[name]
     params = inspect.signature(factory).parameters
     fixed = factory.keywords if isinstance(factory, partial) else {}

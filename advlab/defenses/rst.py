@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import nn
@@ -34,18 +34,21 @@ VARIANTS = ("joint", "alternate")
 
 
 class RSTSettings:
-    """The `rst` defense's options; `base_options` go to the base defense (steps, beta, ...)."""
+    """The `rst` defense's options; `base_options` go to the base defense (steps, beta, ...).
+
+    The base defense is named, so the registry that knows the names (advlab.defenses.registry, which
+    also lists rst) passes itself in: `bases`, the names it holds, and `build_base(name, **options)`."""
 
     name = "rst"
 
     def __init__(self, eps: float | None = None, *, labels: int | None = None, base: str = "trades",
                  variant: str = "joint", teacher_epochs: int | None = None, pool_lr: float = 0.1,
-                 use_pool: bool = True, bounds=None, **base_options: Any):
-        from .registry import DEFENSES, build_defense  # the registry lists rst itself
+                 use_pool: bool = True, bounds=None, bases: Collection[str],
+                 build_base: Callable[..., Any], **base_options: Any):
         if isinstance(labels, bool) or not isinstance(labels, int) or labels < 1:
             raise AdvlabError("defense 'rst' needs the number of labelled training examples: --defense-arg "
                               "labels=5000 (the rest of the training split becomes the unlabelled pool)")
-        if base in ("rst", "none", "l1") or base not in DEFENSES:
+        if base in ("rst", "none", "l1") or base not in bases:
             raise AdvlabError(f"rst: base={base!r} must be an adversarial defense: pgd, trades, fgsm-rs, goodfellow, "
                               "noise-sign or noise-uniform")
         if variant not in VARIANTS:
@@ -59,7 +62,7 @@ class RSTSettings:
         self.eps, self.labels, self.base, self.variant = eps, labels, base, variant
         self.teacher_epochs, self.pool_lr, self.use_pool = teacher_epochs, float(pool_lr), use_pool
         self.base_options = dict(base_options)
-        self.objective = build_defense(base, eps=eps, bounds=bounds, **base_options)
+        self.objective = build_base(base, eps=eps, bounds=bounds, **base_options)
 
     @staticmethod
     def options() -> list[str]:
