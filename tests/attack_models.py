@@ -1,4 +1,5 @@
-"""Small models with known answers for the attack tests (imported by tests/test_attacks_*.py)."""
+"""Small models with known answers for the attack tests (imported by tests/test_attacks_*.py); the trained
+digits models are fixtures in trained_digits.py."""
 
 from __future__ import annotations
 
@@ -57,20 +58,3 @@ def tiny_model(shape, k: int = 5, seed: int = 0) -> nn.Module:
             model = TinyConv(shape, k)
     return model.eval()
 
-
-_CACHE: dict = {}
-
-
-def digits_cnn():
-    """(model, dataset): cnn-small trained 6 epochs on digits (about 5 s, ~92% test accuracy),
-    built once per test process."""
-    if "digits" not in _CACHE:
-        from advlab.data import load_dataset
-        from advlab.defenses import TrainConfig, Trainer
-        d = load_dataset("digits")
-        with seeded(0):
-            model = build_model("cnn-small", d.input_shape, 10)
-        Trainer(model, d.x_train, d.y_train, d.x_test, d.y_test, config=TrainConfig(epochs=6, lr=3e-3),
-                progress=False, log=lambda msg: None).fit()
-        _CACHE["digits"] = (model.eval(), d)
-    return _CACHE["digits"]

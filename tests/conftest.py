@@ -10,6 +10,10 @@ os.environ.setdefault("ADVLAB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+# The shared trained digits models, each trained once and cached under .pytest_cache (see trained_digits.py).
+from trained_digits import (_trained_digits_cache, digits_cnn, digits_cnn_short, trained_digits,  # noqa: E402,F401
+                            trained_digits_run)
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 has_fashion = os.path.isfile(os.path.join(FASHION_DIR, "t10k-labels-idx1-ubyte.gz"))
 needs_fashion = pytest.mark.skipif(not has_fashion, reason="apt-get install dataset-fashion-mnist")

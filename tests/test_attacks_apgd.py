@@ -12,7 +12,7 @@ from advlab.attacks.apgd import checkpoints
 from advlab.errors import AdvlabError
 from advlab.rng import seeded
 
-from attack_models import digits_cnn, hyperplane_distance, logistic, margin_of, tiny_model
+from attack_models import hyperplane_distance, logistic, margin_of, tiny_model
 
 
 def test_checkpoints_follow_the_paper_schedule():
@@ -89,8 +89,8 @@ class _CountingRows(nn.Module):
         return self.net(v)
 
 
-def test_only_the_unbroken_points_are_attacked():
-    model, d = digits_cnn()
+def test_only_the_unbroken_points_are_attacked(digits_cnn_short, digits):
+    model, d = digits_cnn_short, digits
     x, y = d.x_test[:100], d.y_test[:100]
     counted = _CountingRows(model)
     APGD(steps=50).perturb(counted, x, y, 1.0, bounds=d.bounds, early_stop=True)
@@ -101,8 +101,8 @@ def test_only_the_unbroken_points_are_attacked():
     assert counted.rows >= 100 * 51
 
 
-def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_cnn():
-    model, d = digits_cnn()
+def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_cnn(digits_cnn_short, digits):
+    model, d = digits_cnn_short, digits
     x, y = d.x_test[:200], d.y_test[:200]
     eps = [0.1, 0.15]
     pgd = PGD("linf", steps=20)(model, x, y, eps=eps, bounds=d.bounds)

@@ -15,7 +15,7 @@ from torch import nn
 from advlab import rng
 from advlab.attacks import AdvlabWarning, build_attack
 
-from attack_models import digits_cnn, tiny_model
+from attack_models import tiny_model
 
 FAST = {  # (name, options) small enough for many hypothesis examples
     "apgd-ce-linf": ("apgd-ce", {"norm": "linf", "steps": 5}),
@@ -101,8 +101,8 @@ LADDER = [0.02, 0.05, 0.1, 0.2, 0.3]
 
 
 @pytest.mark.parametrize("key", ["apgd-ce-linf", "apgd-t-linf", "square-linf", "cw", "deepfool-l2", "deepfool-linf"])
-def test_robust_accuracy_never_rises_with_eps_and_broken_points_stay_broken(key):
-    model, d = digits_cnn()
+def test_robust_accuracy_never_rises_with_eps_and_broken_points_stay_broken(key, digits_cnn_short, digits):
+    model, d = digits_cnn_short, digits
     x, y = d.x_test[:80], d.y_test[:80]
     eps = [e * 10 for e in LADDER] if key in ("cw", "deepfool-l2") else LADDER
     result = make(key)(model, x, y, eps=eps, bounds=d.bounds)
@@ -115,9 +115,9 @@ def test_robust_accuracy_never_rises_with_eps_and_broken_points_stay_broken(key)
 
 @pytest.mark.parametrize("key, eps", [("apgd-ce-linf", 1.0), ("apgd-t-linf", 1.0), ("square-linf", 1.0),
                                       ("cw", math.inf), ("deepfool-l2", math.inf), ("deepfool-linf", math.inf)])
-def test_an_unbounded_budget_breaks_every_point_of_a_trained_model(key, eps):
+def test_an_unbounded_budget_breaks_every_point_of_a_trained_model(key, eps, digits_cnn_short, digits):
     # Linf eps = 1 on [0, 1] images covers the whole box.
-    model, d = digits_cnn()
+    model, d = digits_cnn_short, digits
     x, y = d.x_test[:80], d.y_test[:80]
     name, options = FAST[key]
     options = {k: v for k, v in options.items() if k in ("norm", "loss")}  # the defaults, but shorter runs:

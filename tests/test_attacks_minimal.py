@@ -118,9 +118,8 @@ def test_points_already_misclassified_cost_nothing():
         assert torch.all(result.min_distance[5:] > 0)
 
 
-def test_bounded_cw_stays_in_the_box_and_beats_deepfool_on_a_cnn():
-    from attack_models import digits_cnn
-    model, d = digits_cnn()
+def test_bounded_cw_stays_in_the_box_and_beats_deepfool_on_a_cnn(digits_cnn_short, digits):
+    model, d = digits_cnn_short, digits
     x, y = d.x_test[:60], d.y_test[:60]
     cw = CW(steps=50, binary_search_steps=5)(model, x, y, eps=[math.inf], bounds=d.bounds)
     df = DeepFool("l2")(model, x, y, eps=[math.inf], bounds=d.bounds)

@@ -14,7 +14,6 @@ from advlab.errors import AdvlabError
 from advlab.models import BPDA, JPEGLike, MedianFilter, Preprocessed, Quantize, build_model, build_preprocessor
 from advlab.models.preprocess import cubic_round, dct_matrix, jpeg_table
 from advlab.rng import generator, seeded
-from trained_digits import digits_cnn
 
 BOUNDS = (0.0, 1.0)
 
@@ -148,9 +147,9 @@ def test_wrappers_keep_the_model_mode_and_the_registry_builds_preprocessors():
 
 
 # -- the attack gap that issue 4's gradient-masking checks rely on ---------------------------------
-def test_bpda_pgd_breaks_the_quantisation_defense_that_naive_pgd_cannot(digits):
+def test_bpda_pgd_breaks_the_quantisation_defense_that_naive_pgd_cannot(digits, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     x, y = digits.x_test[:200], digits.y_test[:200]
     defended = Preprocessed(model, Quantize(4, bounds=digits.bounds))
     naive = PGD(steps=10)(defended, x, y, [0.2], bounds=digits.bounds).robust_accuracy()[0]

@@ -44,8 +44,9 @@ def _pgd20(net, digits):
 
 
 @pytest.fixture(scope="module")
-def standard(digits):
-    return _pgd20(_fit(digits, build_defense("none", bounds=digits.bounds)), digits)
+def standard(digits, trained_digits):
+    # What _fit makes with build_defense("none") (clean training): the shared cached model.
+    return _pgd20(trained_digits("mlp", epochs=10, batch_size=64, normalize=True), digits)
 
 
 # -- robustness on digits ----------------------------------------------------------------------

@@ -18,9 +18,8 @@ from advlab.threat import LpBall
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    from attack_models import digits_cnn
-    return digits_cnn()[0]
+def cnn(trained_digits):
+    return trained_digits("cnn-small", epochs=6)  # digits_cnn_short, shared by the module
 
 
 ATTACKS = {

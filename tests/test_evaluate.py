@@ -7,23 +7,17 @@ import torch
 from scipy.stats import binomtest
 
 from advlab.attacks import BIM, FGSM
-from advlab.defenses import TrainConfig, Trainer
 from advlab.errors import AdvlabError, ConfigError
 from advlab.evaluate import (SuiteEntry, clopper_pearson, evaluate_robustness, get_suite, load_suite_file,
                              run_checks, verdict)
 from advlab.evaluate.checks import (check_gradient_consistency, check_gradients, check_probabilities,
                                     check_randomness)
-from advlab.models import build_model
-from advlab.rng import seeded
 
 
 @pytest.fixture(scope="module")
-def model_and_data(digits):
-    with seeded(0):
-        model = build_model("mlp", digits.input_shape, 10, hidden=[64])
-    Trainer(model, digits.x_train, digits.y_train, config=TrainConfig(epochs=10, lr=3e-3), progress=False,
-            log=lambda m: None).fit()
-    return model.eval(), digits.x_test[:150], digits.y_test[:150], digits.bounds
+def model_and_data(digits, trained_digits):
+    model = trained_digits("mlp", epochs=10, hidden=[64])
+    return model, digits.x_test[:150], digits.y_test[:150], digits.bounds
 
 
 DETERMINISTIC = [SuiteEntry("fgsm", "fgsm"), SuiteEntry("bim", "bim", {"steps": 5})]
@@ -117,7 +111,7 @@ def test_custom_suite_file(tmp_path):
         f.write_text(text)
         with pytest.raises(Exception, match=message):
             load_suite_file(f)
-    with pytest.raises(ConfigError, match="--suite-file"):
+    with pytest.raises(ConfigError, match="`suite_file=FILE.toml`"):
         get_suite("custom")
 
 

@@ -222,12 +222,11 @@ def test_the_report_never_shows_a_worst_case_above_an_attack_on_the_same_page(so
     assert shown["record"]["summary"]["robust_accuracy"] == [r["acc"] for r in shown["rows"]]
 
 
-@pytest.mark.slow  # trains the digits CNN (shared with the engine tests) when it runs first
-def test_ranked_targets_with_give_up_are_identical_with_and_without_device_masks(digits):
+@pytest.mark.slow
+def test_ranked_targets_with_give_up_are_identical_with_and_without_device_masks(digits, digits_cnn_short):
     """The suites' APGD-T (linear ranking, give_up) keeps the engine's promise: the masked path a GPU
     takes and the shrinking batch of the CPU give the same examples, bit for bit."""
-    from attack_models import digits_cnn
-    model = digits_cnn()[0]
+    model = digits_cnn_short
     x, y = digits.test_subset(120)
     runs = [APGDT(steps=20, n_target_classes=2, ranking="linear", give_up=3.0, sync_free=sf)(
         model, x, y, [0.05, 0.15], bounds=digits.bounds) for sf in (False, True)]

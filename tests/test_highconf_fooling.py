@@ -12,7 +12,6 @@ from advlab.errors import AdvlabError
 from advlab.models import build_model
 from advlab.rng import generator, seeded
 from advlab.threat import get_norm
-from trained_digits import digits_cnn
 
 
 def confidence_goal(logits, y, kappa, targets=None):
@@ -53,9 +52,9 @@ def test_highconf_stays_in_ball_and_bounds_and_every_success_meets_kappa(norm, i
     assert (r.success[1] | ~r.success[0]).all()
 
 
-def test_highconf_on_digits_reaches_kappa_where_pgd_stops_at_the_boundary(digits):
+def test_highconf_on_digits_reaches_kappa_where_pgd_stops_at_the_boundary(digits, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     x, y = digits.x_test[:100], digits.y_test[:100]
     kappa = 0.99
     hc = HighConfidence(kappa=kappa, steps=50)(model, x, y, [0.3], bounds=digits.bounds)
@@ -80,9 +79,9 @@ def test_highconf_options():
 
 # -- fooling images -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("start", ["noise", "blank"])
-def test_fooling_images_reach_the_target_confidence_on_digits(digits, start):
+def test_fooling_images_reach_the_target_confidence_on_digits(digits, start, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     images, conf = fooling_images(model, range(10), digits.input_shape, digits.bounds, start=start, steps=300,
                                   target_confidence=0.99, generator=generator(0))
     assert images.shape == (10, *digits.input_shape)
@@ -112,9 +111,9 @@ def test_fooling_stays_in_bounds_and_within_eps_of_its_start(eps, l2, norm, seed
     assert conf.shape == (4,)
 
 
-def test_fooling_attack_interface_makes_one_image_per_class(digits):
+def test_fooling_attack_interface_makes_one_image_per_class(digits, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     attack = build_attack("fooling", steps=200, per_class=2, target_confidence=0.95)
     assert isinstance(attack, Fooling)
     x = digits.x_test[:3]

@@ -14,7 +14,6 @@ from advlab.errors import AdvlabError
 from advlab.models import affine_transform, build_model
 from advlab.predict import predict_logits
 from advlab.rng import generator, seeded
-from trained_digits import digits_cnn
 
 
 def random_cnn(k=4, seed=0):
@@ -108,9 +107,9 @@ def test_spatial_stays_in_bounds_and_is_monotone_in_eps(seed, eps, lo, max_rotat
     assert max(acc) <= r.clean_accuracy()
 
 
-def test_spatial_breaks_a_digits_model(digits):
+def test_spatial_breaks_a_digits_model(digits, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     x, y = digits.x_test[:100], digits.y_test[:100]
     r = Spatial(max_rotation=30, max_shift=3, rotations=5, shifts=7)(model, x, y, [0.0, 1.0], bounds=digits.bounds)
     clean, worst = r.robust_accuracy()
@@ -148,9 +147,9 @@ def test_spatial_restores_model_mode():
 
 
 # -- transfer -----------------------------------------------------------------------------------------
-def test_transfer_to_the_source_itself_equals_the_attacks_own_result(digits):
+def test_transfer_to_the_source_itself_equals_the_attacks_own_result(digits, digits_cnn):
     torch.set_num_threads(1)
-    model = digits_cnn()
+    model = digits_cnn
     x, y = digits.x_test[:120], digits.y_test[:120]
     attack = PGD(steps=10, batch_size=50)
     eps = [0.05, 0.1, 0.2]
@@ -165,9 +164,9 @@ def test_transfer_to_the_source_itself_equals_the_attacks_own_result(digits):
     assert t.error("self") == pytest.approx([1 - a for a in own.robust_accuracy()])
 
 
-def test_transfer_scores_each_target_on_the_source_examples(digits):
+def test_transfer_scores_each_target_on_the_source_examples(digits, digits_cnn):
     torch.set_num_threads(1)
-    source = digits_cnn()
+    source = digits_cnn
     with seeded(1):
         other = build_model("mlp", digits.input_shape, 10, hidden=[32]).eval()
     x, y = digits.x_test[:60], digits.y_test[:60]

@@ -3,20 +3,14 @@
 import json
 
 import pytest
-import torch
 
 from advlab.cli import main
-from advlab.defenses import TrainConfig
-from advlab.defenses.run import train_run
 from advlab.io import load_tensors
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "digits-cnn"
-    train_run("digits", "cnn-small", out, config=TrainConfig(epochs=6, lr=3e-3), progress=False, log=lambda m: None)
-    return out
+def run_dir(trained_digits_run):
+    return trained_digits_run("cnn-small", epochs=6, lr=3e-3)
 
 
 def attack_json(capsys, run_dir, *args):
