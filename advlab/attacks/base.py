@@ -21,8 +21,7 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Union
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -36,13 +35,11 @@ from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
-from .budget import finite_eps
+from .budget import EpsArg, describe_eps, eps_list, finite_eps
 from .cascade import eps_order, still_broken
 from .goals import Goal, Misclassify
 from .padding import PaddedBatches
 from .result import AttackResult
-
-EpsArg = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
 
 
 class AdvlabWarning(UserWarning):
@@ -74,14 +71,14 @@ class Attack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: EpsArg, *,
                  bounds: Bounds = None, targets: torch.Tensor | None = None,
                  progress: bool = False) -> AttackResult:
-        eps_list = _eps_list(eps, len(x))
-        self._check_budget(eps_list, x)
+        budgets = eps_list(eps, len(x))
+        self._check_budget(budgets, x)
         y, targets = self._check(model, x, y, bounds, targets)
         if self.needs_finite_eps and bounds is None:  # checked up front, not only once a point is attacked
-            for e in eps_list:
+            for e in budgets:
                 finite_eps(e, x, self.norm, bounds, self.name)
         start = time.perf_counter()
-        order = eps_order(eps_list)
+        order = eps_order(budgets)
         device = model_device(model)
         batch = self.batch_size or default_batch_size(device)
         n_batches = math.ceil(len(x) / batch)
@@ -95,7 +92,7 @@ class Attack:
             for b in bar:
                 sl = slice(b * batch, (b + 1) * batch)
                 outputs += self._attack_batch_fitting(runner, x[sl], y[sl], targets[sl] if targets is not None else None,
-                                                      [e[sl] for e in eps_list], order, bounds, b)
+                                                      [e[sl] for e in budgets], order, bounds, b)
         x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
                                                 if t[0] is not None else None
                                                 for i, t in enumerate(zip(*(o[:5] for o in outputs))))
@@ -104,7 +101,7 @@ class Attack:
         info = {"batch_size_after_oom": self._fitted_batch_size} if self._fitted_batch_size else {}
         if len(outputs[0]) > 5:  # per-example extras of the attack (E, n, ...), e.g. the spatial transformation
             info.update({k: torch.cat([o[5][k] for o in outputs], dim=1) for k in outputs[0][5]})
-        return AttackResult(self.name, self.threat_name, _describe_eps(eps), x_adv, logits, clean, y, dist, targets,
+        return AttackResult(self.name, self.threat_name, describe_eps(eps), x_adv, logits, clean, y, dist, targets,
                             time.perf_counter() - start, min_dist, goal=goal, info=info, passes=counter.counts())
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
@@ -116,7 +113,7 @@ class Attack:
         that are already wrong (unless early_stop), budget and bounds enforced.
         """
         y, targets = self._check(model, x, y, bounds, targets, warn_train_mode=False)
-        eps_t = _eps_list(eps, len(x))[0].to(x.device)
+        eps_t = eps_list(eps, len(x))[0].to(x.device)
         gen = generator or rng.generator(self.seed, device=x.device)
         with attack_mode(model, evaluation=False):
             if self.minimal:
@@ -308,41 +305,6 @@ def _warn_if_probabilities(logits: torch.Tensor) -> None:
             torch.allclose(logits.sum(1), torch.ones(len(logits), device=logits.device), atol=1e-4):
         warnings.warn("the model's outputs look like probabilities (non-negative, rows sum to 1); attacks and "
                       "losses expect logits: remove the final softmax", AdvlabWarning, stacklevel=4)
-
-
-def _eps_list(eps: EpsArg, n: int) -> list[torch.Tensor]:
-    """Each epsilon as an (n,) tensor; a scalar applies to every point."""
-    if isinstance(eps, torch.Tensor) and eps.ndim == 1 and len(eps) == n and n > 1:
-        items = [eps]  # one per-example budget
-    elif isinstance(eps, (list, tuple)) or (isinstance(eps, torch.Tensor) and eps.ndim == 1):
-        items = list(eps)
-    else:
-        items = [eps]
-    if not items:
-        raise AdvlabError("eps needs at least one value")
-    out = []
-    for e in items:
-        if isinstance(e, bool) or not isinstance(e, (int, float, torch.Tensor)):
-            raise AdvlabError(f"epsilon must be a number or a tensor, got {e!r}")
-        t = torch.as_tensor(e, dtype=torch.float32).detach().cpu()
-        if t.ndim == 0:
-            t = t.expand(n).clone()
-        if t.shape != (n,):
-            raise AdvlabError(f"a per-example epsilon must have shape ({n},), got {tuple(t.shape)}")
-        if not torch.isfinite(t).all() and not (t == math.inf).all():
-            raise AdvlabError(f"epsilon must be finite (or inf for an unbounded attack), got {e!r}")
-        if (t < 0).any():
-            raise AdvlabError(f"epsilon must be >= 0, got {t.min().item()}")
-        out.append(t)
-    return out
-
-
-def _describe_eps(eps: EpsArg) -> list[float]:
-    """The epsilons as the user wrote them (a per-example budget is summarised by its mean)."""
-    items = [eps] if isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.ndim == 0) else eps
-    if isinstance(items, torch.Tensor) and items.ndim == 1 and not isinstance(eps, (list, tuple)):
-        items = [items] if len(items) > 1 else items.tolist()
-    return [float(e) if not isinstance(e, torch.Tensor) or e.ndim == 0 else e.float().mean().item() for e in items]
 
 
 @contextlib.contextmanager

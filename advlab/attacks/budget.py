@@ -1,7 +1,11 @@
-"""Finite working budgets for attacks whose step sizes or proposals scale with epsilon.
+"""An attack's budgets: the epsilons it is given, and finite working budgets.
 
-APGD's first step is 2 * eps and Square writes +-eps into the input: an infinite epsilon (the
-"unbounded budget" of the robustness tests) would make them produce inf and NaN. Inside a box
+`eps_list` turns what a caller passes as `eps` (a number, a list of numbers, per-example tensors)
+into one (N,) tensor per epsilon, checked; `describe_eps` gives them back as the caller wrote them.
+
+Finite working budgets for attacks whose step sizes or proposals scale with epsilon: APGD's first
+step is 2 * eps and Square writes +-eps into the input, so an infinite epsilon (the "unbounded
+budget" of the robustness tests) would make them produce inf and NaN. Inside a box
 nothing is lost by capping epsilon at the box's diameter in the attack's norm: every point of the
 box is then inside the ball. Without bounds there is no such cap, and that is an input error.
 """
@@ -9,11 +13,15 @@ box is then inside the ball. Without bounds there is no such cap, and that is an
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Union
 
 import torch
 
 from ..errors import AdvlabError
 from ..threat import Bounds, Norm
+
+EpsArg = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
 
 
 def box_diameter(x: torch.Tensor, norm: Norm, bounds: Bounds) -> float:
@@ -32,3 +40,38 @@ def finite_eps(eps: torch.Tensor, x: torch.Tensor, norm: Norm, bounds: Bounds, a
         raise AdvlabError(f"{attack} needs a finite epsilon when the inputs have no bounds; "
                           "pass a large finite eps (e.g. 1e3) instead of inf")
     return eps
+
+
+def eps_list(eps: EpsArg, n: int) -> list[torch.Tensor]:
+    """Each epsilon as an (n,) tensor; a scalar applies to every point."""
+    if isinstance(eps, torch.Tensor) and eps.ndim == 1 and len(eps) == n and n > 1:
+        items = [eps]  # one per-example budget
+    elif isinstance(eps, (list, tuple)) or (isinstance(eps, torch.Tensor) and eps.ndim == 1):
+        items = list(eps)
+    else:
+        items = [eps]
+    if not items:
+        raise AdvlabError("eps needs at least one value")
+    out = []
+    for e in items:
+        if isinstance(e, bool) or not isinstance(e, (int, float, torch.Tensor)):
+            raise AdvlabError(f"epsilon must be a number or a tensor, got {e!r}")
+        t = torch.as_tensor(e, dtype=torch.float32).detach().cpu()
+        if t.ndim == 0:
+            t = t.expand(n).clone()
+        if t.shape != (n,):
+            raise AdvlabError(f"a per-example epsilon must have shape ({n},), got {tuple(t.shape)}")
+        if not torch.isfinite(t).all() and not (t == math.inf).all():
+            raise AdvlabError(f"epsilon must be finite (or inf for an unbounded attack), got {e!r}")
+        if (t < 0).any():
+            raise AdvlabError(f"epsilon must be >= 0, got {t.min().item()}")
+        out.append(t)
+    return out
+
+
+def describe_eps(eps: EpsArg) -> list[float]:
+    """The epsilons as the user wrote them (a per-example budget is summarised by its mean)."""
+    items = [eps] if isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.ndim == 0) else eps
+    if isinstance(items, torch.Tensor) and items.ndim == 1 and not isinstance(eps, (list, tuple)):
+        items = [items] if len(items) > 1 else items.tolist()
+    return [float(e) if not isinstance(e, torch.Tensor) or e.ndim == 0 else e.float().mean().item() for e in items]
