@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import distributed, rng
-from ..attacks.base import _describe_eps, _eps_list, attack_mode, check_inputs
+from ..attacks.base import Attack, attack_mode, check_inputs
+from ..attacks.budget import describe_eps, eps_list
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
@@ -118,83 +119,116 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     check_inputs(x, y, bounds)
     if not suite:
         raise AdvlabError("the attack suite is empty")
-    if batch_size is None:  # large on a GPU, 500 on the CPU (advlab.device.default_batch_size)
-        batch_size = default_batch_size(model_device(model))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AdvlabError(f"batch_size must be a positive integer, got {batch_size!r}")
-    eps_list = _eps_list(eps, len(x))
-    eps_values = _describe_eps(eps)
-    order = eps_order(eps_list)
+    batch_size = _check_batch_size(batch_size, model)
+    budgets = eps_list(eps, len(x))
+    eps_values = describe_eps(eps)
     attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
     labels = [entry.label for entry in suite]
     ident = {"eps": eps_values, "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite],
              "n": len(y), "seed": seed, "batch_size": batch_size, **(identity or {})}
     counter = PassCounter(model)
-    state = _State.load_or_start(state_dir, ident, counter, x, y, len(eps_list))
-    start = time.perf_counter() - state.seconds
-    stages = [(e, a) for e in order for a in range(len(attacks))]
-    ranks, rank = distributed.world_size(), distributed.rank()
+    state = _State.load_or_start(state_dir, ident, counter, x, y, len(budgets))
+    run = _Cascade(counter, x, y, budgets, eps_order(budgets), eps_values, attacks, labels, bounds, seed, batch_size,
+                   progress, state, start=time.perf_counter() - state.seconds)
+    stages = [(e, a) for e in run.order for a in range(len(attacks))]
     try:
         with attack_mode(model, evaluation=True):
             for stage_number, (e, a) in enumerate(stages):
-                if stage_number < state.stage:
-                    continue
-                if state.batch == 0 and state.subset is None:
-                    _inherit_smaller_eps(state, eps_list, order, e)
-                    state.subset = (state.broken_by[e] == ROBUST).nonzero().flatten()
-                subset = state.subset
-                n_batches = (len(subset) + batch_size - 1) // batch_size
-                mine = torch.zeros(len(subset), dtype=torch.bool)  # rows this process broke in this stage
-                desc = f"eps {eps_values[e]:g} {labels[a]}"
-                todo = [b for b in range(state.batch, n_batches) if b % ranks == rank]
-                for b in progress_bar(todo, desc, progress and distributed.is_main(), total=len(todo)):
-                    idx = subset[b * batch_size:(b + 1) * batch_size]
-                    attack = attacks[a]
-                    attack.seed = rng.derive_seed(seed, e, a, b)
-                    t0, before = time.perf_counter(), counter.counts()
-                    r = attack(counter, x[idx], y[idx], [eps_list[e][idx]], bounds=bounds)
-                    state.attack_seconds[labels[a]] = state.attack_seconds.get(labels[a], 0.0) + \
-                        time.perf_counter() - t0
-                    spent = {k: v - before[k] for k, v in counter.counts().items()}
-                    state.attack_passes[labels[a]] = add_counts(state.attack_passes.get(labels[a]), spent)
-                    newly = ~r.correct[0]
-                    hit = idx[newly]
-                    mine[b * batch_size:(b + 1) * batch_size] |= newly
-                    state.broken_by[e, hit] = a + 1
-                    state.found_at[e, hit] = e
-                    state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
-                    state.logits[e, hit] = r.logits[0][newly]
-                    if ranks == 1:  # one process saves after every batch; ranks save once merged
-                        state.save_part(stage_number, b, e, hit, state.x_adv[e, hit])
-                        state.batch = b + 1
-                        state.seconds = time.perf_counter() - start
-                        state.passes = add_counts(state.saved_passes, counter.counts())
-                        state.save()
-                    del r
-                    release_freed_memory()
-                if ranks > 1:
-                    hit = _merge_ranks(state, e, subset, mine)
-                    state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
-                if attacks[a]._fitted_batch_size:
-                    state.oom[labels[a]] = attacks[a]._fitted_batch_size
-                state.stage, state.batch, state.subset = stage_number + 1, 0, None
-                state.seconds = time.perf_counter() - start
-                state.passes = add_counts(state.saved_passes, counter.counts())
-                state.save()
+                if stage_number >= state.stage:
+                    run.stage(stage_number, e, a)
     except KeyboardInterrupt:
-        if ranks == 1:  # under torchrun the last merged attack is the checkpoint
-            state.seconds = time.perf_counter() - start
-            state.passes = add_counts(state.saved_passes, counter.counts())
-            state.save()
+        if run.ranks == 1:  # under torchrun the last merged attack is the checkpoint
+            run.save()
         if state_dir is not None and distributed.is_main():
             write(f"interrupted: evaluation state saved in {state_dir}; run the same command again to resume")
         raise
     passes = add_counts(state.saved_passes, counter.counts())
-    if ranks > 1:
+    if run.ranks > 1:
         passes = dict(zip(passes, (int(v) for v in distributed.all_reduce_sum(list(passes.values())))))
     return Evaluation(eps_values, norm, labels, y.cpu(), state.clean_logits, state.broken_by, state.x_adv,
-                      state.logits, time.perf_counter() - start, dict(state.attack_seconds), passes=passes,
+                      state.logits, time.perf_counter() - run.start, dict(state.attack_seconds), passes=passes,
                       attack_passes=dict(state.attack_passes), oom_batch_sizes=dict(state.oom))
+
+
+def _check_batch_size(batch_size: int | None, model: nn.Module) -> int:
+    if batch_size is None:  # large on a GPU, 500 on the CPU (advlab.device.default_batch_size)
+        batch_size = default_batch_size(model_device(model))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AdvlabError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+@dataclass
+class _Cascade:
+    """One evaluation under way: its inputs and its state. A stage is one attack at one epsilon, run
+    batch by batch on the points still robust there."""
+    counter: PassCounter  # the model, counting its passes
+    x: torch.Tensor
+    y: torch.Tensor
+    budgets: list[torch.Tensor]  # (N,) per epsilon
+    order: list[int]  # the epsilons, smallest first
+    eps_values: list[float]
+    attacks: list[Attack]
+    labels: list[str]
+    bounds: Bounds
+    seed: int
+    batch_size: int
+    progress: bool
+    state: _State
+    start: float  # perf_counter() at the start, less the seconds of the sessions before a resume
+    ranks: int = field(default_factory=distributed.world_size)
+    rank: int = field(default_factory=distributed.rank)
+
+    def stage(self, stage_number: int, e: int, a: int) -> None:
+        state = self.state
+        if state.batch == 0 and state.subset is None:
+            _inherit_smaller_eps(state, self.budgets, self.order, e)
+            state.subset = (state.broken_by[e] == ROBUST).nonzero().flatten()
+        subset = state.subset
+        n_batches = (len(subset) + self.batch_size - 1) // self.batch_size
+        mine = torch.zeros(len(subset), dtype=torch.bool)  # rows this process broke in this stage
+        desc = f"eps {self.eps_values[e]:g} {self.labels[a]}"
+        todo = [b for b in range(state.batch, n_batches) if b % self.ranks == self.rank]
+        for b in progress_bar(todo, desc, self.progress and distributed.is_main(), total=len(todo)):
+            self.batch(stage_number, e, a, b, subset, mine)
+        if self.ranks > 1:
+            hit = _merge_ranks(state, e, subset, mine)
+            state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
+        if self.attacks[a]._fitted_batch_size:
+            state.oom[self.labels[a]] = self.attacks[a]._fitted_batch_size
+        state.stage, state.batch, state.subset = stage_number + 1, 0, None
+        self.save()
+
+    def batch(self, stage_number: int, e: int, a: int, b: int, subset: torch.Tensor, mine: torch.Tensor) -> None:
+        """Batch b of the stage: attack it, record what broke (`mine` marks those rows of `subset`)."""
+        state, label = self.state, self.labels[a]
+        idx = subset[b * self.batch_size:(b + 1) * self.batch_size]
+        attack = self.attacks[a]
+        attack.seed = rng.derive_seed(self.seed, e, a, b)
+        t0, before = time.perf_counter(), self.counter.counts()
+        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds)
+        state.attack_seconds[label] = state.attack_seconds.get(label, 0.0) + time.perf_counter() - t0
+        spent = {k: v - before[k] for k, v in self.counter.counts().items()}
+        state.attack_passes[label] = add_counts(state.attack_passes.get(label), spent)
+        newly = ~r.correct[0]
+        hit = idx[newly]
+        mine[b * self.batch_size:(b + 1) * self.batch_size] |= newly
+        state.broken_by[e, hit] = a + 1
+        state.found_at[e, hit] = e
+        state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
+        state.logits[e, hit] = r.logits[0][newly]
+        if self.ranks == 1:  # one process saves after every batch; ranks save once merged
+            state.save_part(stage_number, b, e, hit, state.x_adv[e, hit])
+            state.batch = b + 1
+            self.save()
+        del r
+        release_freed_memory()
+
+    def save(self) -> None:
+        """Write the state, with the time and the passes so far."""
+        self.state.seconds = time.perf_counter() - self.start
+        self.state.passes = add_counts(self.state.saved_passes, self.counter.counts())
+        self.state.save()
 
 
 def _merge_ranks(state: "_State", e: int, subset: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
