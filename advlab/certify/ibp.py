@@ -34,6 +34,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import AdvlabError
+from ..models.cnn import MadryCNN, SmallCNN
+from ..models.linear import LogisticRegression, SoftmaxRegression
+from ..models.mlp import MLP, Maxout, MaxoutNet
+from ..models.resnet import BasicBlock, PreActBlock, PreActResNet18, ResNet18, WideResNet
+from ..models.shapes import as_image
+from ..models.wrappers import Normalized
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from .result import Certificate
@@ -224,18 +230,11 @@ def _leaf(m: nn.Module, path: str) -> list[Op]:
 
 
 def _as_image(input_shape: tuple[int, ...]) -> Op:
-    from ..models.cnn import _as_image as as_image
     return MonotoneOp(lambda t: as_image(t, input_shape))
 
 
 def compile_ops(module: nn.Module, path: str = "") -> list[Op]:
     """The operations that bound `module`, in forward order; an AdvlabError at the first layer we cannot."""
-    from ..models.cnn import MadryCNN, SmallCNN
-    from ..models.linear import LogisticRegression, SoftmaxRegression
-    from ..models.mlp import MLP, Maxout, MaxoutNet
-    from ..models.resnet import BasicBlock, PreActBlock, PreActResNet18, ResNet18, WideResNet
-    from ..models.wrappers import Normalized
-
     def sub(name: str) -> str:
         return f"{path}.{name}" if path else name
 
@@ -243,47 +242,9 @@ def compile_ops(module: nn.Module, path: str = "") -> list[Op]:
         for name, m in module.named_modules():
             if m._forward_hooks or m._forward_pre_hooks:
                 raise _unsupported(m, name, "it has forward hooks, which may change what it computes")
-    t = type(module)
-    ops: list[Op]
-    if t is nn.Sequential:
-        ops = []
-        for name, child in module.named_children():
-            ops += compile_ops(child, sub(name))
-    elif t is Normalized:
-        m = module
-        ops = [ChannelAffineOp(lambda box: (1 / m.std.to(box.lower.dtype), -m.mean.to(box.lower.dtype) /
-                                            m.std.to(box.lower.dtype)))]
-        ops += compile_ops(m.net, sub("net"))
-    elif t in (SmallCNN, MadryCNN):
-        ops = [_as_image(module.input_shape), *compile_ops(module.features, sub("features")),
-               *compile_ops(module.classifier, sub("classifier"))]
-    elif t in (MLP, MaxoutNet):
-        ops = compile_ops(module.net, sub("net"))
-    elif t is Maxout:
-        ops = [MaxoutOp(module.linear, module.units, module.pieces)]
-    elif t is SoftmaxRegression:
-        ops = [MonotoneOp(lambda x: x.flatten(1)), LinearOp(module.linear.weight, module.linear.bias)]
-    elif t is LogisticRegression:
-        w, b = module.linear.weight, module.linear.bias  # logits [0, w.x + b]
-        ops = [MonotoneOp(lambda x: x.flatten(1)),
-               LinearOp(torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b]))]
-    elif t is BasicBlock:
-        m = module
-        main = [ConvOp(m.conv1), *_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu), ConvOp(m.conv2),
-                *_leaf(m.bn2, sub("bn2"))]
-        ops = [ResidualOp(main, compile_ops(m.shortcut, sub("shortcut")), [MonotoneOp(F.relu)])]
-    elif t is PreActBlock:
-        m = module
-        pre = [*_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu)]
-        main = [ConvOp(m.conv1), *_leaf(m.bn2, sub("bn2")), MonotoneOp(F.relu),
-                DropoutOp(m.dropout, lambda m=m: m.training), ConvOp(m.conv2)]
-        short = [] if m.shortcut is None else [ConvOp(m.shortcut)]
-        ops = [ResidualOp(main, short, [], pre=pre, shortcut_after_pre=m.shortcut is not None)]
-    elif t in (ResNet18, PreActResNet18, WideResNet):
-        ops = [_as_image(module.input_shape), *compile_ops(module.stem, sub("stem")),
-               *compile_ops(module.stages, sub("stages")), *compile_ops(module.head, sub("head")),
-               MonotoneOp(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
-               LinearOp(module.linear.weight, module.linear.bias)]
+    compile_known = _CONTAINERS.get(type(module))
+    if compile_known is not None:
+        ops = compile_known(module, sub)
     else:
         if list(module.children()):
             raise _unsupported(module, path, "a container whose forward advlab cannot see")
@@ -292,6 +253,72 @@ def compile_ops(module: nn.Module, path: str = "") -> list[Op]:
         if not op.path:
             op.path = path
     return ops
+
+
+# The modules advlab can see inside, by exact type: (module, sub) -> ops, where sub(name) is a child's path.
+def _sequential(module: nn.Sequential, sub: Callable[[str], str]) -> list[Op]:
+    ops: list[Op] = []
+    for name, child in module.named_children():
+        ops += compile_ops(child, sub(name))
+    return ops
+
+
+def _normalized(m: Normalized, sub: Callable[[str], str]) -> list[Op]:
+    ops = [ChannelAffineOp(lambda box: (1 / m.std.to(box.lower.dtype), -m.mean.to(box.lower.dtype) /
+                                        m.std.to(box.lower.dtype)))]
+    return ops + compile_ops(m.net, sub("net"))
+
+
+def _cnn(module: SmallCNN | MadryCNN, sub: Callable[[str], str]) -> list[Op]:
+    return [_as_image(module.input_shape), *compile_ops(module.features, sub("features")),
+            *compile_ops(module.classifier, sub("classifier"))]
+
+
+def _mlp(module: MLP | MaxoutNet, sub: Callable[[str], str]) -> list[Op]:
+    return compile_ops(module.net, sub("net"))
+
+
+def _maxout(module: Maxout, sub: Callable[[str], str]) -> list[Op]:
+    return [MaxoutOp(module.linear, module.units, module.pieces)]
+
+
+def _softmax_regression(module: SoftmaxRegression, sub: Callable[[str], str]) -> list[Op]:
+    return [MonotoneOp(lambda x: x.flatten(1)), LinearOp(module.linear.weight, module.linear.bias)]
+
+
+def _logistic_regression(module: LogisticRegression, sub: Callable[[str], str]) -> list[Op]:
+    w, b = module.linear.weight, module.linear.bias  # logits [0, w.x + b]
+    return [MonotoneOp(lambda x: x.flatten(1)),
+            LinearOp(torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b]))]
+
+
+def _basic_block(m: BasicBlock, sub: Callable[[str], str]) -> list[Op]:
+    main = [ConvOp(m.conv1), *_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu), ConvOp(m.conv2),
+            *_leaf(m.bn2, sub("bn2"))]
+    return [ResidualOp(main, compile_ops(m.shortcut, sub("shortcut")), [MonotoneOp(F.relu)])]
+
+
+def _preact_block(m: PreActBlock, sub: Callable[[str], str]) -> list[Op]:
+    pre = [*_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu)]
+    main = [ConvOp(m.conv1), *_leaf(m.bn2, sub("bn2")), MonotoneOp(F.relu),
+            DropoutOp(m.dropout, lambda m=m: m.training), ConvOp(m.conv2)]
+    short = [] if m.shortcut is None else [ConvOp(m.shortcut)]
+    return [ResidualOp(main, short, [], pre=pre, shortcut_after_pre=m.shortcut is not None)]
+
+
+def _resnet(module: ResNet18 | PreActResNet18 | WideResNet, sub: Callable[[str], str]) -> list[Op]:
+    return [_as_image(module.input_shape), *compile_ops(module.stem, sub("stem")),
+            *compile_ops(module.stages, sub("stages")), *compile_ops(module.head, sub("head")),
+            MonotoneOp(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
+            LinearOp(module.linear.weight, module.linear.bias)]
+
+
+_CONTAINERS: dict[type, Callable[[Any, Callable[[str], str]], list[Op]]] = {
+    nn.Sequential: _sequential, Normalized: _normalized, SmallCNN: _cnn, MadryCNN: _cnn, MLP: _mlp, MaxoutNet: _mlp,
+    Maxout: _maxout, SoftmaxRegression: _softmax_regression, LogisticRegression: _logistic_regression,
+    BasicBlock: _basic_block, PreActBlock: _preact_block, ResNet18: _resnet, PreActResNet18: _resnet,
+    WideResNet: _resnet,
+}
 
 
 def check_ibp_supported(model: nn.Module) -> None:

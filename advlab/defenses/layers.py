@@ -13,8 +13,9 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import AdvlabError
-from ..models.cnn import MadryCNN, SmallCNN, _as_image
+from ..models.cnn import MadryCNN, SmallCNN
 from ..models.mlp import MLP, Maxout, MaxoutNet
+from ..models.shapes import as_image
 from ..models.wrappers import Normalized
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, Maxout)
@@ -37,7 +38,7 @@ class _AsImage(nn.Module):
         self.input_shape = input_shape
 
     def forward(self, x):
-        return _as_image(x, self.input_shape)
+        return as_image(x, self.input_shape)
 
 
 def chain(model: nn.Module) -> list[nn.Module]:

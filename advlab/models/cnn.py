@@ -5,22 +5,10 @@ Both accept flat (N, C*H*W) input too and reshape it, so one test harness serves
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-
-def _as_image(x: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
-    if x.ndim == 2 and x.shape[1] == math.prod(input_shape):
-        return x.view(x.shape[0], *input_shape)
-    return x
-
-
-def _check_image_shape(input_shape: tuple[int, ...], name: str) -> None:
-    if len(input_shape) != 3:
-        raise ValueError(f"{name} needs image input (C, H, W); got input shape {tuple(input_shape)}. "
-                         "Use 'mlp' or 'softmax' for feature vectors")
+from .shapes import as_image, check_image_shape
 
 
 class SmallCNN(nn.Module):
@@ -29,7 +17,7 @@ class SmallCNN(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 1, hidden: int = 128,
                  dropout: float = 0.0):
         super().__init__()
-        _check_image_shape(input_shape, "cnn-small")
+        check_image_shape(input_shape, "cnn-small")
         self.input_shape = tuple(input_shape)
         c, h, w = input_shape
         c1, c2 = 32 * width, 64 * width
@@ -43,7 +31,7 @@ class SmallCNN(nn.Module):
                                         nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(_as_image(x, self.input_shape)))
+        return self.classifier(self.features(as_image(x, self.input_shape)))
 
 
 class MadryCNN(nn.Module):
@@ -51,7 +39,7 @@ class MadryCNN(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 1024):
         super().__init__()
-        _check_image_shape(input_shape, "cnn-madry")
+        check_image_shape(input_shape, "cnn-madry")
         self.input_shape = tuple(input_shape)
         c, h, w = input_shape
         self.features = nn.Sequential(
@@ -63,4 +51,4 @@ class MadryCNN(nn.Module):
                                         nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(_as_image(x, self.input_shape)))
+        return self.classifier(self.features(as_image(x, self.input_shape)))

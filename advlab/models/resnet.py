@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cnn import _as_image, _check_image_shape
+from .shapes import as_image, check_image_shape
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -93,7 +93,7 @@ class _ResNetBase(nn.Module):
     """stem -> stages -> head (BN-ReLU for pre-activation nets) -> global average pool -> linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _as_image(x, self.input_shape)   # (N, C, H, W)
+        x = as_image(x, self.input_shape)   # (N, C, H, W)
         h = self.stages(self.stem(x))         # (N, F, H', W')
         h = self.head(h)
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, F)
@@ -105,7 +105,7 @@ class ResNet18(_ResNetBase):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64):
         super().__init__()
-        _check_image_shape(input_shape, "resnet18")
+        check_image_shape(input_shape, "resnet18")
         _check_width(width, "resnet18")
         self.input_shape = tuple(input_shape)
         c = input_shape[0]
@@ -123,7 +123,7 @@ class PreActResNet18(_ResNetBase):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64):
         super().__init__()
-        _check_image_shape(input_shape, "preact-resnet18")
+        check_image_shape(input_shape, "preact-resnet18")
         _check_width(width, "preact-resnet18")
         self.input_shape = tuple(input_shape)
         c = input_shape[0]
@@ -146,7 +146,7 @@ class WideResNet(_ResNetBase):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, depth: int = 28, width: int = 10,
                  dropout: float = 0.0):
         super().__init__()
-        _check_image_shape(input_shape, "wrn")
+        check_image_shape(input_shape, "wrn")
         _check_width(width, "wrn")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"wrn: depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth!r}")
