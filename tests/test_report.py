@@ -70,24 +70,26 @@ def test_no_worst_case_above_an_attack_or_the_transfer_on_the_same_page(run_root
     for key, other in (("standard", "adversarial"), ("adversarial", "standard")):
         assert (run_root / key / "transfer" / f"fgsm-from-{other}-linf" / "adversarial.safetensors").is_file()
         series = [s for c in ctx["curves"] for s in c["series"] if s["group"] == key]
-        suite = [s for s in series if "worst case" in s["label"]][0]
+        (suite,) = [s for s in series if "worst case" in s["label"]]
+        attacks = [s for s in series if s is not suite]
+        assert len(attacks) >= 2 and 0.1 in suite["eps"], ([s["label"] for s in series], suite["eps"])
         transfer = json.loads((run_root / "transfer" / "transfer.json").read_text())
-        for s in series:
-            for e, acc in zip(s["eps"], s["acc"]):
-                if e in suite["eps"] and s["n"] == suite["n"]:
-                    assert suite["acc"][suite["eps"].index(e)] <= acc + 1e-9, (s["label"], e)
+        for s in attacks:  # the demo attacks the suite's points at every budget the suite ran (and more)
+            assert s["n"] == suite["n"] and set(suite["eps"]) <= set(s["eps"]), (s["label"], s["eps"], suite["eps"])
+            for e, acc in zip(suite["eps"], suite["acc"]):
+                assert acc <= s["acc"][s["eps"].index(e)] + 1e-9, (s["label"], e)
+        assert transfer["n"] == suite["n"] and transfer["eps"] and set(transfer["eps"]) <= set(suite["eps"])
         for e, err in zip(transfer["eps"], transfer["error"][other][key]):
-            if e in suite["eps"] and transfer["n"] == suite["n"]:
-                assert suite["acc"][suite["eps"].index(e)] <= 1 - err + 1e-9
+            assert suite["acc"][suite["eps"].index(e)] <= 1 - err + 1e-9, e
     demo = json.loads((run_root / "demo.json").read_text())["summary"]
     for row in demo["rows"]:  # the demo's own table: the suite column never above FGSM or PGD at that eps
         cells = dict(zip(demo["columns"], row))
-        for col, value in cells.items():
-            if " suite @ " in col:
-                e = col.split(" @ ")[1]
-                for a in ("FGSM", "PGD"):
-                    if f"{a} @ {e}" in cells:
-                        assert float(value) <= float(cells[f"{a} @ {e}"]), (row[0], col, a)
+        suite_cols = [col for col in cells if " suite @ " in col]
+        assert suite_cols, demo["columns"]
+        for col in suite_cols:  # the table shows FGSM and PGD at every budget the suite ran
+            e = col.split(" @ ")[1]
+            for a in ("FGSM", "PGD"):
+                assert float(cells[col]) <= float(cells[f"{a} @ {e}"]), (row[0], col, a)
 
 
 def test_slider_frames_match_the_saved_adversarial_examples(run_root):
@@ -148,14 +150,20 @@ def test_demo_summary_is_the_saved_numbers(run_root):
         model = row[0]
         card = json.loads((run_root / model / "card.json").read_text())
         assert float(row[1]) == pytest.approx(card["metrics"]["test_accuracy"], abs=5e-4)
-        for attack in ("fgsm", "pgd"):
-            saved = json.loads((run_root / model / "attacks" / f"{attack}-linf" / "result.json").read_text())
-            for r in saved["results"]:
-                col = f"{attack.upper()} @ {r['eps']:g}"
-                if col in cols:
-                    assert float(row[cols.index(col)]) == pytest.approx(r["robust_accuracy"], abs=5e-4)
         ev = json.loads((run_root / model / "eval" / "fast-linf" / "result.json").read_text())
         assert row[-1] == ev["verdict"]
+        budgets = [r["eps"] for r in ev["results"]]  # the table's budgets: the evaluation's
+        assert budgets
+        for r in ev["results"]:
+            col = f"{ev['suite']} suite @ {r['eps']:g}"
+            assert float(row[cols.index(col)]) == pytest.approx(r["robust_accuracy"], abs=5e-4), col
+        for attack in ("fgsm", "pgd"):
+            saved = json.loads((run_root / model / "attacks" / f"{attack}-linf" / "result.json").read_text())
+            by_eps = {r["eps"]: r["robust_accuracy"] for r in saved["results"]}
+            for e in budgets:
+                col = f"{attack.upper()} @ {e:g}"
+                assert col in cols and e in by_eps, (col, cols, sorted(by_eps))
+                assert float(row[cols.index(col)]) == pytest.approx(by_eps[e], abs=5e-4), col
     assert json.loads((run_root / "standard" / "card.json").read_text())["defense"]["name"] == "none"
     assert json.loads((run_root / "adversarial" / "card.json").read_text())["defense"]["name"] == "pgd"
     t = json.loads((run_root / "transfer" / "transfer.json").read_text())
@@ -163,9 +171,9 @@ def test_demo_summary_is_the_saved_numbers(run_root):
     # the diagonal is each model's white-box FGSM error: the same attack, the same points as the attack step
     fgsm = json.loads((run_root / "standard" / "attacks" / "fgsm-linf" / "result.json").read_text())
     by_eps = {r["eps"]: 1 - r["robust_accuracy"] for r in fgsm["results"]}
+    assert t["eps"] and set(t["eps"]) <= set(by_eps), (t["eps"], sorted(by_eps))
     for e, eps in enumerate(t["eps"]):
-        if eps in by_eps:
-            assert t["error"]["standard"]["standard"][e] == pytest.approx(by_eps[eps], abs=1e-6)
+        assert t["error"]["standard"]["standard"][e] == pytest.approx(by_eps[eps], abs=1e-6)
 
 
 def test_demo_rejects_a_dataset_without_images(capsys):
