@@ -30,15 +30,16 @@ def parse_number(text: str | int | float, name: str = "value") -> float:
     return value
 
 
-def parse_eps_list(text: str | list, name: str = "--eps") -> list[float]:
-    """'0,0.05,8/255' -> [0.0, 0.05, 0.0313...]; every epsilon must be >= 0."""
-    items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
+def parse_eps_list(text: str | list, name: str = "eps") -> list[float]:
+    """'0,0.05,8/255' -> [0.0, 0.05, 0.0313...]; every epsilon must be >= 0. `name`: the parameter (errors
+    name it)."""
+    items = list(text) if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
     if not items:
-        raise ConfigError(f"{name} needs at least one epsilon, e.g. {name} 0.05,0.1")
-    values = [parse_number(t, name) for t in items]
+        raise ConfigError(f"`{name}` needs at least one epsilon, e.g. `{name}=0.05,0.1`")
+    values = [parse_number(t, f"`{name}`") for t in items]
     negative = [v for v in values if v < 0]
     if negative:
-        raise ConfigError(f"{name}: epsilon must be >= 0, got {negative[0]}")
+        raise ConfigError(f"`{name}`: epsilon must be >= 0, got {negative[0]}")
     return values
 
 

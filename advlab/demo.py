@@ -13,22 +13,24 @@ Steps, each writing the same artefacts as the command in brackets:
   5. the epsilon analysis: class distances and perceptibility            (advlab analyze ...)
   6. the HTML report                                                     (advlab report)
 
-The attack, evaluation and analysis steps call the CLI in-process, so a demo directory is exactly
-what a user would get by typing the commands (and `advlab report` re-renders it).
+Each step calls the function behind its command (advlab.artifacts: attack_run, transfer_run,
+evaluate_run, distances_run, ...), so a demo directory is exactly what a user would get by typing the
+commands (and `advlab report` re-renders it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .artifacts import names
 from .errors import AdvlabError
+from .io import write_json
+from .subject import open_subject
 
 
 @dataclass
@@ -84,19 +86,25 @@ def preset(dataset: str = "digits", quick: bool = False) -> DemoConfig:
     return cfg
 
 
-def _cli(args: list[str]) -> dict[str, Any]:
-    """Run an advlab command in-process with --json; return its record (errors raise)."""
-    from .cli import build_parser
+@dataclass
+class _Context:
+    """What every step is run with, and the steps' timings."""
+    data_dir: str | None
+    progress: bool
+    log: Callable[[str], None]
+    device: Any
+    started: float = field(default_factory=time.perf_counter)
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
-    parsed = build_parser().parse_args([*args, "--json"])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        parsed.handler(parsed)
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+    @contextlib.contextmanager
+    def step(self, i: int, name: str, message: str):
+        self.log(f"[{i}/{STEPS}] {message}")
+        t0 = time.perf_counter()
+        yield
+        self.steps.append({"name": name, "seconds": time.perf_counter() - t0})
 
 
-def _eps_text(values: list[float]) -> str:
-    return ",".join(f"{v:g}" for v in values)
+STEPS = 6
 
 
 def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | None = None, progress: bool = True,
@@ -104,89 +112,84 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     """Run every step, write OUT/demo.json and OUT/report.html; returns the demo record.
     `device`: where the models train and are attacked (auto: the GPU when there is one)."""
     from .device import resolve_device
-    from .defenses.run import train_run
-    from .defenses.training import TrainConfig
-    from .io import write_json
     from .report.html import build_report
 
-    log = log or (lambda msg: None)
+    ctx = _Context(data_dir, progress, log or (lambda msg: None), resolve_device(device))
     out = Path(out)
-    started = time.perf_counter()
-    steps: list[dict[str, Any]] = []
-    total = 6
-    dev = resolve_device(device)
-    data_args = ["--data-dir", data_dir] if data_dir else []
-    device_args = ["--device", str(dev)]
-    quiet = [] if progress else ["--no-progress"]
-
-    def step(i: int, name: str):
-        log(f"[{i}/{total}] {name}")
-        return name, time.perf_counter()
-
-    def done(name: str, t0: float) -> None:
-        steps.append({"name": name, "seconds": time.perf_counter() - t0})
-
     runs = {"standard": out / "standard", "adversarial": out / "adversarial"}
-    train_records = {}
-    name, t0 = step(1, f"training a standard and an adversarially trained ({cfg.defense}, eps {cfg.defense_eps:g}) "
-                       f"{cfg.model} on {cfg.dataset}, {cfg.epochs} epochs each")
+    with ctx.step(1, "training", f"training a standard and an adversarially trained ({cfg.defense}, eps "
+                                 f"{cfg.defense_eps:g}) {cfg.model} on {cfg.dataset}, {cfg.epochs} epochs each"):
+        trained = _train(cfg, runs, ctx)
+    with ctx.step(2, "attacks", f"attacking both with FGSM and PGD-{cfg.pgd_steps} at eps {_eps_text(cfg.eps)}"):
+        attacks = _attack(cfg, runs, ctx)
+    with ctx.step(3, "transfer", "transfer matrix (FGSM examples crafted on each model, shown to both; kept for the "
+                                 "evaluation)"):
+        transfer = _transfer(cfg, runs, out / names.TRANSFER_DIR, ctx)
+    certify = _ibp_supported(runs["standard"])  # the bracket, when IBP can bound this model (cheap: seconds)
+    with ctx.step(4, "evaluation", f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps "
+                                   f"{_eps_text(cfg.eval_eps)}" + (", with the IBP-certified lower bound"
+                                                                   if certify else "")):
+        evals = _evaluate(cfg, runs, certify, ctx)
+    with ctx.step(5, "epsilon analysis", "epsilon analysis: class distances and perceptibility"):
+        distances = _analyse(cfg, out / "analysis", ctx)
+    record = {"demo": cfg.dataset, "description": _description(cfg), "config": dataclasses.asdict(cfg),
+              "summary": _summary(cfg, trained, attacks, evals, transfer, distances), "steps": ctx.steps,
+              "seconds": time.perf_counter() - ctx.started, "report": str(out / names.REPORT_FILE)}
+    write_json(out / names.DEMO_FILE, record)
+    with ctx.step(6, "report", "writing the HTML report"):
+        build_report(out)
+    record["seconds"] = time.perf_counter() - ctx.started
+    write_json(out / names.DEMO_FILE, record)
+    return record
+
+
+def _eps_text(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _train(cfg: DemoConfig, runs: dict[str, Path], ctx: _Context) -> dict[str, dict[str, Any]]:
+    """Step 1 (advlab train): the standard model and the adversarially trained one."""
+    from .defenses.run import train_run
+    from .defenses.training import TrainConfig
+
+    records = {}
     for key, defense in (("standard", "none"), ("adversarial", cfg.defense)):
         kwargs = {} if defense == "none" else {"eps": cfg.defense_eps, **cfg.defense_args}
-        train_records[key] = train_run(cfg.dataset, cfg.model, runs[key], data_dir=data_dir, defense=defense,
-                                       defense_kwargs=kwargs, config=TrainConfig(epochs=cfg.epochs, lr=cfg.lr,
-                                                                                 seed=cfg.seed),
-                                       overwrite=True, progress=progress, log=log, device=dev)
-        log(f"      {key}: test accuracy {train_records[key]['test_accuracy']:.4f} "
-            f"({train_records[key]['seconds']:.1f} s)")
-    done("training", t0)
+        records[key] = train_run(cfg.dataset, cfg.model, runs[key], data_dir=ctx.data_dir, defense=defense,
+                                 defense_kwargs=kwargs, config=TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed),
+                                 overwrite=True, progress=ctx.progress, log=ctx.log, device=ctx.device)
+        ctx.log(f"      {key}: test accuracy {records[key]['test_accuracy']:.4f} ({records[key]['seconds']:.1f} s)")
+    return records
 
-    name, t0 = step(2, f"attacking both with FGSM and PGD-{cfg.pgd_steps} at eps {_eps_text(cfg.eps)}")
-    attacks: dict[str, dict[str, Any]] = {}
-    n_attack = ["--n", str(cfg.n_attack)] if cfg.n_attack else []
+
+def _attack(cfg: DemoConfig, runs: dict[str, Path], ctx: _Context) -> dict[str, dict[str, Any]]:
+    """Step 2 (advlab attack --save): FGSM and PGD on both models over the epsilon grid."""
+    from .artifacts.attack import attack_run
+    from .attacks import build_attack
+
+    records = {}
     for key, run in runs.items():
-        for attack, extra in (("fgsm", []), ("pgd", ["--steps", str(cfg.pgd_steps)])):
-            attacks[f"{key}/{attack}"] = _cli(["attack", "--run", str(run), "--attack", attack, "--norm", "linf",
-                                               "--eps", _eps_text(cfg.eps), *extra, *n_attack, "--save",
-                                               "--seed", str(cfg.seed), *quiet, *data_args, *device_args])
-    done("attacks", t0)
+        subject = open_subject(run=run, data_dir=ctx.data_dir, device=ctx.device)
+        for name, steps in (("fgsm", {}), ("pgd", {"steps": cfg.pgd_steps})):
+            attack = build_attack(name, norm="linf", seed=cfg.seed, batch_size=None, **steps)
+            records[f"{key}/{name}"] = attack_run(subject, attack, eps=cfg.eps, n=cfg.n_attack, save=True,
+                                                  progress=ctx.progress, log=ctx.log)
+    return records
 
-    name, t0 = step(3, "transfer matrix (FGSM examples crafted on each model, shown to both; kept for the evaluation)")
-    transfer = _transfer(runs, cfg, out / "transfer", data_dir, dev)
-    done("transfer", t0)
 
-    certify = _ibp_supported(runs["standard"])  # the bracket, when IBP can bound this model (cheap: seconds)
-    name, t0 = step(4, f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps {_eps_text(cfg.eval_eps)}"
-                       + (", with the IBP-certified lower bound" if certify else ""))
-    evals = {}
-    n_eval = ["--n", str(cfg.n_eval)] if cfg.n_eval else []
+def _transfer(cfg: DemoConfig, runs: dict[str, Path], out: Path, ctx: _Context) -> dict[str, Any]:
+    """Step 3: the transfer matrix; each model's examples are kept in the other's run for the evaluation."""
+    from .artifacts.transfer import transfer_run
+    from .attacks import FGSM
+    from .runs import dataset_from_card, load_run
+
+    models, card = {}, None
     for key, run in runs.items():
-        evals[key] = _cli(["evaluate", "--run", str(run), "--eps", _eps_text(cfg.eval_eps), "--suite", cfg.suite,
-                           *n_eval, "--check-n", str(cfg.check_n), "--fresh", "--seed", str(cfg.seed), *quiet,
-                           *data_args, *device_args, *(["--certify"] if certify else [])])
-        log(f"      {key}: verdict {evals[key]['verdict']}")
-    done("evaluation", t0)
-
-    name, t0 = step(5, "epsilon analysis: class distances and perceptibility")
-    distances = _cli(["analyze", "distances", "--dataset", cfg.dataset, "--per-class", str(cfg.per_class),
-                      "--norms", ",".join(cfg.distance_norms), *(["--n", str(cfg.n_distance_test)] if cfg.n_distance_test else []),
-                      "--out", str(out / "analysis" / "distances"), "--seed", str(cfg.seed), *quiet, *data_args])
-    _cli(["analyze", "perceptibility", "--dataset", cfg.dataset, "--eps", "0,0.05,0.1,0.2,0.3",
-          "--out", str(out / "analysis" / "perceptibility"), "--seed", str(cfg.seed), *data_args])
-    done("epsilon analysis", t0)
-
-    summary = _summary(cfg, train_records, attacks, evals, transfer, distances)
-    record = {"demo": cfg.dataset, "description": _description(cfg), "config": dataclasses.asdict(cfg),
-              "summary": summary, "steps": steps, "seconds": time.perf_counter() - started,
-              "report": str(out / "report.html")}
-    write_json(out / "demo.json", record)
-
-    name, t0 = step(6, "writing the HTML report")
-    build_report(out)
-    done("report", t0)
-    record["steps"] = steps
-    record["seconds"] = time.perf_counter() - started
-    write_json(out / "demo.json", record)
-    return record
+        models[key], card = load_run(run, device=ctx.device)
+    data = dataset_from_card(card, ctx.data_dir)
+    x, y = data.test_subset(cfg.n_transfer)
+    return transfer_run(models, x, y, list(cfg.eval_eps), FGSM("linf"), out=out, dataset=data.name,
+                        bounds=data.bounds, runs=runs)
 
 
 def _ibp_supported(run: Path) -> bool:
@@ -200,26 +203,31 @@ def _ibp_supported(run: Path) -> bool:
     return True
 
 
-def _transfer(runs: dict[str, Path], cfg: DemoConfig, out: Path, data_dir: str | None, device) -> dict[str, Any]:
-    from .attacks import FGSM
-    from .evaluate.recorded import save_transfer
-    from .evaluate.transfer import transfer_matrix
-    from .io import write_json
-    from .runs import dataset_from_card, load_run
+def _evaluate(cfg: DemoConfig, runs: dict[str, Path], certify: bool, ctx: _Context) -> dict[str, dict[str, Any]]:
+    """Step 4 (advlab evaluate --fresh [--certify]): the suite, the checks and, where IBP applies, the bracket."""
+    from .artifacts.evaluate import evaluate_run
 
-    models, card = {}, None
+    records = {}
     for key, run in runs.items():
-        models[key], card = load_run(run, device=device)
-    data = dataset_from_card(card, data_dir)
-    x, y = data.test_subset(cfg.n_transfer)
-    m = transfer_matrix(models, x, y, list(cfg.eval_eps), FGSM("linf"), bounds=data.bounds)
-    for source, result in m.results.items():  # each model's examples, scored on the other: RUN/transfer/
-        for target, run in runs.items():
-            if target != source:
-                save_transfer(run, source, x, result.scores[target], "linf")
-    record = {**m.as_dict(), "attack": "fgsm", "norm": "linf", "n": len(y), "dataset": data.name}
-    write_json(out / "transfer.json", record)
-    return record
+        started = time.perf_counter()
+        subject = open_subject(run=run, data_dir=ctx.data_dir, device=ctx.device)
+        records[key] = evaluate_run(subject, eps=cfg.eval_eps, suite=cfg.suite, n=cfg.n_eval, check_n=cfg.check_n,
+                                    fresh=True, seed=cfg.seed, certify=certify, started=started,
+                                    progress=ctx.progress, log=ctx.log)
+        ctx.log(f"      {key}: verdict {records[key]['verdict']}")
+    return records
+
+
+def _analyse(cfg: DemoConfig, out: Path, ctx: _Context) -> dict[str, Any]:
+    """Step 5 (advlab analyze distances, perceptibility): which budgets make sense for this data."""
+    from .artifacts.analysis import distances_run, perceptibility_run
+
+    distances = distances_run(cfg.dataset, out / "distances", data_dir=ctx.data_dir, per_class=cfg.per_class,
+                              norms=cfg.distance_norms, n_test=cfg.n_distance_test, seed=cfg.seed,
+                              progress=ctx.progress, device=ctx.device)
+    perceptibility_run(cfg.dataset, out / "perceptibility", eps=[0.0, 0.05, 0.1, 0.2, 0.3], seed=cfg.seed,
+                       data_dir=ctx.data_dir)
+    return distances
 
 
 def _description(cfg: DemoConfig) -> str:

@@ -35,23 +35,23 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if text == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise AdvlabError("--device mps: Apple's Metal backend is not available on this machine; "
-                              "use --device cpu or auto")
+            raise AdvlabError("`device='mps'`: Apple's Metal backend is not available on this machine; "
+                              "use `device='cpu'` or `device='auto'`")
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if match is None:
-        raise AdvlabError(f"--device must be one of {CHOICES}, got {spec!r}")
+        raise AdvlabError(f"`device` must be one of {CHOICES}, got {spec!r}")
     if not torch.cuda.is_available():
         why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-        raise AdvlabError(f"--device {text}: CUDA is not available ({why}, torch {torch.__version__}); "
-                          "use --device cpu, or --device auto to take the GPU when there is one")
+        raise AdvlabError(f"`device={text!r}`: CUDA is not available ({why}, torch {torch.__version__}); "
+                          "use `device='cpu'`, or `device='auto'` to take the GPU when there is one")
     if match.group(1) is None:
         index = local_rank if local_rank is not None else torch.cuda.current_device()
     else:
         index = int(match.group(1))
     count = torch.cuda.device_count()
     if index >= count:
-        raise AdvlabError(f"--device cuda:{index}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}")
+        raise AdvlabError(f"`device='cuda:{index}'`: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}")
     return torch.device("cuda", index)
 
 

@@ -6,6 +6,8 @@ fsync, then rename, so a crash never leaves a half-written file under the final 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -46,7 +48,7 @@ def relative_path(value: str, key: str) -> str:
     if (os.path.isabs(value) or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
             or PureWindowsPath(value).drive or value.startswith("~")):
         raise ConfigError(f"{key} = {value!r} is an absolute path; paths in experiment configs are relative to the "
-                          "run directory (e.g. out = \"goodfellow2015\"); choose the run directory with --out")
+                          "run directory (e.g. out = \"goodfellow2015\"); choose the run directory with `run_dir`")
     parts = PurePosixPath(value.replace("\\", "/")).parts
     if ".." in parts:
         raise ConfigError(f"{key} = {value!r} leaves the run directory ('..'); use a folder name inside it")
@@ -88,11 +90,30 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, (dumps(obj, indent=2) + "\n").encode())
 
 
+def write_csv(path: str | os.PathLike, header: list, rows: list[list]) -> None:
+    """A CSV file with one header row, written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise CorruptFileError(f"{path} is not valid JSON ({e}); delete it or restore it from a backup") from e
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object (a reader that
+    skips what it cannot use, like the report)."""
+    try:
+        data = read_json(path)
+    except (OSError, CorruptFileError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _json_default(obj: Any) -> Any:

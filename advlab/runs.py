@@ -1,4 +1,6 @@
-"""Run directories: `model.safetensors` plus `card.json`, written atomically, loaded without pickle."""
+"""Run directories: `model.safetensors` plus `card.json`, written atomically, loaded without pickle.
+
+The names of everything else a run directory holds are in advlab.artifacts.names."""
 
 from __future__ import annotations
 
@@ -12,11 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .artifacts.names import CARD_FILE, CHECKPOINT_DIR, MODEL_FILE
 from .errors import AdvlabError, CorruptFileError
 from .io import load_tensors, read_json, save_tensors, write_json
-
-MODEL_FILE = "model.safetensors"
-CARD_FILE = "card.json"
 
 
 def git_commit() -> str | None:
@@ -51,7 +51,8 @@ def read_card(run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     card_path = run_dir / CARD_FILE
     if not card_path.is_file():
-        hint = " (training was interrupted: rerun it with --resume)" if (run_dir / "checkpoint").is_dir() else ""
+        hint = (" (training was interrupted: rerun `advlab train` with --resume, or train_run with resume=True)"
+                if (run_dir / CHECKPOINT_DIR).is_dir() else "")
         raise AdvlabError(f"{run_dir} is not a run directory: {CARD_FILE} is missing{hint}")
     return read_json(card_path)
 

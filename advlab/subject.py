@@ -26,8 +26,9 @@ from torch import nn
 from .data import Dataset, load_dataset
 from .device import describe, resolve_device
 from .errors import AdvlabError
-from .runs import CARD_FILE, dataset_from_card, environment, load_run, read_card
+from .artifacts.names import CARD_FILE
 from .io import write_json
+from .runs import dataset_from_card, environment, load_run, read_card
 
 
 @dataclass
@@ -57,17 +58,17 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
                  run_dir: str | Path | None = None) -> Subject:
     """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH."""
     if (run is None) == (model is None):
-        raise AdvlabError("give either --run RUN_DIR (a model trained by advlab) or --model SPEC (your own model), "
+        raise AdvlabError("give either `run=RUN_DIR` (a model trained by advlab) or `model=SPEC` (your own model), "
                           "not both" if run is not None else
-                          "give --run RUN_DIR (a model trained by advlab) or --model SPEC (your own model, e.g. "
-                          "--model nets.py:build --weights ckpt.pt --dataset cifar10)")
+                          "give `run=RUN_DIR` (a model trained by advlab) or `model=SPEC` (your own model, e.g. "
+                          "`model=nets.py:build` `weights=ckpt.pt` `dataset=cifar10`)")
     if dataset is not None and data is not None:
-        raise AdvlabError("give either --dataset NAME or --data FILE_OR_DIR, not both")
+        raise AdvlabError("give either `dataset=NAME` or `data=FILE_OR_DIR`, not both")
     dev = resolve_device(device)  # fail on a missing GPU before loading anything
     if run is not None:
-        for flag, value in (("--weights", weights), ("--model-arg", model_args), ("--mean", mean), ("--std", std)):
+        for param, value in (("weights", weights), ("model_args", model_args), ("mean", mean), ("std", std)):
             if value:
-                raise AdvlabError(f"{flag} belongs to --model (your own model); a run directory holds its weights")
+                raise AdvlabError(f"`{param}` belongs to `model` (your own model); a run directory holds its weights")
         card = read_card(run)
         ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir) \
             if (dataset or data) else dataset_from_card(card, data_dir)
@@ -78,14 +79,14 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
                   "weights_sha256": card["model"].get("weights_sha256")}
         return Subject(net.to(dev), card, ds, dev, Path(run), record)
     if dataset is None and data is None:
-        raise AdvlabError(f"--model {model} needs data: --dataset NAME (e.g. cifar10) or --data FILE_OR_DIR "
+        raise AdvlabError(f"`model={model}` needs data: `dataset=NAME` (e.g. cifar10) or `data=FILE_OR_DIR` "
                           "(.npz, .safetensors or an image folder)")
     from .models.external import check_classifier, load_external_model
     ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir)
     net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
                                     input_shape=ds.input_shape, num_classes=ds.num_classes)
     net = net.to(dev)
-    check_classifier(net, ds.x_test, ds.num_classes, f"--model {model}")
+    check_classifier(net, ds.x_test, ds.num_classes, f"`model={model}`")
     info.update(name=model, input_shape=list(ds.input_shape), num_classes=ds.num_classes)
     card = {"kind": "external", "model": info, "dataset": ds.describe(), "defense": {"name": "unknown"}}
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / external_run_name(info)
@@ -109,7 +110,7 @@ def _write_card(run_dir: Path, card: dict[str, Any]) -> None:
         same = ("spec", "model_args", "weights_sha256", "normalize")
         if old.get("kind") != "external" or any(old["model"].get(k) != card["model"][k] for k in same):
             raise AdvlabError(f"{run_dir} already holds another model's run ({old.get('model', {}).get('name')}); "
-                              "choose another --out or remove it")
+                              "choose another `run_dir` or remove it")
         if old.get("dataset") == card["dataset"]:
             return
     write_json(path, {**card, "versions": environment()})
@@ -120,7 +121,7 @@ def _load_data(dataset, dataset_args, data, classes, bounds, data_dir) -> Datase
         from .data.files import load_data_path
         return load_data_path(data, classes=classes, bounds=bounds)
     if classes is not None or bounds != "auto":
-        raise AdvlabError("--classes and --bounds describe a --data file or folder; a named --dataset knows its own")
+        raise AdvlabError("`classes` and `bounds` describe a `data` file or folder; a named `dataset` knows its own")
     return load_dataset(dataset, data_dir=data_dir, **(dataset_args or {}))
 
 

@@ -82,7 +82,7 @@ def test_uint8_pixels_are_scaled_to_unit_range(tmp_path):
     assert torch.equal(ds.x_test, torch.tensor([[[[0.0, 1 / 255], [128 / 255, 1.0]]]], dtype=torch.float32))
     assert ds.x_test.max().item() == 1.0
     assert load_data_path(path, bounds=(0, 1)).bounds == (0.0, 1.0)
-    with pytest.raises(AdvlabError, match=r"8-bit pixels are scaled to \[0, 1\].*--bounds 0,255 does not apply"):
+    with pytest.raises(AdvlabError, match=r"8-bit pixels are scaled to \[0, 1\].*`bounds=0,255` does not apply"):
         load_data_path(path, bounds=(0, 255))
 
 
@@ -92,7 +92,7 @@ def test_float_pixels_in_0_255_need_explicit_bounds(tmp_path):
     with pytest.raises(AdvlabError) as e:
         load_data_path(path)
     assert "values in [0, 255], not in [0, 1]" in str(e.value)
-    assert "--bounds LO,HI" in str(e.value) and "--bounds none" in str(e.value)
+    assert "`bounds=LO,HI`" in str(e.value) and "`bounds=none`" in str(e.value)
     ds = load_data_path(path, bounds=(0, 255))
     assert ds.bounds == (0.0, 255.0) and torch.equal(ds.x_test, torch.from_numpy(x))  # not rescaled
 
@@ -105,7 +105,7 @@ def test_integer_pixels_in_0_255_hint_at_uint8(tmp_path):
 
 def test_explicit_bounds_must_contain_the_data(tmp_path):
     path = npz(tmp_path, x=np.array([[-0.5, 0.5], [0.0, 2.0]]), y=np.array([0, 1]))
-    with pytest.raises(AdvlabError, match=r"values in \[-0\.5, 2\], outside --bounds 0,1"):
+    with pytest.raises(AdvlabError, match=r"values in \[-0\.5, 2\], outside `bounds=0,1`"):
         load_data_path(path, bounds=(0, 1))
 
 
@@ -153,10 +153,10 @@ def test_labels_beyond_the_classes_say_how_to_fix_it(tmp_path):
     with pytest.raises(AdvlabError) as e:
         load_data_path(path)
     assert "label 3 (row 1) is out of range for the 2 classes named in the file's 'classes'" in str(e.value)
-    assert "--classes 4" in str(e.value)
-    with pytest.raises(AdvlabError, match=r"out of range for the 3 classes given by --classes .*--classes 4"):
+    assert "`classes=4`" in str(e.value)
+    with pytest.raises(AdvlabError, match=r"out of range for the 3 classes given by `classes` .*`classes=4`"):
         load_data_path(path, classes=3)
-    with pytest.raises(AdvlabError, match=r"out of range for the 2 classes named by --classes"):
+    with pytest.raises(AdvlabError, match=r"out of range for the 2 classes named by `classes`"):
         load_data_path(path, classes=["a", "b"])
 
 
@@ -259,7 +259,7 @@ def test_safetensors_missing_tensor_and_damaged_file(tmp_path):
 
 
 def test_missing_path_and_unsupported_suffix(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"--data .*nope\.npz: no such file or folder"):
+    with pytest.raises(DataNotFoundError, match=r"`data=.*nope\.npz`: no such file or folder"):
         load_data_path(tmp_path / "nope.npz")
     (tmp_path / "data.csv").write_text("1,2\n")
     with pytest.raises(AdvlabError, match=r"unsupported file type '\.csv'; give a \.npz file with arrays x and y"):
@@ -404,7 +404,7 @@ def test_folder_takes_only_pixel_bounds_and_classes_override(tmp_path):
     save(tmp_path / "f" / "cat" / "1.png", gray(0))
     save(tmp_path / "f" / "dog" / "1.png", gray(1))
     assert load_data_path(tmp_path / "f", classes=["c", "d", "e"]).classes == ("c", "d", "e")
-    with pytest.raises(AdvlabError, match="--bounds none does not apply"):
+    with pytest.raises(AdvlabError, match="`bounds=none` does not apply"):
         load_data_path(tmp_path / "f", bounds=None)
 
 
@@ -434,11 +434,11 @@ def test_parse_bounds():
     assert parse_bounds("-1/2,1/2") == (-0.5, 0.5)
     assert parse_bounds("none") is None and parse_bounds("None") is None
     assert parse_bounds("auto") == "auto"
-    with pytest.raises(ConfigError, match=r"--bounds needs LO,HI .*got '0'"):
+    with pytest.raises(ConfigError, match=r"`bounds` needs LO,HI .*got '0'"):
         parse_bounds("0")
-    with pytest.raises(ConfigError, match="--bounds: LO must be below HI, got 1,0"):
+    with pytest.raises(ConfigError, match="`bounds`: LO must be below HI, got 1,0"):
         parse_bounds("1,0")
-    with pytest.raises(ConfigError, match="--bounds must be a number"):
+    with pytest.raises(ConfigError, match="`bounds` must be a number"):
         parse_bounds("zero,1")
 
 
@@ -447,13 +447,13 @@ def test_parse_classes():
     assert parse_classes("cat, dog,bird") == ["cat", "dog", "bird"]
     assert parse_classes("0,1") == ["0", "1"]
     assert parse_classes("cat") == ["cat"]
-    with pytest.raises(ConfigError, match="--classes must be a whole number of classes"):
+    with pytest.raises(ConfigError, match="`classes` must be a whole number of classes"):
         parse_classes("2.5")
-    with pytest.raises(ConfigError, match="--classes must be a whole number of classes"):
+    with pytest.raises(ConfigError, match="`classes` must be a whole number of classes"):
         parse_classes("0")
-    with pytest.raises(ConfigError, match=r"--classes: class names must be non-empty"):
+    with pytest.raises(ConfigError, match=r"`classes`: class names must be non-empty"):
         parse_classes("cat,,dog")
-    with pytest.raises(ConfigError, match="--classes: class name 'cat' appears twice"):
+    with pytest.raises(ConfigError, match="`classes`: class name 'cat' appears twice"):
         parse_classes("cat,dog,cat")
-    with pytest.raises(ConfigError, match="--classes needs a number of classes"):
+    with pytest.raises(ConfigError, match="`classes` needs a number of classes"):
         parse_classes("  ")

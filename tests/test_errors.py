@@ -161,7 +161,7 @@ def case(row_id, tmp_path, capsys, run_dir):
         "bad-n": lambda: (expect_exit_2(capsys, "argument --n: must be a positive whole number", "attack", "--run",
                                         str(run_dir), "--attack", "pgd", "--eps", "0.1", "--n", "0"),
                           expect_error(lambda: __import__("advlab").load_dataset("digits").test_subset(0),
-                                       "--n must be a positive")),
+                                       "`n` must be a positive")),
         "bad-eps-per-class": lambda: _bad_budget(tmp_path, capsys, run_dir),
         "corrupt-weights": lambda: _corrupt_weights(tmp_path, run_dir),
         "bad-option-value": lambda: (
@@ -293,7 +293,7 @@ def _byo_cases(tmp_path, capsys):
             capsys, "pass --bounds LO,HI.*--bounds none",
             *evaluate(data_file=npz("big.npz", x=X.numpy() * 255, y=Y.numpy())))),
         "data-label-range": lambda: expect_error(lambda: load_data_path(npz("l.npz", x=X.numpy(), y=Y.numpy()),
-                                                                        classes=2), "out of range.*--classes 3"),
+                                                                        classes=2), "out of range.*`classes=3`"),
         "data-mixed-sizes": lambda: expect_error(lambda: load_data_path(images("mixed", [(8, 8), (8, 9)])),
                                                  "must all have the same size"),
         "data-not-an-image": lambda: expect_error(lambda: load_data_path(images("bad", [(8, 8), (8, 8)], True)),

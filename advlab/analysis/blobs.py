@@ -38,7 +38,7 @@ def blobs_picture(eps: Sequence[float] = (0.0, 0.2, 0.5), *, dataset_kwargs: dic
     started = time.perf_counter()
     eps = [float(e) for e in eps]
     if any(e < 0 for e in eps):
-        raise AdvlabError(f"--eps must be >= 0, got {eps}")
+        raise AdvlabError(f"`eps` must be >= 0, got {eps}")
     ds = load_dataset("blobs", **(dataset_kwargs or {}))
     p = ds.params
     dim, sep, sigma = p["dim"], p["separation"], p["sigma"]

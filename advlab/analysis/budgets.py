@@ -71,7 +71,7 @@ def load_eps_per_class(path: str | os.PathLike, num_classes: int, norm: str | No
     for an Linf attack would give a wrong number without any error.
     """
     path = Path(path)
-    where = f"--eps-per-class {path}"
+    where = f"`eps_per_class={path}`"
     if not path.is_file():
         raise AdvlabError(f"{where}: no such file; write one with `advlab analyze distances --out DIR` "
                           f"(DIR/eps_per_class_NORM.json) or by hand: {{\"eps\": {{\"0\": 0.1, \"1\": 0.2, ...}}}}")

@@ -80,7 +80,7 @@ def resolve_tile_device(device) -> torch.device | None:
         return None
     if dev.type == "mps":
         raise AdvlabError("exact distances are computed in float64, which Apple's Metal backend (mps) does not "
-                          "support; use --device cpu (or a CUDA GPU)")
+                          "support; use `device='cpu'` (or a CUDA GPU)")
     return dev
 
 

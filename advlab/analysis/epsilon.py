@@ -43,6 +43,7 @@ import torch
 
 from .. import plotting as figures
 from .. import rng
+from ..artifacts import names
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
@@ -58,7 +59,7 @@ def sample_per_class(y: torch.Tensor, per_class: int, num_classes: int, seed: in
     """Indices of `per_class` points of each class (all of a smaller class), drawn with the seed;
     sorted by class, then by index."""
     if per_class < 1:
-        raise AdvlabError(f"--per-class must be >= 1, got {per_class}")
+        raise AdvlabError(f"`per_class` must be >= 1, got {per_class}")
     g = rng.generator(seed)
     picks = []
     for c in range(num_classes):
@@ -136,7 +137,7 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
             entry["figures"] = _figures(out, norm, entry, classes, stats.within, stats.between, stats.test_nn,
                                         ds.name, percentile)
             entry["eps_per_class_file"] = write_eps_per_class(
-                out / f"eps_per_class_{norm}.json", entry["eps_per_class"], norm=norm, dataset=ds.name,
+                out / names.eps_per_class_file(norm), entry["eps_per_class"], norm=norm, dataset=ds.name,
                 classes=classes, rule=_rule_text(rule, percentile))
         record["norms"][norm] = entry
         if log:
@@ -145,8 +146,8 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
     record["seconds"] = time.perf_counter() - started
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if out is not None:
-        record["json"] = str(out / "distances.json")
-        write_json(out / "distances.json", record)
+        record["json"] = str(out / names.DISTANCES_FILE)
+        write_json(out / names.DISTANCES_FILE, record)
     return record
 
 
@@ -154,11 +155,11 @@ def _check_options(norms: Sequence[str], percentile: float, rule: str) -> list[s
     """The checked norm names; a bad percentile or budget rule is an error before any work."""
     norms = [check_norm(n) for n in norms]
     if not norms:
-        raise AdvlabError("--norms needs at least one of l1, l2, linf")
+        raise AdvlabError("`norms` needs at least one of l1, l2, linf")
     if not 0 <= percentile <= 100:
-        raise AdvlabError(f"--percentile must be in [0, 100], got {percentile}")
+        raise AdvlabError(f"`percentile` must be in [0, 100], got {percentile}")
     if rule not in RULES:
-        raise AdvlabError(f"--budget-rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise AdvlabError(f"`rule` must be one of {', '.join(RULES)}, got {rule!r}")
     return norms
 
 

@@ -90,11 +90,11 @@ def linearity_images(ds: Dataset, classes: Sequence[int] = (3, 7), pads: Sequenc
                      eps: float = 0.1, weight_decay: float = 1e-4, seed: int = 0,
                      log: Callable[[str], None] | None = None, device=None) -> dict[str, Any]:
     if len(classes) != 2 or classes[0] == classes[1] or not all(0 <= c < ds.num_classes for c in classes):
-        raise AdvlabError(f"--classes needs two different class indices in 0..{ds.num_classes - 1}, got {classes}")
+        raise AdvlabError(f"`classes` needs two different class indices in 0..{ds.num_classes - 1}, got {classes}")
     if any(p < 0 for p in pads):
-        raise AdvlabError(f"--pad values must be >= 0, got {list(pads)}")
+        raise AdvlabError(f"`pads` must be >= 0, got {list(pads)}")
     if ds.bounds is None:
-        raise AdvlabError(f"{ds.name} has no input bounds to draw the noise padding from; use --dataset gaussian")
+        raise AdvlabError(f"{ds.name} has no input bounds to draw the noise padding from; use `dataset='gaussian'`")
     lo, hi = (float(v) for v in ds.bounds)
     a, b = classes
 
@@ -129,7 +129,7 @@ def _check(dims, eps) -> None:
     if not dims or any(int(n) < 1 for n in dims):
         raise AdvlabError(f"dimensions must be >= 1, got {list(dims)}")
     if eps <= 0:
-        raise AdvlabError(f"--eps must be > 0 for the linearity experiment, got {eps}")
+        raise AdvlabError(f"`eps` must be > 0 for the linearity experiment, got {eps}")
 
 
 def _measure(ds: Dataset, eps: float, weight_decay: float, bounds, device=None) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def run_linearity(dataset: str = "gaussian", *, eps: float = 0.1, dims: Sequence
         body = linearity_gaussian(dims, eps=eps, signal=signal, sigma=sigma, n_train=n_train, n_test=n_test,
                                   weight_decay=weight_decay, seed=seed, log=log, device=device)
     elif dataset == "blobs":
-        raise AdvlabError("the linearity experiment sweeps the dimension: use --dataset gaussian or an image dataset")
+        raise AdvlabError("the linearity experiment sweeps the dimension: use `dataset='gaussian'` or an image dataset")
     else:
         ds = load_dataset(dataset, data_dir=data_dir)
         body = linearity_images(ds, classes, pads, eps=eps, weight_decay=weight_decay, seed=seed, log=log,

@@ -21,6 +21,7 @@ import torch
 
 from .. import plotting as figures
 from .. import rng
+from ..artifacts import names
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
@@ -46,12 +47,12 @@ def perceptibility(ds: Dataset, eps: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3
                           f"{tuple(ds.x_test.shape[1:])} - use digits, fashion-mnist, mnist or cifar10")
     eps = [float(e) for e in eps]
     if not eps or any(e < 0 for e in eps):
-        raise AdvlabError(f"--eps needs values >= 0, got {eps}")
+        raise AdvlabError(f"`eps` needs values >= 0, got {eps}")
     pairs = [tuple(p) for p in (pairs if pairs is not None else default_pairs(ds.num_classes))]
     k = ds.num_classes
     for a, b in pairs:
         if not (0 <= a < k and 0 <= b < k):
-            raise AdvlabError(f"--pairs: class indices must be in 0..{k - 1}, got {a}:{b}")
+            raise AdvlabError(f"`pairs`: class indices must be in 0..{k - 1}, got {a}:{b}")
     g = rng.generator(seed)
 
     def pick(c: int) -> int:
@@ -80,11 +81,11 @@ def perceptibility(ds: Dataset, eps: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3
             np.array(images), [f"{r['source_name']} + {r['target_name']}" for r in rows],
             [f"eps = {e:g}" for e in eps] + ["x1 (source of sign)"],
             f"{ds.name}: clip(x0 + eps * sign(x1)) - every pixel moves by at most eps",
-            out / "perceptibility.png", vmin=float(lo), vmax=float(hi))}
-        record["json"] = str(out / "perceptibility.json")
+            out / names.PERCEPTIBILITY_PNG, vmin=float(lo), vmax=float(hi))}
+        record["json"] = str(out / names.PERCEPTIBILITY_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / "perceptibility.json", record)
+        write_json(out / names.PERCEPTIBILITY_FILE, record)
     return record
 
 

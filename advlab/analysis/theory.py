@@ -98,7 +98,7 @@ def dimension_experiment(dims: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 5
     rows = []
     for i, d in enumerate(dims):
         if int(d) < 1:
-            raise AdvlabError(f"--dims must be >= 1, got {d}")
+            raise AdvlabError(f"`dims` must be >= 1, got {d}")
         mu = signal / math.sqrt(d)
         ds = load_dataset("gaussian", dim=int(d), mu=mu, sigma=sigma, n_train=n_train, n_test=n_test,
                           seed=rng.derive_seed(seed, 1, i))
@@ -132,7 +132,7 @@ def samples_experiment(samples: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 
     rows = []
     for i, n in enumerate(samples):
         if int(n) < 1:
-            raise AdvlabError(f"--samples must be >= 1, got {n}")
+            raise AdvlabError(f"`samples` must be >= 1, got {n}")
         runs: dict[str, list[list[float]]] = {"mean_estimator": [], "adversarial": []}
         for rep in range(reps):
             ds = load_dataset("gaussian", dim=dim, mu=mu, sigma=sigma, n_train=int(n), n_test=n_test,
@@ -178,7 +178,7 @@ def run_theory(experiments: Sequence[str] = ("dimension", "samples"), *, out: st
     started = time.perf_counter()
     unknown = sorted(set(experiments) - {"dimension", "samples"})
     if unknown or not experiments:
-        raise AdvlabError(f"--experiments takes dimension and/or samples, got {', '.join(unknown) or 'nothing'}")
+        raise AdvlabError(f"`experiments` takes dimension and/or samples, got {', '.join(unknown) or 'nothing'}")
     record: dict[str, Any] = {"analysis": "theory", "dataset": "gaussian", "seed": seed, "norm": "linf"}
     if "dimension" in experiments:
         record["dimension"] = dimension_experiment(seed=seed, log=log, device=device, **(dimension_kwargs or {}))

@@ -3,9 +3,9 @@
 - randomized smoothing (Cohen et al. 2019): `certify_smoothing`, `predict_smoothing` (L2, any model);
 - interval bound propagation (Gowal et al. 2018): `certify_ibp`, `interval_bounds` (Linf, the zoo's
   MLPs, CNNs and ResNets);
-- `certify_subject` runs one on a model and its data and writes RUN/certify/NAME/result.json
-  (what `advlab certify` does); `bracket` adds certified accuracy beside an evaluation's robust accuracy
-  (`advlab evaluate --certify`).
+- `bracket` adds certified accuracy beside an evaluation's robust accuracy
+  (`advlab evaluate --certify`). Running one on a model and its data and recording it in the run
+  directory (RUN/certify/NAME/result.json, what `advlab certify` does) is advlab.artifacts.certify_run.
 
 docs/certify.md has the details and caveats.
 """

@@ -181,7 +181,7 @@ def _unsupported(module: nn.Module, path: str, why: str = "") -> AdvlabError:
     kind = f"{type(module).__module__}.{type(module).__qualname__}"
     return AdvlabError(f"interval bound propagation cannot go through layer {path or '(the model itself)'} "
                        f"({kind}){': ' + why if why else ''}; it handles {SUPPORTED}. For any other model use "
-                       "--method smoothing (randomized smoothing needs only forward passes)")
+                       "`method='smoothing'` (randomized smoothing needs only forward passes)")
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm) -> ChannelAffineOp:

@@ -1,6 +1,8 @@
 """The `advlab` command. Each subcommand lives in its own module with `add_parser(subparsers)`.
 
 Exit codes: 0 success, 2 bad input or usage (one-line reason on stderr), 1 a bug, 130 interrupted.
+Each module parses its flags, calls the step behind it (advlab.artifacts, or the library) and prints
+the record; the library's errors name parameters, which `main` words as the command's flags.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import errno
 import importlib
 import sys
 
-from ..errors import AdvlabError
+from ..errors import AdvlabError, reword
+from .common import flags_of
 from ..version import __version__
 
 _CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -50,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         return args.handler(args) or 0
-    except AdvlabError as e:
-        print(f"advlab: error: {e}", file=sys.stderr)
+    except AdvlabError as e:  # the library names parameters (`eps`); say them as this command's flags (--eps)
+        print(f"advlab: error: {reword(str(e), flags_of(getattr(args, '_parser', None)))}", file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in _CANNOT_WRITE or not e.filename:

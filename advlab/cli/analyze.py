@@ -18,22 +18,67 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from ..artifacts import names
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..data import DATASET_NAMES, load_dataset
 from ..device import resolve_device
 from ..errors import AdvlabError
-from .common import add_common, add_data_dir, add_device, emit, log
+from .common import emit, finish, log
 from .common import add_subcommand as _add_subcommand
 from . import types as T
 
 EXAMPLE = "advlab analyze distances --dataset digits --per-class 100 --norms l1,l2,linf --out runs/analyze/digits --json"
 
 
-def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    """common.add_subcommand, with the long description wrapped for the terminal."""
+# Each analysis: (what it does, an example), shown by `advlab analyze NAME --help`.
+ANALYSES = {
+    "distances": (
+        "Class-distance matrices (mean pairwise distance per pair of classes, per norm), within- and "
+        "between-class nearest neighbours, train-to-test nearest neighbours, classes closer to another "
+        "class than to themselves, and suggested budgets with the reasoning; writes per-class budgets "
+        "(eps_per_class_NORM.json) for --eps-per-class.",
+        EXAMPLE),
+    "perceptibility": (
+        "Blend two classes as clip(x0 + eps * sign(x1)) over an eps grid: an Linf budget that is small by "
+        "the number can be obvious to a person.",
+        "advlab analyze perceptibility --dataset digits --eps 0,0.05,0.1,0.2,0.3 --pairs 0:5,1:6 --out runs/analyze/p"),
+    "linearity": (
+        "The linear explanation (Goodfellow et al. 2015, sec. 3): under eps * sign(w) a linear score moves by "
+        "eps * ||w||_1, which grows with the input dimension n. Sweeps n on the gaussian model (closed-form "
+        "prediction) or on an image dataset padded with noise features.",
+        "advlab analyze linearity --dataset gaussian --dims 10,30,100,300,1000,3000 --eps 0.1 --out runs/analyze/lin"),
+    "theory": (
+        "Robustness theory on the two-class Gaussian model (Schmidt et al. 2018), measured beside closed "
+        "forms: robust accuracy of linear classifiers against dimension at fixed eps, and standard versus "
+        "robust accuracy against the number of training samples.",
+        "advlab analyze theory --experiments dimension,samples --out runs/analyze/theory"),
+    "blobs": (
+        "The first picture: two Gaussian blobs, logistic regression, FGSM at each eps; an error table with "
+        "the error predicted in closed form for the trained model, and a scatter plot with the boundary.",
+        "advlab analyze blobs --eps 0,0.2,0.5 --out runs/analyze/blobs"),
+    "embedding": (
+        "Epsilon in a learned embedding: train (or load) a triplet network, report k-NN accuracy and Recall@1, "
+        "within/between-class embedding distances and a suggested embedding budget eps_e, then attack a classifier "
+        "in pixel space and in the embedding (||f(x')-f(x)||_2 <= eps_e) and compare, at matched success rates, how "
+        "often the adversarial examples change the embedding's k-NN label. Writes embedding.json and figures.",
+        "advlab analyze embedding --dataset digits --epochs 10 --n 300 --out runs/analyze/embedding-digits --json"),
+}
+
+
+def add_subcommand(subparsers, name: str, help: str | None = None,
+                   example: str | None = None) -> argparse.ArgumentParser:
+    """common.add_subcommand, with the long description wrapped for the terminal (an analysis: from ANALYSES)."""
+    if help is None:
+        help, example = ANALYSES[name]
     p = _add_subcommand(subparsers, name, help, example)
     p.description = f"{textwrap.fill(help, 96)}\n\nExample:\n  {example}"
     return p
+
+
+def _print(args: argparse.Namespace, record: dict, lines: list[str], last: str) -> int:
+    """Print the record (--json) or the table `lines` and a last line saying where the results are."""
+    emit(args, record, "\n".join([*lines, last]))
+    return 0
 
 
 def add_parser(subparsers) -> None:
@@ -51,22 +96,9 @@ def add_parser(subparsers) -> None:
     _embedding(sub)
 
 
-def _add_device(p: argparse.ArgumentParser, help: str) -> None:
-    """common.add_device, with a help text that says what the device does in this analysis."""
-    add_device(p)
-    for action in p._actions:  # argparse has no public way to change one flag's help
-        if action.dest == "device":
-            action.help = help
-
-
 # -- distances ----------------------------------------------------------------------------------
 def _distances(sub) -> None:
-    p = add_subcommand(
-        sub, "distances",
-        "Class-distance matrices (mean pairwise distance per pair of classes, per norm), within- and "
-        "between-class nearest neighbours, train-to-test nearest neighbours, classes closer to another "
-        "class than to themselves, and suggested budgets with the reasoning; writes per-class budgets "
-        "(eps_per_class_NORM.json) for --eps-per-class.", EXAMPLE)
+    p = add_subcommand(sub, "distances")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
     p.add_argument("--per-class", type=T.positive_int, default=100,
@@ -82,23 +114,20 @@ def _distances(sub) -> None:
                         "class's points, or half its percentile")
     p.add_argument("--block", type=T.positive_int, default=2048, help="rows per block of the distance matrix (memory bound)")
     p.add_argument("--workers", type=T.positive_int, default=None, help="threads for L1/Linf blocks (default: torch threads)")
-    add_common(p, "output directory (default runs/analyze/distances-DATASET)")
-    add_data_dir(p)
-    _add_device(p, "where the distance tiles are computed: auto takes the GPU when there is one (float64 tiles, "
-                   "results back on the CPU); cpu is the exact multithreaded numpy code")
-    p.set_defaults(handler=run_distances)
+    finish(p, run_distances, "output directory (default runs/analyze/distances-DATASET)",
+           device="where the distance tiles are computed: auto takes the GPU when there is one (float64 tiles, "
+                  "results back on the CPU); cpu is the exact multithreaded numpy code")
 
 
 def run_distances(args: argparse.Namespace) -> int:
-    from ..analysis.epsilon import analyze_distances
+    from ..artifacts.analysis import distances_run
     device = resolve_device(args.device)  # a missing GPU fails before any work
-    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
-    ds = load_dataset(args.dataset, data_dir=args.data_dir, **parse_key_values(args.dataset_arg, "--dataset-arg"))
     out = Path(args.out or f"runs/analyze/distances-{args.dataset}")
-    record = analyze_distances(ds, per_class=args.per_class, norms=norms, n_test=args.n,
-                               percentile=args.percentile, rule=args.budget_rule, seed=args.seed,
-                               block=args.block, workers=args.workers, out=out, progress=not args.no_progress,
-                               device=device)
+    record = distances_run(args.dataset, out, data_dir=args.data_dir,
+                           dataset_args=parse_key_values(args.dataset_arg, "--dataset-arg"), per_class=args.per_class,
+                           norms=[n.strip() for n in args.norms.split(",") if n.strip()], n_test=args.n,
+                           percentile=args.percentile, rule=args.budget_rule, seed=args.seed, block=args.block,
+                           workers=args.workers, progress=not args.no_progress, device=device)
     lines = [f"{args.dataset}: {args.per_class} training examples per class, {record['n_test']} test examples "
              f"({record['seconds']:.1f} s)", ""]
     lines.append(f"{'norm':<5} {'suggested_eps':>13} {'percentile eps':>14} {'1-NN acc':>9}  closer to another class")
@@ -109,43 +138,34 @@ def run_distances(args: argparse.Namespace) -> int:
     lines.append("")
     for norm, e in record["norms"].items():
         lines.append(textwrap.fill(f"{norm}: {e['reasoning']}", 100, subsequent_indent="  "))
-    lines.append(f"\nresults in {out}/distances.json; per-class budgets in {out}/eps_per_class_NORM.json")
-    emit(args, record, "\n".join(lines))
-    return 0
+    return _print(args, record, lines, f"\nresults in {out / names.DISTANCES_FILE}; per-class budgets in "
+                                       f"{out / names.eps_per_class_file('NORM')}")
 
 
 # -- perceptibility -----------------------------------------------------------------------------
 def _perceptibility(sub) -> None:
-    p = add_subcommand(
-        sub, "perceptibility",
-        "Blend two classes as clip(x0 + eps * sign(x1)) over an eps grid: an Linf budget that is small by "
-        "the number can be obvious to a person.",
-        "advlab analyze perceptibility --dataset digits --eps 0,0.05,0.1,0.2,0.3 --pairs 0:5,1:6 --out runs/analyze/p")
+    p = add_subcommand(sub, "perceptibility")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     p.add_argument("--eps", type=T.eps_list, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
     p.add_argument("--pairs", default=None,
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
-    add_common(p, "output directory (default runs/analyze/perceptibility-DATASET)")
-    add_data_dir(p)
-    _add_device(p, "accepted like everywhere (and checked: a missing GPU is an error), but no model runs here: the "
-                   "blends are a few small tensor operations on the CPU")
-    p.set_defaults(handler=run_perceptibility)
+    finish(p, run_perceptibility, "output directory (default runs/analyze/perceptibility-DATASET)",
+           device="accepted like everywhere (and checked: a missing GPU is an error), but no model runs here: the "
+                  "blends are a few small tensor operations on the CPU")
 
 
 def run_perceptibility(args: argparse.Namespace) -> int:
-    from ..analysis.perceptibility import perceptibility
+    from ..artifacts.analysis import perceptibility_run
     resolve_device(args.device)  # checked for uniformity; nothing here runs a model
-    ds = load_dataset(args.dataset, data_dir=args.data_dir)
     out = Path(args.out or f"runs/analyze/perceptibility-{args.dataset}")
-    record = perceptibility(ds, parse_eps_list(args.eps), _pairs(args.pairs), seed=args.seed, out=out)
+    record = perceptibility_run(args.dataset, out, eps=parse_eps_list(args.eps), pairs=_pairs(args.pairs),
+                                seed=args.seed, data_dir=args.data_dir)
     lines = [f"{args.dataset}: clip(x0 + eps * sign(x1)) for eps in {record['eps']}"]
     for r in record["pairs"]:
         l2 = ", ".join(f"{v:.2f}" for v in r["l2"])
         lines.append(f"  {r['source_name']} (test {r['source_index']}) + sign of {r['target_name']} "
                      f"(test {r['target_index']}): L2 size {l2}")
-    lines.append(f"grid in {record['figures']['grid']}")
-    emit(args, record, "\n".join(lines))
-    return 0
+    return _print(args, record, lines, f"grid in {record['figures']['grid']}")
 
 
 def _pairs(text: str | None) -> list[tuple[int, int]] | None:
@@ -172,12 +192,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 # -- linearity ----------------------------------------------------------------------------------
 def _linearity(sub) -> None:
-    p = add_subcommand(
-        sub, "linearity",
-        "The linear explanation (Goodfellow et al. 2015, sec. 3): under eps * sign(w) a linear score moves by "
-        "eps * ||w||_1, which grows with the input dimension n. Sweeps n on the gaussian model (closed-form "
-        "prediction) or on an image dataset padded with noise features.",
-        "advlab analyze linearity --dataset gaussian --dims 10,30,100,300,1000,3000 --eps 0.1 --out runs/analyze/lin")
+    p = add_subcommand(sub, "linearity")
     p.add_argument("--dataset", default="gaussian", choices=[d for d in DATASET_NAMES if d != "blobs"])
     p.add_argument("--eps", type=T.non_negative_float, default="0.1", help="Linf budget")
     p.add_argument("--dims", type=T.positive_int_list, default="10,30,100,300,1000,3000", help="gaussian: input dimensions to sweep")
@@ -189,10 +204,7 @@ def _linearity(sub) -> None:
     p.add_argument("--pad", type=T.non_negative_int_list, default="0,1,3,7", help="image datasets: noise features to append, in multiples of the "
                                                     "image size (n = D * (1 + pad))")
     p.add_argument("--weight-decay", type=T.non_negative_float, default=1e-4)
-    add_common(p, "output directory (default runs/analyze/linearity-DATASET)")
-    add_data_dir(p)
-    _add_device(p, _LINEAR_DEVICE_HELP)
-    p.set_defaults(handler=run_linearity)
+    finish(p, run_linearity, "output directory (default runs/analyze/linearity-DATASET)", device=_LINEAR_DEVICE_HELP)
 
 
 _LINEAR_DEVICE_HELP = ("where the fitted linear models are attacked (FGSM) and evaluated: auto takes the GPU when "
@@ -212,19 +224,12 @@ def run_linearity(args: argparse.Namespace) -> int:
         a, f = r["activation_change"], r["fgsm_error"]
         lines.append(f"{r['n']:>6} {a['predicted']:>12.4g} {a['mean']:>10.4g} {f['measured']:>11.2%} "
                      f"{f.get('predicted', f['predicted_from_margins']):>10.2%} {r['clean_error']['measured']:>12.2%}")
-    lines.append(f"results in {out}/linearity.json ({record['seconds']:.1f} s)")
-    emit(args, record, "\n".join(lines))
-    return 0
+    return _print(args, record, lines, f"results in {out}/linearity.json ({record['seconds']:.1f} s)")
 
 
 # -- theory -------------------------------------------------------------------------------------
 def _theory(sub) -> None:
-    p = add_subcommand(
-        sub, "theory",
-        "Robustness theory on the two-class Gaussian model (Schmidt et al. 2018), measured beside closed "
-        "forms: robust accuracy of linear classifiers against dimension at fixed eps, and standard versus "
-        "robust accuracy against the number of training samples.",
-        "advlab analyze theory --experiments dimension,samples --out runs/analyze/theory")
+    p = add_subcommand(sub, "theory")
     p.add_argument("--experiments", default="dimension,samples", help="dimension and/or samples")
     p.add_argument("--dims", type=T.positive_int_list, default="1,2,5,10,20,50,100,200,500,1000,2000", help="dimension: d values")
     p.add_argument("--eps", type=T.non_negative_float, default="0.1", help="dimension: Linf budget")
@@ -238,9 +243,7 @@ def _theory(sub) -> None:
     p.add_argument("--sample-eps", type=T.non_negative_float, default="0.7", help="samples: Linf budget")
     p.add_argument("--reps", type=T.positive_int, default=3, help="samples: training sets drawn per size")
     p.add_argument("--n-test", type=T.positive_int, default=2000, help="test points")
-    add_common(p, "output directory (default runs/analyze/theory)")
-    _add_device(p, _LINEAR_DEVICE_HELP)
-    p.set_defaults(handler=run_theory)
+    finish(p, run_theory, "output directory (default runs/analyze/theory)", data_dir=False, device=_LINEAR_DEVICE_HELP)
 
 
 def run_theory(args: argparse.Namespace) -> int:
@@ -271,26 +274,18 @@ def run_theory(args: argparse.Namespace) -> int:
             lines.append(f"{r['n_train']:>6} {c['measured']:>6.3f} ({c['predicted']:.3f}) "
                          f"{rb['measured']:>7.3f} ({rb['predicted']:.3f}) "
                          f"{r['adversarial']['robust_accuracy']['measured']:>15.3f}")
-    lines.append(f"results in {out}/theory.json ({record['seconds']:.1f} s)")
-    emit(args, record, "\n".join(lines))
-    return 0
+    return _print(args, record, lines, f"results in {out}/theory.json ({record['seconds']:.1f} s)")
 
 
 # -- blobs --------------------------------------------------------------------------------------
 def _blobs(sub) -> None:
-    p = add_subcommand(
-        sub, "blobs",
-        "The first picture: two Gaussian blobs, logistic regression, FGSM at each eps; an error table with "
-        "the error predicted in closed form for the trained model, and a scatter plot with the boundary.",
-        "advlab analyze blobs --eps 0,0.2,0.5 --out runs/analyze/blobs")
+    p = add_subcommand(sub, "blobs")
     p.add_argument("--eps", type=T.eps_list, default="0,0.2,0.5", help="Linf budgets")
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
     p.add_argument("--weight-decay", type=T.non_negative_float, default=1e-4)
-    add_common(p, "output directory (default runs/analyze/blobs)")
-    _add_device(p, _LINEAR_DEVICE_HELP)
-    p.set_defaults(handler=run_blobs)
+    finish(p, run_blobs, "output directory (default runs/analyze/blobs)", data_dir=False, device=_LINEAR_DEVICE_HELP)
 
 
 def run_blobs(args: argparse.Namespace) -> int:
@@ -315,13 +310,7 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 
 def _embedding(sub) -> None:
-    p = add_subcommand(
-        sub, "embedding",
-        "Epsilon in a learned embedding: train (or load) a triplet network, report k-NN accuracy and Recall@1, "
-        "within/between-class embedding distances and a suggested embedding budget eps_e, then attack a classifier "
-        "in pixel space and in the embedding (||f(x')-f(x)||_2 <= eps_e) and compare, at matched success rates, how "
-        "often the adversarial examples change the embedding's k-NN label. Writes embedding.json and figures.",
-        "advlab analyze embedding --dataset digits --epochs 10 --n 300 --out runs/analyze/embedding-digits --json")
+    p = add_subcommand(sub, "embedding")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     p.add_argument("--embedding", type=T.existing_dir, default=None, metavar="RUN_DIR", help="use this embedding run instead of training "
                    "one in OUT/embedding")
@@ -358,10 +347,7 @@ def _embedding(sub) -> None:
     g.add_argument("--embedding-eps", type=T.eps_list, default=None,
                    help="embedding budgets (default: fractions of the mean between-class embedding distance)")
     g.add_argument("--targets", type=T.eps_list, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
-    add_common(p, "output directory (default runs/analyze/embedding-DATASET)")
-    add_data_dir(p)
-    add_device(p)
-    p.set_defaults(handler=run_embedding)
+    finish(p, run_embedding, "output directory (default runs/analyze/embedding-DATASET)")
 
 
 def run_embedding(args: argparse.Namespace) -> int:
@@ -417,6 +403,5 @@ def run_embedding(args: argparse.Namespace) -> int:
                          f"{e['success_rate']:.3f}) changes kNN {e['knn_change_rate']:.3f}"
                          + (f"; referee: pixel {p['referee_knn_change_rate']:.3f}, embedding "
                             f"{e['referee_knn_change_rate']:.3f}" if ref else ""))
-    lines.append(f"results in {record['json']}; figures: {', '.join(record['figures'].values())}")
-    emit(args, record, "\n".join(lines))
-    return 0
+    return _print(args, record, lines,
+                  f"results in {record['json']}; figures: {', '.join(record['figures'].values())}")

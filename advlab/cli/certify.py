@@ -1,7 +1,7 @@
 """advlab certify: a certified lower bound on robust accuracy (randomized smoothing or IBP).
 
-Also the options and the step that `advlab evaluate --certify` adds (add_certify_options, check_certify,
-add_certified), so evaluate.py only calls them.
+Also the options `advlab evaluate --certify` adds and the lines it prints (add_certify_options,
+certified_text); the step itself is advlab.artifacts.evaluate's.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import AdvlabError
-from .common import add_common, add_subcommand, add_subject, emit, log, open_subject
+from .common import add_points, add_subcommand, emit, finish_subject, log, open_subject
 from .types import positive_float, positive_int, probability, radii
 
 
@@ -39,48 +38,55 @@ def add_parser(subparsers) -> None:
     add_smoothing_options(p, 10000)
     p.add_argument("--eps", type=positive_float, default=None,
                    help="ibp: the Linf budget, raw input units (0.1, 8/255)")
-    p.add_argument("--n", type=positive_int, default=None, help="certify the first N test points (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="rows per forward pass (default 1000 noisy copies for smoothing, 256 points for ibp)")
+    add_points(p, "certify", "rows per forward pass (default 1000 noisy copies for smoothing, 256 points for ibp)")
     p.add_argument("--radii", type=radii, default=None,
                    help="radii of the certified-accuracy curve (default: 0 to 2 for smoothing; 0 and eps for ibp)")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the certification over")
-    add_common(p, "with --run: where results go (default RUN/certify/METHOD-NORM-PARAM); with --model: your model's "
-                  "run directory (default runs/FUNCTION-HASH), results in OUT/certify/...")
-    add_subject(p)
-    p.set_defaults(handler=run)
+    finish_subject(p, run, "certify/METHOD-NORM-PARAM")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..certify.run import certify_subject, result_dir_name, text
+    from ..artifacts import names
+    from ..artifacts.certify import certify_run, check_method
     from ..device import resolve_device
 
     device = resolve_device(args.device)  # a missing GPU fails first, before anything is read
-    if args.method == "smoothing":
-        if args.sigma is None:
-            raise AdvlabError("--method smoothing needs --sigma (the noise level, raw input units, e.g. 0.25)")
-        if args.eps is not None:
-            raise AdvlabError("--eps belongs to --method ibp; randomized smoothing certifies L2 radii from --sigma")
-    else:
-        if args.eps is None:
-            raise AdvlabError("--method ibp needs --eps (the Linf budget, raw input units, e.g. 0.1 or 8/255)")
-        if args.sigma is not None:
-            raise AdvlabError("--sigma belongs to --method smoothing; IBP certifies the Linf ball of --eps")
+    check_method(args.method, args.sigma, args.eps)
     subject = open_subject(args, device)
     if args.method == "ibp":
         from ..certify import check_ibp_supported
         check_ibp_supported(subject.model)
     out = Path(args.out) if args.out and args.run else \
-        subject.run_dir / "certify" / result_dir_name(args.method, args.sigma, args.eps)
+        names.certify_dir(subject.run_dir, args.method, args.sigma, args.eps)
     n = min(args.n, len(subject.data.y_test)) if args.n else len(subject.data.y_test)
     log(f"certifying {subject.model_record['spec']} on {n} {subject.data.name} test points with "
         + (f"randomized smoothing (sigma {args.sigma:g}, n0 {args.samples0}, n {args.samples}, alpha {args.alpha:g})"
            if args.method == "smoothing" else f"interval bound propagation (Linf eps {args.eps:g})"))
-    record = certify_subject(subject, args.method, sigma=args.sigma, eps=args.eps, n=args.n, samples=args.samples,
-                             samples0=args.samples0, alpha=args.alpha, batch_size=args.batch_size, radii=args.radii,
-                             seed=args.seed, out=out, fresh=args.fresh, progress=not args.no_progress)
+    record = certify_run(subject, args.method, sigma=args.sigma, eps=args.eps, n=args.n, samples=args.samples,
+                         samples0=args.samples0, alpha=args.alpha, batch_size=args.batch_size, radii=args.radii,
+                         seed=args.seed, out=out, fresh=args.fresh, progress=not args.no_progress)
     emit(args, record, text(record, out))
     return 0
+
+
+def text(record: dict, out: Path | None = None) -> str:
+    """What `advlab certify` prints without --json."""
+    if record["method"] == "smoothing":
+        head = (f"randomized smoothing, sigma {record['sigma']:g} (L2), n0 {record['samples0']}, "
+                f"n {record['samples']}, alpha {record['alpha']:g}: {record['n']} points, "
+                f"{record['abstained']} abstained, {record['seconds']:.1f} s "
+                f"({record['seconds_per_point']:.2f} s per point)")
+    else:
+        head = (f"interval bound propagation, Linf eps {record['eps']:g}: {record['n']} points, "
+                f"{record['seconds']:.1f} s")
+    lines = [head, f"clean accuracy (the model) {record['clean_accuracy']:.4f}; certifies {record['certifies']}",
+             f"{'radius':>8}  {'certified acc':>13}  {'95% interval':>17}"]
+    for r in record["certified_accuracy"]:
+        lo, hi = r["ci95"]
+        lines.append(f"{r['radius']:>8.4g}  {r['accuracy']:>13.4f}  [{lo:.4f}, {hi:.4f}]")
+    if out is not None:
+        lines.append(f"results in {out}")
+    return "\n".join(lines)
 
 
 # -- advlab evaluate --certify --------------------------------------------------------------------
@@ -90,40 +96,6 @@ def add_certify_options(p: argparse.ArgumentParser) -> None:
                    help="add certified accuracy beside robust accuracy: IBP at the same eps for --norm linf (the "
                         "model itself); randomized smoothing with --sigma for --norm l2 (the smoothed classifier)")
     add_smoothing_options(g, 1000)
-
-
-def check_certify(args: argparse.Namespace, subject) -> None:
-    """Before the evaluation: fail now on what would fail after it."""
-    smoothing_flags = args.sigma is not None
-    if not args.certify:
-        if smoothing_flags:
-            raise AdvlabError("--sigma is an option of --certify (randomized smoothing for --norm l2); add --certify")
-        return
-    if args.norm == "linf":
-        if smoothing_flags:
-            raise AdvlabError("--certify with --norm linf uses interval bound propagation; --sigma is for --norm l2")
-        from ..certify import check_ibp_supported
-        check_ibp_supported(subject.model)
-    elif args.norm == "l2":
-        if args.sigma is None:
-            raise AdvlabError("--certify with --norm l2 needs --sigma: randomized smoothing certifies the smoothed "
-                              "classifier, e.g. --sigma 0.25")
-    else:
-        raise AdvlabError(f"--certify has no certificate for --norm {args.norm}; use --norm linf (IBP) or l2 "
-                          "(randomized smoothing with --sigma)")
-
-
-def add_certified(args: argparse.Namespace, subject, x, y, eps, ev, record: dict, out: Path) -> None:
-    """After the evaluation: certified accuracy and its interval in each result row (docs/certify.md)."""
-    if not args.certify:
-        return
-    from ..certify.bracket import certified_rows
-
-    log(f"certifying the same {len(y)} points ({'IBP' if args.norm == 'linf' else f'smoothing, sigma {args.sigma:g}'})")
-    record["certify"] = certified_rows(subject, x, y, eps, args.norm, record["results"], robust=ev.robust,
-                                       sigma=args.sigma, samples=args.samples, samples0=args.samples0,
-                                       alpha=args.alpha, seed=args.seed, state_dir=out / "certify",
-                                       progress=not args.no_progress)
 
 
 def certified_text(record: dict) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from ..data import DATASET_NAMES
 from ..errors import AdvlabError
@@ -14,12 +14,38 @@ from . import types as T
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples' line breaks and show defaults."""
+    """Keep the examples' line breaks and show defaults: "(default: X)" after an option's help, unless the
+    help already says its default in words, the default is None (not given: the help says what happens)
+    or the option is an on/off flag (off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in help:
+            return help
+        return super()._get_help_string(action)
 
 
 def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    return subparsers.add_parser(name, help=help, description=f"{help}\n\nExample:\n  {example}",
-                                 formatter_class=Formatter)
+    p = subparsers.add_parser(name, help=help, description=f"{help}\n\nExample:\n  {example}",
+                              formatter_class=Formatter)
+    p.set_defaults(_parser=p)  # the innermost subcommand's parser, whose flags word the library's errors
+    return p
+
+
+# Library parameters whose flag has another name (the rest: --NAME with '_' -> '-').
+PARAMETER_FLAGS = {"model_args": "model_arg", "dataset_args": "dataset_arg", "rule": "budget_rule", "n_test": "n",
+                   "pads": "pad", "run_dir": "out", "model_run": "model", "gan_run": "gan",
+                   "embedding_run": "embedding"}
+
+
+def flags_of(parser: argparse.ArgumentParser | None) -> Callable[[str], str | None]:
+    """name -> the flag of `parser` for the library parameter `name` (None where it has none)."""
+    options = {}
+    for action in parser._actions if parser is not None else ():
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long:
+            options.setdefault(action.dest, long[0])
+    return lambda name: options.get(name) or options.get(PARAMETER_FLAGS.get(name, ""))
 
 
 def add_common(parser: argparse.ArgumentParser, out_help: str = "output directory") -> None:
@@ -54,23 +80,47 @@ def add_budget(parser: argparse.ArgumentParser) -> None:
                        help="JSON mapping class -> epsilon (from `advlab analyze distances`): one budget per class")
 
 
-def budgets(args: argparse.Namespace, y, num_classes: int, norm: str | None):
-    """The eps argument for an attack: a list of floats, or [per-example tensor] for --eps-per-class.
-    Returns (eps, description for records)."""
-    from ..config import parse_eps_list
-
-    if args.eps is not None:
-        return parse_eps_list(args.eps), None
-    from ..analysis.budgets import eps_for_labels, load_eps_per_class
-
-    per_class = load_eps_per_class(args.eps_per_class, num_classes, norm=norm)
-    return [eps_for_labels(per_class, y)], per_class.tolist()
+DEVICE_HELP = ("where the model runs: auto takes the GPU when there is one (under torchrun each rank takes "
+               "cuda:LOCAL_RANK); data moves there batch by batch, results come back to the CPU")
 
 
-def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=T.device, default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
-                        help="where the model runs: auto takes the GPU when there is one (under torchrun each rank "
-                             "takes cuda:LOCAL_RANK); data moves there batch by batch, results come back to the CPU")
+def add_device(parser: argparse.ArgumentParser, help: str = DEVICE_HELP) -> None:
+    parser.add_argument("--device", type=T.device, default="auto", metavar="auto|cpu|cuda|cuda:N|mps", help=help)
+
+
+def finish(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int], out_help: str, *,
+           data_dir: bool = True, device: bool | str = True) -> None:
+    """The flags every subcommand ends with (--json, --seed, --out, --no-progress; --data-dir and --device
+    where they apply, `device` being the --device help when a string) and the function that runs it."""
+    add_common(parser, out_help)
+    if data_dir:
+        add_data_dir(parser)
+    if device:
+        add_device(parser, device if isinstance(device, str) else DEVICE_HELP)
+    parser.set_defaults(handler=handler)
+
+
+def finish_subject(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int], step: str,
+                   what: str = "results") -> None:
+    """finish() for the commands that run on a --run or --model (add_subject): `what` goes to RUN/STEP."""
+    add_common(parser, f"with --run: where the {what} go (default RUN/{step}); with --model: your model's run "
+                       f"directory (default runs/FUNCTION-HASH), the {what} going to OUT/{step}")
+    add_subject(parser)
+    parser.set_defaults(handler=handler)
+
+
+def add_resume(parser: argparse.ArgumentParser) -> None:
+    """--resume and --overwrite, for the commands that train into --out."""
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+
+
+def add_points(parser: argparse.ArgumentParser, verb: str,
+               batch_help: str = "points per batch (default: 500 on the CPU, 4096 on a GPU; halved if it does not "
+                                 "fit)") -> None:
+    """--n (the first N test points) and --batch-size."""
+    parser.add_argument("--n", type=T.positive_int, default=None, help=f"{verb} the first N test points (default: all)")
+    parser.add_argument("--batch-size", type=T.positive_int, default=None, help=batch_help)
 
 
 def add_subject(parser: argparse.ArgumentParser) -> None:

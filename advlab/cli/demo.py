@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from .common import add_subcommand, emit, finish, log
 from ..data import DATASET_NAMES
 from . import types as T
 
@@ -22,24 +22,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=None, choices=["softmax", "mlp", "maxout", "cnn-small", "cnn-madry"],
                    help="architecture of both models (default cnn-small)")
     p.add_argument("--epochs", type=T.positive_int, default=None, help="training epochs per model (default: the preset's)")
-    add_common(p, "output directory (default runs/demo)")
-    add_data_dir(p)
-    add_device(p)
-    p.set_defaults(handler=run)
+    finish(p, run, "output directory (default runs/demo)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import preset, run_demo, summary_text
-
     from ..device import resolve_device
 
     device = resolve_device(args.device)  # a missing GPU fails before any work
     cfg = preset(args.dataset, quick=args.quick)
     cfg.seed = args.seed
     if args.epochs is not None:
-        if args.epochs < 1:
-            from ..errors import AdvlabError
-            raise AdvlabError(f"--epochs must be at least 1, got {args.epochs}")
         cfg.epochs = args.epochs
     if args.model is not None:
         cfg.model = args.model

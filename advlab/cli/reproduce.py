@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from .common import add_subcommand, emit, finish, log
 
 
 def add_parser(subparsers) -> None:
@@ -20,10 +20,7 @@ def add_parser(subparsers) -> None:
                    help="the config's [quick] settings: tiny and fast, a smoke test rather than a reproduction")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                    help="override a setting of the config, repeatable (e.g. --set epochs=2); recorded in the output")
-    add_common(p, "run directory (default runs/reproduce); the config's `out` is a folder inside it")
-    add_data_dir(p)
-    add_device(p)
-    p.set_defaults(handler=run)
+    finish(p, run, "run directory (default runs/reproduce); the config's `out` is a folder inside it")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from ..defenses.run import train_run
 from ..defenses.training import TrainConfig
 from ..device import resolve_device
 from ..models import MODEL_NAMES
-from .common import add_common, add_data_dir, add_device, add_subcommand, emit, log
+from .common import add_subcommand, add_resume, emit, finish, log
 from . import types as T
 
 
@@ -47,12 +47,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--patience", type=T.positive_int, default=None, help="early stopping after this many epochs without improvement")
     p.add_argument("--val-fraction", type=T.fraction, default=0.1, help="share of the training set held out for validation")
     p.add_argument("--no-normalize", action="store_true", help="do not put per-channel normalisation inside the model")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    add_common(p, "run directory (default runs/DATASET-MODEL-DEFENSE-sSEED)")
-    add_data_dir(p)
-    add_device(p)
-    p.set_defaults(handler=run)
+    add_resume(p)
+    finish(p, run, "run directory (default runs/DATASET-MODEL-DEFENSE-sSEED)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any, Callable
 
 from ..config import parse_eps_list, parse_number
 from ..errors import AdvlabError
@@ -31,59 +32,33 @@ def _integer(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """1, 2, ...: counts of points, steps, epochs, batch sizes."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number (1 or more), got {text!r}")
-    return value
+def _bounded(name: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], must: str, doc: str):
+    """A type: `convert`, then refuse a value that is not `ok` ("must be MUST, got TEXT")."""
+    def check(text: str):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text!r}")
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    check.__doc__ = doc
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    """0, 1, ...: counts that may be zero; seeds."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (fractions such as 8/255 allowed): learning rates, step sizes, sigmas."""
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0: weight decay, penalties, margins."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """Strictly between 0 and 1: confidence levels, significance levels."""
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a probability strictly between 0 and 1, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """In [0, 1): a share of the data held out (0 allowed, all of it not)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
-    return value
-
-
-def percentile(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100], got {text!r}")
-    return value
+positive_int = _bounded("positive_int", _integer, lambda v: v >= 1, "a positive whole number (1 or more)",
+                        "1, 2, ...: counts of points, steps, epochs, batch sizes.")
+non_negative_int = _bounded("non_negative_int", _integer, lambda v: v >= 0, "a whole number >= 0",
+                            "0, 1, ...: counts that may be zero; seeds.")
+positive_float = _bounded("positive_float", _number, lambda v: v > 0, "a number > 0",
+                          "A finite number > 0 (fractions such as 8/255 allowed): learning rates, step sizes, sigmas.")
+non_negative_float = _bounded("non_negative_float", _number, lambda v: v >= 0, "a number >= 0",
+                              "A finite number >= 0: weight decay, penalties, margins.")
+probability = _bounded("probability", _number, lambda v: 0 < v < 1, "a probability strictly between 0 and 1",
+                       "Strictly between 0 and 1: confidence levels, significance levels.")
+fraction = _bounded("fraction", _number, lambda v: 0 <= v < 1, "a fraction in [0, 1)",
+                    "In [0, 1): a share of the data held out (0 allowed, all of it not).")
+percentile = _bounded("percentile", _number, lambda v: 0 <= v <= 100, "a percentile in [0, 100]",
+                      "In [0, 100].")
 
 
 def eps_list(text: str) -> str:
@@ -91,18 +66,25 @@ def eps_list(text: str) -> str:
     try:
         parse_eps_list(text, "budget")
     except AdvlabError as e:
-        raise argparse.ArgumentTypeError(str(e).replace("budget: ", "").replace("budget ", "")) from None
+        # "`budget` needs at least one epsilon, e.g. `budget=0.05,0.1`": argparse names the option itself
+        raise argparse.ArgumentTypeError(str(e).replace("`budget`: ", "").replace("`budget` ", "")
+                                         .replace("`budget=", "").replace("`", "")) from None
+    return text
+
+
+def _items(text: str, check: Callable[[str], Any], what: str) -> str:
+    """Comma-separated values, each passing `check`; kept as text, checked now."""
+    items = [t for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"needs at least one {what}, got {text!r}")
+    for t in items:
+        check(t)
     return text
 
 
 def number_list(text: str) -> str:
     """Comma-separated finite numbers (per-channel means, say); kept as text, checked now."""
-    items = [t for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"needs at least one number, got {text!r}")
-    for t in items:
-        _number(t)
-    return text
+    return _items(text, _number, "number")
 
 
 def radii(text: str) -> list[float]:
@@ -116,65 +98,44 @@ def radii(text: str) -> list[float]:
 
 def positive_int_list(text: str) -> str:
     """Comma-separated whole numbers >= 1 (dimensions, sample sizes); kept as text, checked now."""
-    items = [t for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"needs at least one whole number, got {text!r}")
-    for t in items:
-        positive_int(t)
-    return text
+    return _items(text, positive_int, "whole number")
 
 
 def non_negative_int_list(text: str) -> str:
     """Comma-separated whole numbers >= 0; kept as text, checked now."""
-    items = [t for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"needs at least one whole number, got {text!r}")
-    for t in items:
-        non_negative_int(t)
+    return _items(text, non_negative_int, "whole number")
+
+
+def _path(text: str, what: str, refused: Callable[[Path], bool], problem: str) -> str:
+    """A path: not empty ("needs a WHAT"), and refused with `problem` (naming {text}) when `refused(path)`."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError(f"needs a {what}, got an empty string")
+    if refused(Path(text)):
+        raise argparse.ArgumentTypeError(problem.format(text=text))
     return text
 
 
 def existing_file(text: str) -> str:
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("needs a file name, got an empty string")
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
-    return text
+    return _path(text, "file name", lambda p: not p.is_file(), "no such file: {text}")
 
 
 def existing_dir(text: str) -> str:
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("needs a folder name, got an empty string")
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"no such folder: {text}")
-    return text
+    return _path(text, "folder name", lambda p: not p.is_dir(), "no such folder: {text}")
 
 
 def existing_path(text: str) -> str:
     """A file or a folder that must exist (--data)."""
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("needs a path, got an empty string")
-    if not Path(text).exists():
-        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
-    return text
+    return _path(text, "path", lambda p: not p.exists(), "no such file or folder: {text}")
 
 
 def output_dir(text: str) -> str:
     """A folder to write into: it may not exist yet, but must not be an existing file or empty."""
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("needs a folder name, got an empty string")
-    if Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder to write into")
-    return text
+    return _path(text, "folder name", Path.is_file, "{text} is a file; give a folder to write into")
 
 
 def output_file(text: str) -> str:
     """A file to write: it may exist (and is replaced), but must not be a folder or empty."""
-    if not str(text).strip():
-        raise argparse.ArgumentTypeError("needs a file name, got an empty string")
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name to write")
-    return text
+    return _path(text, "file name", Path.is_dir, "{text} is a folder; give a file name to write")
 
 
 def device(text: str) -> str:

@@ -45,7 +45,7 @@ class Dataset:
         if n is None:
             return self.x_test, self.y_test
         if n <= 0:
-            raise AdvlabError(f"--n must be a positive number of test points, got {n}")
+            raise AdvlabError(f"`n` must be a positive number of test points, got {n}")
         return self.x_test[:n], self.y_test[:n]
 
     def channel_stats(self) -> tuple[list[float], list[float]]:

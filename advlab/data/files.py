@@ -4,7 +4,7 @@
     ds = load_data_path("photos/", classes=None)           # photos/cat/*.png, photos/dog/*.jpg
     ds = load_data_path("feats.safetensors", bounds=None)  # unbounded feature vectors
 
-The user's examples become the *test* split, in the file's own order (`--n K` takes the first K);
+The user's examples become the *test* split, in the file's own order (`n=K` takes the first K);
 the train split is empty with the same trailing shape. Inputs end as float32 (N, C, H, W) or
 (N, D), labels as int64. Nothing is unpickled: .npz members are read with allow_pickle=False and
 images are decoded by Pillow with its decompression-bomb limit turned into an error.
@@ -30,13 +30,14 @@ from .image_folder import read_image_folder
 
 FORMATS_HELP = ("a .npz file with arrays x and y, a .safetensors file with tensors x and y, or a folder "
                 "with one sub-folder of images per class (folder/cat/1.png, folder/dog/2.jpg)")
-BOUNDS_HELP = "pass --bounds LO,HI (e.g. --bounds 0,255), or --bounds none for unbounded features"
+BOUNDS_HELP = "pass `bounds=LO,HI` (e.g. `bounds=0,255`), or `bounds=none` for unbounded features"
 
 
 # ---------------------------------------------------------------- command-line strings
 
-def parse_bounds(text: str, name: str = "--bounds") -> tuple[float, float] | None | str:
-    """'0,1' -> (0.0, 1.0); '0,255' -> (0.0, 255.0); 'none' -> None; 'auto' -> 'auto'."""
+def parse_bounds(text: str, name: str = "bounds") -> tuple[float, float] | None | str:
+    """'0,1' -> (0.0, 1.0); '0,255' -> (0.0, 255.0); 'none' -> None; 'auto' -> 'auto'. `name`: the parameter
+    (errors name it)."""
     s = str(text).strip()
     if s.lower() == "none":
         return None
@@ -44,28 +45,29 @@ def parse_bounds(text: str, name: str = "--bounds") -> tuple[float, float] | Non
         return "auto"
     parts = s.split(",")
     if len(parts) != 2:
-        raise ConfigError(f"{name} needs LO,HI (e.g. {name} 0,1 or {name} 0,255), 'none' for unbounded "
+        raise ConfigError(f"`{name}` needs LO,HI (e.g. `{name}=0,1` or `{name}=0,255`), 'none' for unbounded "
                           f"features, or 'auto'; got {text!r}")
-    return _ordered_bounds(parse_number(parts[0], name), parse_number(parts[1], name), name)
+    return _ordered_bounds(parse_number(parts[0], f"`{name}`"), parse_number(parts[1], f"`{name}`"), f"`{name}`")
 
 
-def parse_classes(text: str, name: str = "--classes") -> int | list[str]:
-    """'10' -> 10 classes named '0'..'9'; 'cat,dog,bird' -> those names, label 0 = cat."""
+def parse_classes(text: str, name: str = "classes") -> int | list[str]:
+    """'10' -> 10 classes named '0'..'9'; 'cat,dog,bird' -> those names, label 0 = cat. `name`: the parameter
+    (errors name it)."""
     s = str(text).strip()
     if not s:
-        raise ConfigError(f"{name} needs a number of classes (e.g. {name} 10) or comma-separated names "
-                          f"(e.g. {name} cat,dog)")
+        raise ConfigError(f"`{name}` needs a number of classes (e.g. `{name}=10`) or comma-separated names "
+                          f"(e.g. `{name}=cat,dog`)")
     if "," not in s:
         try:
-            value = parse_number(s, name)
+            value = parse_number(s, f"`{name}`")
         except ConfigError:
             value = None  # a single class name
         if value is not None:
             if value != int(value) or value < 1:
-                raise ConfigError(f"{name} must be a whole number of classes >= 1 or comma-separated names, "
+                raise ConfigError(f"`{name}` must be a whole number of classes >= 1 or comma-separated names, "
                                   f"got {text!r}")
             return int(value)
-    return _check_names([t.strip() for t in s.split(",")], name)
+    return _check_names([t.strip() for t in s.split(",")], f"`{name}`")
 
 
 def _ordered_bounds(lo: float, hi: float, name: str) -> tuple[float, float]:
@@ -95,8 +97,8 @@ def _check_bounds_arg(bounds: Any) -> tuple[float, float] | None | str:
     if isinstance(bounds, str):
         return parse_bounds(bounds, "bounds")
     if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
-        return _ordered_bounds(parse_number(bounds[0], "bounds"), parse_number(bounds[1], "bounds"), "bounds")
-    raise ConfigError(f"bounds must be 'auto', None or (lo, hi), got {bounds!r}")
+        return _ordered_bounds(parse_number(bounds[0], "`bounds`"), parse_number(bounds[1], "`bounds`"), "`bounds`")
+    raise ConfigError(f"`bounds` must be 'auto', None or (lo, hi), got {bounds!r}")
 
 
 def _check_classes_arg(classes: Any) -> int | list[str] | None:
@@ -106,11 +108,11 @@ def _check_classes_arg(classes: Any) -> int | list[str] | None:
         return parse_classes(classes, "classes")
     if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
         if classes < 1:
-            raise ConfigError(f"classes must be a number of classes >= 1, got {classes}")
+            raise ConfigError(f"`classes` must be a number of classes >= 1, got {classes}")
         return int(classes)
     if isinstance(classes, (list, tuple)):
-        return _check_names(classes, "classes")
-    raise ConfigError(f"classes must be None, a number of classes or a list of names, got {classes!r}")
+        return _check_names(classes, "`classes`")
+    raise ConfigError(f"`classes` must be None, a number of classes or a list of names, got {classes!r}")
 
 
 # ---------------------------------------------------------------- the entry point
@@ -128,7 +130,7 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
     where = str(path)
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataNotFoundError(f"--data {where}: no such file or folder ({p.resolve()}); give {FORMATS_HELP}")
+        raise DataNotFoundError(f"`data={where}`: no such file or folder ({p.resolve()}); give {FORMATS_HELP}")
     p = p.resolve()
     if p.is_dir():
         x, y, file_classes, digest = read_image_folder(p, where)
@@ -141,7 +143,7 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
         elif suffix == ".safetensors":
             arrays, file_classes, fmt = _read_safetensors(p, where), None, "safetensors"
         else:
-            raise AdvlabError(f"--data {where}: unsupported file type {p.suffix or '(no suffix)'!r}; give {FORMATS_HELP}")
+            raise AdvlabError(f"`data={where}`: unsupported file type {p.suffix or '(no suffix)'!r}; give {FORMATS_HELP}")
         if "classes" in arrays:
             file_classes = arrays.pop("classes")
         x = _layout(arrays["x"], where)
@@ -209,8 +211,8 @@ def _inputs(x: np.ndarray, bounds, where: str) -> tuple[np.ndarray, tuple[float,
         raise AdvlabError(f"{where}: x has values in [{lo:g}, {hi:g}], not in [0, 1], so the valid input range "
                           f"cannot be guessed; {BOUNDS_HELP}{hint}")
     if bounds is not None and (lo < bounds[0] or hi > bounds[1]):
-        raise AdvlabError(f"{where}: x has values in [{lo:g}, {hi:g}], outside --bounds {bounds[0]:g},{bounds[1]:g}; "
-                          f"widen the bounds so they contain the data, or --bounds none for unbounded features")
+        raise AdvlabError(f"{where}: x has values in [{lo:g}, {hi:g}], outside `bounds={bounds[0]:g},{bounds[1]:g}`; "
+                          f"widen the bounds so they contain the data, or `bounds=none` for unbounded features")
     return xf, bounds
 
 
@@ -221,8 +223,8 @@ def _scale_pixels(x: np.ndarray, bounds, where: str) -> tuple[np.ndarray, tuple[
 def _pixel_bounds(bounds, where: str) -> tuple[float, float]:
     if bounds not in ("auto", (0.0, 1.0)):
         shown = "none" if bounds is None else f"{bounds[0]:g},{bounds[1]:g}"
-        raise AdvlabError(f"{where}: 8-bit pixels are scaled to [0, 1] with bounds (0, 1), so --bounds {shown} "
-                          f"does not apply; leave --bounds out, or store x as floats in the units you want")
+        raise AdvlabError(f"{where}: 8-bit pixels are scaled to [0, 1] with bounds (0, 1), so `bounds={shown}` "
+                          f"does not apply; leave `bounds` out, or store x as floats in the units you want")
     return (0.0, 1.0)
 
 
@@ -249,17 +251,17 @@ def _class_names(classes, file_classes, y: np.ndarray, where: str) -> list[str]:
     top = int(y.max())
     row = int(y.argmax())
     if isinstance(classes, int):
-        names, source = [str(i) for i in range(classes)], "given by --classes"
+        names, source = [str(i) for i in range(classes)], "given by `classes`"
     elif classes is not None:
-        names, source = classes, "named by --classes"
+        names, source = classes, "named by `classes`"
     elif file_classes is not None:
         names, source = file_classes, "named in the file's 'classes'"
     else:
         return [str(i) for i in range(top + 1)]
     if top >= len(names):
-        fix = (f"pass --classes {top + 1} (or more), or list {top + 1} or more names with --classes a,b,..."
+        fix = (f"pass `classes={top + 1}` (or more), or list {top + 1} or more names with `classes=a,b,...`"
                if classes is not None else
-               f"add the missing names to the file's 'classes', or override them with --classes {top + 1}")
+               f"add the missing names to the file's 'classes', or override them with `classes={top + 1}`")
         raise AdvlabError(f"{where}: label {top} (row {row}) is out of range for the {len(names)} classes {source} "
                           f"(labels must be 0..{len(names) - 1}); {fix}")
     return names

@@ -33,7 +33,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
     if not class_dirs:
         loose = [p.name for p in skipped if p.suffix.lower() in IMAGE_SUFFIXES]
         found = (f"found images directly in it ({loose[0]}, ...)" if loose else "it has no sub-folders")
-        raise AdvlabError(f"--data {where}: {found}; put each class's images in its own sub-folder "
+        raise AdvlabError(f"`data={where}`: {found}; put each class's images in its own sub-folder "
                           f"({where}/CLASS_NAME/IMAGE.png); the class names are the sub-folder names")
     files: list[tuple[int, Path]] = []
     for label, d in enumerate(class_dirs):
@@ -42,7 +42,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
                   and p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [p for p in inside if p not in images]
         if not images:
-            raise AdvlabError(f"--data {where}: class folder {Path(where) / d.name} has no images "
+            raise AdvlabError(f"`data={where}`: class folder {Path(where) / d.name} has no images "
                               f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
         files += [(label, p) for p in images]
     if skipped:
@@ -66,7 +66,7 @@ def read_image_folder(root: Path, where: str) -> tuple[np.ndarray, np.ndarray, l
             if first is None:
                 first = (shown, size)
             elif size != first[1]:
-                raise AdvlabError(f"--data {where}: images must all have the same size, but {shown} is "
+                raise AdvlabError(f"`data={where}`: images must all have the same size, but {shown} is "
                                   f"{size[0]}x{size[1]} (width x height) and {first[0]} is {first[1][0]}x{first[1][1]}; "
                                   f"resize them to one size first")
             arrays.append(a)

@@ -62,7 +62,7 @@ def locate(dataset: str, files: list[RemoteFile], urls: list[str], data_dir=None
         if all(found):
             return found  # type: ignore[return-value]
     if data_dir and not Path(data_dir).expanduser().exists():
-        raise DataNotFoundError(f"--data-dir {data_dir} does not exist")
+        raise DataNotFoundError(f"`data_dir={data_dir}` does not exist")
     target = cache_dir() / dataset
     errors = []
     if os.environ.get("ADVLAB_OFFLINE"):
@@ -79,7 +79,7 @@ def locate(dataset: str, files: list[RemoteFile], urls: list[str], data_dir=None
     raise DataNotFoundError(
         f"{dataset}: could not find {names}. Looked in:\n{places}\n"
         f"and {'; '.join(errors)}.\nTo fix: {how_to_get or 'put the files in one of those folders'} "
-        f"(or pass --data-dir DIR / set ADVLAB_DATA=DIR).")
+        f"(or pass `data_dir=DIR` / set ADVLAB_DATA=DIR).")
 
 
 def download(f: RemoteFile, urls: list[str], target: Path, timeout: float = 30.0) -> Path:

@@ -30,17 +30,18 @@ from typing import Any, Sequence
 
 import torch
 
+from ..artifacts import names
 from ..errors import AdvlabError
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, read_json, read_record, save_tensors, write_json
 from ..predict import model_device
 from ..progress import write
 from ..threat import Bounds, LpBall
 from .stats import clopper_pearson, per_class_accuracy
 from .suites import SuiteEntry
 
-EXAMPLES_FILE = "adversarial.safetensors"
-RECORD_FILE = "result.json"
-KINDS = ("attacks", "eval", "transfer")  # sub-directories of a run that hold recorded examples
+EXAMPLES_FILE = names.EXAMPLES_FILE
+RECORD_FILE = names.RESULT_FILE
+KINDS = names.RECORDED_KINDS  # sub-directories of a run that hold recorded examples
 
 
 def within(distance: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -193,9 +194,13 @@ class RecordedExamples:
 
 
 # -- what an evaluation leaves for the next one and for the report --------------------------------------------
-def save_examples(out: str | os.PathLike, x: torch.Tensor, ev, eps: Sequence[torch.Tensor]) -> Path:
+def save_examples(out: str | os.PathLike, x: torch.Tensor, ev, eps) -> Path:
     """OUT/adversarial.safetensors: the evaluation's examples in `advlab attack --save`'s format, plus
-    which attack broke each point (broken_by, labels in the metadata) and each point's budget."""
+    which attack broke each point (broken_by, labels in the metadata) and each point's budget (`eps`: the
+    budgets the evaluation was given)."""
+    from ..attacks.budget import eps_list
+
+    eps = eps_list(eps, len(x))
     path = Path(out) / EXAMPLES_FILE
     save_tensors(path, {"x": x, "x_adv": ev.x_adv, "logits": ev.logits, "y": ev.y, "clean_logits": ev.clean_logits,
                         "broken_by": ev.broken_by, "eps": torch.stack([torch.as_tensor(e).float() for e in eps])},
@@ -207,7 +212,7 @@ def save_transfer(run_dir: str | os.PathLike, source: str, x: torch.Tensor, scor
     """RUN/transfer/ATTACK-from-SOURCE-NORM/: examples crafted on model `source`, with this run's model's
     logits on them (`scored`: the AttackResult a transfer scored on this model), for later evaluations
     and the report."""
-    out = Path(run_dir) / "transfer" / f"{scored.attack}-from-{source}-{norm}"
+    out = names.transfer_examples_dir(run_dir, scored.attack, source, norm)
     save_tensors(out / EXAMPLES_FILE, {"x": x, "x_adv": scored.x_adv, "logits": scored.logits,
                                        "y": scored.y, "clean_logits": scored.clean_logits},
                  {"eps": ",".join(map(str, scored.eps))})
@@ -241,7 +246,7 @@ def fold_record(run_dir: str | os.PathLike, eval_dir: str | os.PathLike, record:
     changed = False
     for source in recorded_sources(run_dir, norm, exclude=[eval_dir]):
         src_dir = Path(source.options["path"]).parent
-        src_sha = ((_read_json(src_dir / RECORD_FILE) or {}).get("model") or {}).get("weights_sha256")
+        src_sha = ((read_record(src_dir / RECORD_FILE) or {}).get("model") or {}).get("weights_sha256")
         if sha and src_sha and sha != src_sha:
             continue  # examples made on other weights say nothing about this model
         try:
@@ -286,14 +291,6 @@ def _metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         return f.metadata() or {}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path)
-    except (OSError, AdvlabError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def recorded_labels(ev_attacks: Sequence[str]) -> list[str]:

@@ -89,7 +89,7 @@ def get_suite(name: str, path: str | Path | None = None, norm: str = "linf") -> 
         return list(L1_SUITES[name])
     if name == "custom":
         if path is None:
-            raise ConfigError("--suite custom needs --suite-file FILE.toml listing the attacks")
+            raise ConfigError("`suite='custom'` needs `suite_file=FILE.toml` listing the attacks")
         return load_suite_file(path)
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join([*SUITES, 'custom'])}")

@@ -265,7 +265,7 @@ class UnrestrictedAttack:
 def make_tasks(sources: list[int], targets: str | int, n: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(source, target) label vectors: n latent codes per source class (and per target class for 'all')."""
     if n <= 0:
-        raise AdvlabError(f"--n must be a positive number of latent codes per class, got {n}")
+        raise AdvlabError(f"`n` must be a positive number of latent codes per class, got {n}")
     src, tgt = [], []
     for s in sources:
         if targets == "untargeted":
@@ -276,8 +276,8 @@ def make_tasks(sources: list[int], targets: str | int, n: int, num_classes: int)
             chosen = [int(targets)]
         for t in chosen:
             if t == s:
-                raise AdvlabError(f"target class {t} equals source class {s}; choose another --target "
-                                  "or --target untargeted")
+                raise AdvlabError(f"target class {t} equals source class {s}; choose another `target` "
+                                  "or `target='untargeted'`")
             src += [s] * n
             tgt += [t] * n
     source, target = torch.tensor(src, dtype=torch.int64), torch.tensor(tgt, dtype=torch.int64)

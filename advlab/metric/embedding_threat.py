@@ -197,7 +197,7 @@ def embedding_attack(name: str, embedding: nn.Module, **options: Any) -> Embeddi
     """The embedding-space version of a CLI attack: pgd, bim (no random start) or fgsm (one step,
     no random start). `norm` is the pixel norm that steps (and the optional pixel ball) use."""
     if name not in ("pgd", "bim", "fgsm"):
-        raise AdvlabError(f"--threat embedding supports the attacks pgd, bim and fgsm, not {name!r}")
+        raise AdvlabError(f"`threat='embedding'` supports the attacks pgd, bim and fgsm, not {name!r}")
     if "norm" in options:
         options["pixel_norm"] = options.pop("norm")
     if name == "bim":

@@ -232,7 +232,7 @@ def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | N
         raise AdvlabError(f"the embedding dimension must be >= 1, got {dim}")
     out = Path(out) if out is not None else None
     if out is not None and not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
-        raise AdvlabError(f"{out} already holds a run; pass resume=True (--resume) to continue it, overwrite=True "
+        raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` "
                           "to replace it, or choose another output directory")
     started = time.perf_counter()
     arch = arch or default_arch(ds.input_shape)

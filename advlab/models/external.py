@@ -50,19 +50,19 @@ def load_external_model(spec: str, *, weights: str | Path | None = None, model_a
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise AdvlabError(f"--weights {path}: no such file")
+            raise AdvlabError(f"`weights={path}`: no such file")
         info["weights"] = str(path.resolve())
         info["weights_sha256"] = file_sha256(path)
         if expected_sha256 is not None and info["weights_sha256"] != expected_sha256:
             raise AdvlabError(f"{path} has changed since this run was recorded (SHA-256 {info['weights_sha256'][:12]}, "
-                              f"recorded {expected_sha256[:12]}); evaluate the new file with --model and --weights")
+                              f"recorded {expected_sha256[:12]}); evaluate the new file with `model` and `weights`")
         load_weights(net, read_state_dict(path), str(path))
     if (mean is None) != (std is None):
-        raise AdvlabError("--mean and --std go together: give both (per-channel values, e.g. --mean 0.49,0.48,0.45 "
-                          "--std 0.25,0.24,0.26) or neither")
+        raise AdvlabError("`mean` and `std` go together: give both (per-channel values, e.g. `mean=0.49,0.48,0.45` "
+                          "`std=0.25,0.24,0.26`) or neither")
     if mean is not None:
         if any(not math.isfinite(s) or s <= 0 for s in std):
-            raise AdvlabError(f"--std must be positive, got {std}")
+            raise AdvlabError(f"`std` must be positive, got {std}")
         net = Normalized(net, mean, std)
         info["normalize"] = {"mean": list(mean), "std": list(std)}
     return net.eval(), info
@@ -71,7 +71,7 @@ def load_external_model(spec: str, *, weights: str | Path | None = None, model_a
 # -- building -------------------------------------------------------------------------------------
 def build_external(spec: str, model_args: dict[str, Any], input_shape=None, num_classes=None) -> nn.Module:
     if not isinstance(spec, str) or not spec.strip():
-        raise AdvlabError("--model needs a spec: path/to/file.py:function, package.module:function, "
+        raise AdvlabError("`model` needs a spec: path/to/file.py:function, package.module:function, "
                           "torchvision:NAME, timm:NAME or an advlab model name")
     source, sep, name = spec.strip().rpartition(":")
     if not sep:
@@ -83,46 +83,46 @@ def build_external(spec: str, model_args: dict[str, Any], input_shape=None, num_
         net = fn(**model_args)
     except TypeError as e:
         raise AdvlabError(f"{spec}: cannot call it with {_show(model_args)}: {e}; its parameters are "
-                          f"{_signature(fn)} (pass them with --model-arg KEY=VALUE)") from e
+                          f"{_signature(fn)} (pass them in `model_args`)") from e
     if not isinstance(net, nn.Module):
         raise AdvlabError(f"{spec} returned {type(net).__name__}, not a torch.nn.Module; it must return the network "
-                          "(mapping inputs in the data's raw range, or normalised with --mean/--std, to logits)")
+                          "(mapping inputs in the data's raw range, or normalised with `mean`/`std`, to logits)")
     return net
 
 
 def _find_callable(source: str, name: str, spec: str) -> Callable[..., Any]:
     if not name:
-        raise AdvlabError(f"--model {spec!r}: name the function after the colon, e.g. my_models.py:build")
+        raise AdvlabError(f"`model={spec!r}`: name the function after the colon, e.g. my_models.py:build")
     if source.endswith(".py") or "/" in source or "\\" in source:
         module = _import_file(Path(source), spec)
     else:
         try:
             module = importlib.import_module(source)
         except ImportError as e:
-            raise AdvlabError(f"--model {spec!r}: cannot import {source!r} ({e}); give a path to a .py file "
+            raise AdvlabError(f"`model={spec!r}`: cannot import {source!r} ({e}); give a path to a .py file "
                               f"(path/to/{source.split('.')[-1]}.py:{name}) or install the package") from e
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
             available = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                                and getattr(v, "__module__", None) == module.__name__)
-            raise AdvlabError(f"--model {spec!r}: {source} has no {name!r}; it defines {', '.join(available) or 'nothing callable'}")
+            raise AdvlabError(f"`model={spec!r}`: {source} has no {name!r}; it defines {', '.join(available) or 'nothing callable'}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise AdvlabError(f"--model {spec!r}: {name} is a {type(obj).__name__}, not a function or class")
+        raise AdvlabError(f"`model={spec!r}`: {name} is a {type(obj).__name__}, not a function or class")
     return obj
 
 
 def _import_file(path: Path, spec: str):
     if not path.is_file():
-        raise AdvlabError(f"--model {spec!r}: no such file {path}")
+        raise AdvlabError(f"`model={spec!r}`: no such file {path}")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"advlab_external_{path.stem}_{digest}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
-        raise AdvlabError(f"--model {spec!r}: {path} cannot be imported as a Python module")
+        raise AdvlabError(f"`model={spec!r}`: {path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)  # so the file can import its neighbours
@@ -131,7 +131,7 @@ def _import_file(path: Path, spec: str):
         loader_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[module_name]
-        raise AdvlabError(f"--model {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from e
+        raise AdvlabError(f"`model={spec!r}`: importing {path} failed: {type(e).__name__}: {e}") from e
     finally:
         sys.path.remove(folder)
     return module
@@ -141,7 +141,7 @@ def _zoo_model(package: str, name: str, model_args, input_shape, num_classes) ->
     try:
         module = importlib.import_module(package)
     except ImportError as e:
-        raise AdvlabError(f"--model {package}:{name} needs the {package} package: {ZOO_EXTRA} "
+        raise AdvlabError(f"`model={package}:{name}` needs the {package} package: {ZOO_EXTRA} "
                           f"(or pip install {package})") from e
     args = dict(model_args)
     if num_classes is not None:
@@ -153,16 +153,16 @@ def _zoo_model(package: str, name: str, model_args, input_shape, num_classes) ->
             args.setdefault("in_chans", input_shape[0])
         return module.create_model(name, pretrained=False, **args)
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
-        raise AdvlabError(f"--model {package}:{name}: {e}") from e
+        raise AdvlabError(f"`model={package}:{name}`: {e}") from e
 
 
 def _advlab_model(name: str, model_args, input_shape, num_classes) -> nn.Module:
     from .registry import MODELS, build_model
     if name not in MODELS:
-        raise AdvlabError(f"--model {name!r} is neither an advlab model ({', '.join(MODELS)}) nor a spec: use "
+        raise AdvlabError(f"`model={name!r}` is neither an advlab model ({', '.join(MODELS)}) nor a spec: use "
                           "path/to/file.py:function, package.module:function, torchvision:NAME or timm:NAME")
     if input_shape is None or num_classes is None:
-        raise AdvlabError(f"--model {name} needs the data (--dataset or --data) to know the input shape")
+        raise AdvlabError(f"`model={name}` needs the data (`dataset` or `data`) to know the input shape")
     return build_model(name, input_shape, num_classes, **model_args)
 
 
@@ -179,7 +179,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat {name: tensor} from a .safetensors file or a torch.save'd state dict, without unpickling code."""
     path = Path(path)
     if not path.is_file():
-        raise AdvlabError(f"--weights {path}: no such file")
+        raise AdvlabError(f"`weights={path}`: no such file")
     if path.suffix == ".safetensors":
         from ..io import load_tensors
         return load_tensors(path)
@@ -189,10 +189,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise AdvlabError(f"--weights {path} is not a plain state dict (tensors by name): refusing to unpickle "
+        raise AdvlabError(f"`weights={path}` is not a plain state dict (tensors by name): refusing to unpickle "
                           f"anything else ({first[:200]}). Save model.state_dict() with torch.save, or use safetensors")
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CorruptFileError(f"--weights {path} cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
+        raise CorruptFileError(f"`weights={path}` cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
                                "is it truncated, or another format?") from e
     return _unwrap(obj, path)
 
@@ -208,7 +208,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 continue
         break
     keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
-    raise AdvlabError(f"--weights {path}: no state dict found (top level: {keys}); expected tensors by name, "
+    raise AdvlabError(f"`weights={path}`: no state dict found (top level: {keys}); expected tensors by name, "
                       f"or a dict holding them under {' / '.join(CONTAINER_KEYS)}")
 
 
@@ -219,19 +219,19 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise AdvlabError(f"--weights {where} does not fit the model: {_few(missing)} missing, "
-                          f"{_few(unexpected)} unexpected; check --model and --model-arg (same architecture and "
+        raise AdvlabError(f"`weights={where}` does not fit the model: {_few(missing)} missing, "
+                          f"{_few(unexpected)} unexpected; check `model` and `model_args` (same architecture and "
                           "options as at training)")
     wrong = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
              for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
-        raise AdvlabError(f"--weights {where}: {len(wrong)} tensor(s) have the wrong shape, e.g. {wrong[0]}; "
-                          "check --model-arg (widths, number of classes, input channels)")
+        raise AdvlabError(f"`weights={where}`: {len(wrong)} tensor(s) have the wrong shape, e.g. {wrong[0]}; "
+                          "check `model_args` (widths, number of classes, input channels)")
     for k, v in state.items():
         if v.is_floating_point() and not expected[k].is_floating_point():
-            raise AdvlabError(f"--weights {where}: {k} is {v.dtype} in the file but {expected[k].dtype} in the model")
+            raise AdvlabError(f"`weights={where}`: {k} is {v.dtype} in the file but {expected[k].dtype} in the model")
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise AdvlabError(f"--weights {where}: {k} contains NaN or inf; the weights are broken (a diverged "
+            raise AdvlabError(f"`weights={where}`: {k} contains NaN or inf; the weights are broken (a diverged "
                               "training?), and no robustness number computed from them would mean anything")
     net.load_state_dict(state, strict=True)
 
@@ -286,9 +286,9 @@ def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, what: 
         raise AdvlabError(f"{what} must return logits of shape (N, K); it returned {shape} for {len(sample)} inputs")
     if out.shape[1] != num_classes:
         raise AdvlabError(f"{what} returns {out.shape[1]} logits per input but the data has {num_classes} classes; "
-                          "check --model-arg num_classes=... or --classes")
+                          "check `model_args` (num_classes=...) or `classes`")
     if not torch.isfinite(out).all():
-        raise AdvlabError(f"{what} returns NaN or inf on clean inputs; check the weights and --mean/--std")
+        raise AdvlabError(f"{what} returns NaN or inf on clean inputs; check the weights and `mean`/`std`")
     if num_classes > 1 and (out >= 0).all() and (out <= 1).all() and \
             torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-4):
         raise AdvlabError(f"{what} returns probabilities (non-negative, rows sum to 1), not logits: remove the final "

@@ -34,14 +34,15 @@ from typing import Any
 
 import torch
 
+from ..artifacts import names
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
 from ..evaluate.recorded import fold_record
-from ..io import atomic_write, load_tensors, read_json
+from ..io import atomic_write, load_tensors, read_record
 from .. import plotting as F
 
-REPORT_FILE = "report.html"
-SKIP_DIRS = {"checkpoint", "parts", "__pycache__"}
+REPORT_FILE = names.REPORT_FILE
+SKIP_DIRS = {names.CHECKPOINT_DIR, "parts", "__pycache__"}
 MAX_DEPTH = 4
 
 
@@ -67,12 +68,7 @@ def _walk(root: Path, name: str, depth: int = MAX_DEPTH) -> list[Path]:
     return found
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path)
-    except (OSError, AdvlabError):
-        return None
-    return data if isinstance(data, dict) else None
+_read = read_record  # a JSON object, or None: a file the report cannot use is left out
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -104,12 +100,12 @@ def _run_name(root: Path, run_dir: Path, card: dict[str, Any]) -> str:
 
 def _attacks(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / "attacks").glob("*/result.json")):
+    for path in sorted((run_dir / names.ATTACKS_DIR).glob(f"*/{names.RESULT_FILE}")):
         rec = _read(path)
         if rec and rec.get("results"):
             grids = []
             for r in rec["results"]:
-                png = path.parent / f"grid-eps{float(r['eps']):g}.png"
+                png = path.parent / names.grid_png(r["eps"])
                 if png.is_file():
                     grids.append({"eps": r["eps"], "src": F.data_uri(png.read_bytes())})
             out.append({"dir": path.parent, "record": rec, "grids": grids})
@@ -118,7 +114,7 @@ def _attacks(run_dir: Path) -> list[dict[str, Any]]:
 
 def _evals(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / "eval").glob("*/result.json")):
+    for path in sorted((run_dir / names.EVAL_DIR).glob(f"*/{names.RESULT_FILE}")):
         rec = _read(path)
         if rec and rec.get("results"):
             out.append({"dir": path.parent, "record": rec})
@@ -127,7 +123,7 @@ def _evals(run_dir: Path) -> list[dict[str, Any]]:
 
 def _certifications(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / "certify").glob("*/result.json")):
+    for path in sorted((run_dir / names.CERTIFY_DIR).glob(f"*/{names.RESULT_FILE}")):
         rec = _read(path)
         if rec and rec.get("certified_accuracy") and rec.get("method"):
             out.append({"dir": path.parent, "record": rec})
@@ -195,11 +191,11 @@ def _series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
 def _slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dict[str, Any]],
             images: int = 4) -> dict[str, Any] | None:
     """Precomputed adversarial versions of a few images, one frame per epsilon (frame 0: the original)."""
-    candidates = sorted((a for a in attacks if (a["dir"] / "adversarial.safetensors").is_file()),
+    candidates = sorted((a for a in attacks if (a["dir"] / names.EXAMPLES_FILE).is_file()),
                         key=lambda a: (a["record"]["attack"] != "pgd", a["record"]["attack"]))
     for a in candidates:
         try:
-            t = load_tensors(a["dir"] / "adversarial.safetensors")
+            t = load_tensors(a["dir"] / names.EXAMPLES_FILE)
         except AdvlabError:
             continue
         x_adv, logits, y = t["x_adv"], t["logits"], t["y"]
@@ -285,7 +281,7 @@ def _checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
 # -- analyses found anywhere under the root -------------------------------------------------------
 def _distances(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in _walk(root, "distances.json"):
+    for path in _walk(root, names.DISTANCES_FILE):
         rec = _read(path)
         if not rec or "norms" not in rec:
             continue
@@ -318,28 +314,29 @@ def _distances(root: Path) -> list[dict[str, Any]]:
 
 def _transfer(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in _walk(root, "transfer.json"):
+    for path in _walk(root, names.TRANSFER_FILE):
         rec = _read(path)
         if not rec or "names" not in rec or "error" not in rec:
             continue
-        names = rec["names"]
+        models = rec["names"]
         figs = []
         for e, eps in enumerate(rec["eps"]):
-            m = [[rec["error"][s][t][e] for t in names] for s in names]
-            png = F.matrix_heatmap(m, names, names, f"error under transferred {rec.get('attack', 'attack')} "
+            m = [[rec["error"][s][t][e] for t in models] for s in models]
+            png = F.matrix_heatmap(m, models, models, f"error under transferred {rec.get('attack', 'attack')} "
                                                     f"examples, eps {eps:g}", "evaluated on (target)",
                                    "crafted on (source)", fmt="{:.0%}", vmin=0, vmax=1, cmap="Reds")
-            table = [{"source": s, "cells": [_pct(rec["error"][s][t][e]) for t in names]} for s in names]
+            table = [{"source": s, "cells": [_pct(rec["error"][s][t][e]) for t in models]} for s in models]
             figs.append({"eps": eps, "src": F.data_uri(png), "table": table})
-        out.append({"where": _rel(root, path.parent), "names": names, "attack": rec.get("attack", "?"),
+        out.append({"where": _rel(root, path.parent), "names": models, "attack": rec.get("attack", "?"),
                     "n": rec.get("n"), "clean_error": rec.get("clean_error", {}), "figures": figs,
                     "ensemble": rec.get("ensemble")})
     return out
 
 
 def _simple_figures(root: Path, name: str) -> list[dict[str, Any]]:
+    """The records called `name` (a file name from advlab.artifacts.names) and the figures they list."""
     out = []
-    for path in _walk(root, f"{name}.json"):
+    for path in _walk(root, name):
         rec = _read(path)
         if not rec:
             continue
@@ -351,7 +348,7 @@ def _simple_figures(root: Path, name: str) -> list[dict[str, Any]]:
 
 def _reproductions(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in _walk(root, "reproduce.json"):
+    for path in _walk(root, names.REPRODUCE_FILE):
         rec = _read(path)
         if not rec or "rows" not in rec:
             continue
@@ -364,20 +361,21 @@ def _reproductions(root: Path) -> list[dict[str, Any]]:
 def _generative(root: Path) -> list[dict[str, Any]]:
     """AC-GAN runs (sample grid, judge quality) and unrestricted attacks (`advlab generate`)."""
     out = []
-    for card_path in _walk(root, "card.json"):
+    for card_path in _walk(root, names.CARD_FILE):
         card = _read(card_path)
         if not card or card.get("kind") != "acgan":
             continue
-        figs = [{"label": label, "src": F.data_uri((card_path.parent / "figures" / f).read_bytes())}
-                for f, label in (("samples.png", "samples, one row per class"),
-                                 ("quality.png", "judge accuracy on generated images"))
-                if (card_path.parent / "figures" / f).is_file()]
+        figures = card_path.parent / names.FIGURES_DIR
+        figs = [{"label": label, "src": F.data_uri((figures / f).read_bytes())}
+                for f, label in ((names.SAMPLES_PNG, "samples, one row per class"),
+                                 (names.QUALITY_PNG, "judge accuracy on generated images"))
+                if (figures / f).is_file()]
         attacks = []
-        for path in _walk(card_path.parent / "attacks", "unrestricted.json", depth=1):
+        for path in _walk(card_path.parent / names.ATTACKS_DIR, names.UNRESTRICTED_FILE, depth=1):
             rec = _read(path)
             if not rec or "success_rate" not in rec:
                 continue
-            grid = path.parent / "examples.png"
+            grid = path.parent / names.UNRESTRICTED_PNG
             attacks.append({"where": _rel(root, path.parent), "record": rec,
                             "legitimacy": rec.get("legitimacy") or {},
                             "src": F.data_uri(grid.read_bytes()) if grid.is_file() else None})
@@ -398,7 +396,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
     out_dir = out_dir or root
     runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
     brackets, certified = [], []
-    cards = [(p.parent, _read(p)) for p in _walk(root, "card.json")]
+    cards = [(p.parent, _read(p)) for p in _walk(root, names.CARD_FILE)]
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
     # Undefended models first, then by name: the baseline reads before the defense.
@@ -454,14 +452,15 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         curve_figures.append({"title": title, "src": F.data_uri(F.robustness_curves(group, title, f"epsilon ({key[1]})")),
                               "series": group})
     certified_section = _certified_figures(brackets, certified)
-    demo = _read(root / "demo.json") if (root / "demo.json").is_file() else None
+    demo = _read(root / names.DEMO_FILE) if (root / names.DEMO_FILE).is_file() else None
     context = {
         "title": f"advlab report: {root.resolve().name}",
         "root": str(root.resolve()),
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "demo": demo, "runs": runs, "curves": curve_figures, "grids": grids, "sliders": sliders,
         "evals": evals, "per_class": per_class, "distances": _distances(root), "transfer": _transfer(root),
-        "blobs": _simple_figures(root, "blobs"), "perceptibility": _simple_figures(root, "perceptibility"),
+        "blobs": _simple_figures(root, names.BLOBS_FILE),
+        "perceptibility": _simple_figures(root, names.PERCEPTIBILITY_FILE),
         "reproductions": _reproductions(root), "configs": configs, "generative": _generative(root),
         "certified": certified_section,
     }

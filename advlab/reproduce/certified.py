@@ -1,16 +1,17 @@
 """Protocols for certified robustness: randomized smoothing (cohen2019) and IBP training (gowal2018).
 
-Both train with advlab's own defenses (`gaussian`, `ibp`), certify with advlab.certify and write what
-`advlab certify` / `advlab evaluate --certify` would, so `advlab report` shows the curves and the bracket.
+Both train with advlab's own defenses (`gaussian`, `ibp`) and certify through the steps behind
+`advlab certify` / `advlab evaluate --certify` (advlab.artifacts: certify_run, evaluate_run), so the run
+directories hold what those commands write and `advlab report` shows the curves and the bracket.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-Log = Callable[[str], None]
+from .steps import Log, pick_dataset, train
 
 COHEN = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "model": "cnn-small", "sigmas": [0.25, 0.5],
          "epochs": 5, "lr": 3e-3, "batch_size": 128, "n_certify": 500, "samples": 10000, "samples0": 100,
@@ -27,9 +28,8 @@ def _key(v: float) -> str:
 
 def cohen2019(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
               device=None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..certify.run import certify_subject
+    from ..artifacts.certify import certify_run
     from ..subject import open_subject
-    from .protocols import _train, pick_dataset
 
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
@@ -40,13 +40,13 @@ def cohen2019(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = 
         sigma = float(sigma)
         name = f"gaussian-sigma{_key(sigma)}"
         started = time.perf_counter()
-        _train(name, s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="gaussian",
+        train(name, s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="gaussian",
                defense_kwargs={"sigma": sigma}, data_dir=data_dir, progress=progress, log=log, device=device)
         m[f"train_seconds_sigma{_key(sigma)}"] = time.perf_counter() - started
         log(f"  certifying {s['n_certify']} points, sigma {sigma:g}, n {s['samples']}")
         subject = open_subject(run=out / "runs" / name, data_dir=data_dir,
                                device=device if device is not None else "cpu")
-        rec = certify_subject(subject, "smoothing", sigma=sigma, n=s["n_certify"], samples=s["samples"],
+        rec = certify_run(subject, "smoothing", sigma=sigma, n=s["n_certify"], samples=s["samples"],
                               samples0=s["samples0"], alpha=s["alpha"], radii=radii, seed=s["seed"],
                               progress=progress)
         for row in rec["certified_accuracy"]:
@@ -68,40 +68,29 @@ def cohen2019(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = 
 
 def gowal2018(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
               device=None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..certify.bracket import certified_rows
-    from ..evaluate import evaluate_robustness, get_suite
-    from ..io import write_json
+    from ..artifacts.evaluate import evaluate_run
     from ..subject import open_subject
-    from .protocols import _train, pick_dataset
 
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
     eps = float(s["eps"])
     m: dict[str, Any] = {}
     started = time.perf_counter()
-    _train("ibp", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="ibp",
-           defense_kwargs={"eps": eps, "kappa": s["kappa"], "warmup": s["warmup"], "ramp": s["ramp"]},
-           data_dir=data_dir, progress=progress, log=log, device=device)
+    train("ibp", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="ibp",
+          defense_kwargs={"eps": eps, "kappa": s["kappa"], "warmup": s["warmup"], "ramp": s["ramp"]},
+          data_dir=data_dir, progress=progress, log=log, device=device)
     m["train_seconds"] = time.perf_counter() - started
-    _train("standard", s["model"], out, s, ds.name, epochs=s["standard_epochs"], seed=s["seed"], data_dir=data_dir,
-           progress=progress, log=log, device=device)
+    train("standard", s["model"], out, s, ds.name, epochs=s["standard_epochs"], seed=s["seed"], data_dir=data_dir,
+          progress=progress, log=log, device=device)
     for name in ("ibp", "standard"):
         subject = open_subject(run=out / "runs" / name, data_dir=data_dir,
                                device=device if device is not None else "cpu")
-        x, y = subject.data.test_subset(s["n_eval"])
-        suite = get_suite(s["suite"], None, norm="linf")
-        log(f"  {name}: suite {s['suite']} and IBP at eps {eps:g} on {len(y)} points")
-        ev_dir = out / "runs" / name / "eval" / f"{s['suite']}-linf"
-        t0 = time.perf_counter()
-        ev = evaluate_robustness(subject.model, x, y, [eps], suite, norm="linf", bounds=subject.data.bounds,
-                                 seed=s["seed"], state_dir=ev_dir, progress=progress, identity=subject.identity())
-        record = {"suite": s["suite"], "norm": "linf", "n": len(y), "clean_accuracy": ev.clean_accuracy(),
-                  "seconds": time.perf_counter() - t0, "attack_seconds": ev.attack_seconds, "verdict": "not checked",
-                  "results": ev.results(), "checks": [], "classes": list(subject.data.classes), **subject.record(),
-                  "passes": ev.passes}
-        record["certify"] = certified_rows(subject, x, y, [eps], "linf", record["results"], robust=ev.robust,
-                                           progress=progress)
-        write_json(ev_dir / "result.json", record)
+        log(f"  {name}: suite {s['suite']} and IBP at eps {eps:g} on {len(subject.data.test_subset(s['n_eval'])[1])} "
+            "points")
+        # The suite and the bracket as `advlab evaluate --certify` records them (no masking checks, and only
+        # this suite: nothing else is recorded in a freshly trained run).
+        record = evaluate_run(subject, eps=[eps], suite=s["suite"], n=s["n_eval"], seed=s["seed"], checks=False,
+                              ignore_recorded=True, certify=True, progress=progress)
         row = record["results"][0]
         m[f"{name}_clean_accuracy"] = record["clean_accuracy"]
         m[f"{name}_certified"] = row["certified_accuracy"]

@@ -155,48 +155,48 @@ def load_experiment(name: str, defaults_for=None) -> Experiment:
 
 def parse_experiment(doc: dict[str, Any], name: str, source: str = "<config>", defaults_for=None) -> Experiment:
     where = Path(source).name
-    for key, value in doc.items():
-        if key not in TOP_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(TOP_KEYS))}")
-        _check_type(value, TOP_KEYS[key], f"{where}: {key}")
-    for key in ("experiment", "title"):
-        if key not in doc:
-            raise ConfigError(f"{where}: missing {key!r}")
+    _check_table(doc, TOP_KEYS, ("experiment", "title"), where, f"{where}: ")
     out = safe_relative(doc.get("out", name), f"{where}: out")
     if defaults_for is None:
         from .protocols import defaults as defaults_for
     defaults = defaults_for(doc["experiment"])
     settings = check_settings(dict(doc.get("settings", {})), defaults, f"{where}: settings")
     quick = check_settings(dict(doc.get("quick", {})), defaults, f"{where}: quick")
-    rows = []
-    for i, row in enumerate(doc.get("published", [])):
-        here = f"{where}: published[{i}]"
-        _check_type(row, dict, here)
-        for key, value in row.items():
-            if key not in ROW_KEYS:
-                raise ConfigError(f"{here}: unknown key {key!r}; allowed: {', '.join(sorted(ROW_KEYS))}")
-            _check_type(value, ROW_KEYS[key], f"{here}.{key}")
-        for key in ("key", "quantity"):
-            if key not in row:
-                raise ConfigError(f"{here}: missing {key!r}")
-        if "value" in row and "reference_key" in row:
-            raise ConfigError(f"{here}: give either value or reference_key, not both")
-        compare = row.get("compare", "abs" if ("value" in row or "reference_key" in row) else "info")
-        if compare not in COMPARES:
-            raise ConfigError(f"{here}.compare must be one of {', '.join(COMPARES)}, got {compare!r}")
-        if compare != "info" and "value" not in row and "reference_key" not in row:
-            raise ConfigError(f"{here}: compare = {compare!r} needs a published value (or a reference_key)")
-        tolerance = float(row.get("tolerance", 0.0))
-        if tolerance < 0 or not math.isfinite(tolerance):
-            raise ConfigError(f"{here}.tolerance must be >= 0, got {tolerance}")
-        if row.get("unit", "%") not in ("%", ""):
-            raise ConfigError(f"{here}.unit must be \"%\" or \"\", got {row['unit']!r}")
-        rows.append(Published(key=row["key"], quantity=row["quantity"], setting=row.get("setting", ""),
-                              value=float(row["value"]) if "value" in row else None, tolerance=tolerance,
-                              compare=compare, unit=row.get("unit", "%"), dataset=row.get("dataset"),
-                              reference_key=row.get("reference_key")))
+    rows = [_published(row, f"{where}: published[{i}]") for i, row in enumerate(doc.get("published", []))]
     return Experiment(name=name, experiment=doc["experiment"], title=doc["title"], reference=doc.get("reference", ""),
                       out=out, settings=settings, quick=quick, published=rows, note=doc.get("note", ""), source=source)
+
+
+def _check_table(table: dict[str, Any], allowed: dict[str, Any], required: tuple[str, ...], where: str,
+                 prefix: str) -> None:
+    """Only the `allowed` keys, each of its type (named `prefix` + key), and every `required` one."""
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+        _check_type(value, allowed[key], f"{prefix}{key}")
+    for key in required:
+        if key not in table:
+            raise ConfigError(f"{where}: missing {key!r}")
+
+
+def _published(row: Any, here: str) -> Published:
+    _check_type(row, dict, here)
+    _check_table(row, ROW_KEYS, ("key", "quantity"), here, f"{here}.")
+    if "value" in row and "reference_key" in row:
+        raise ConfigError(f"{here}: give either value or reference_key, not both")
+    compare = row.get("compare", "abs" if ("value" in row or "reference_key" in row) else "info")
+    if compare not in COMPARES:
+        raise ConfigError(f"{here}.compare must be one of {', '.join(COMPARES)}, got {compare!r}")
+    if compare != "info" and "value" not in row and "reference_key" not in row:
+        raise ConfigError(f"{here}: compare = {compare!r} needs a published value (or a reference_key)")
+    tolerance = float(row.get("tolerance", 0.0))
+    if tolerance < 0 or not math.isfinite(tolerance):
+        raise ConfigError(f"{here}.tolerance must be >= 0, got {tolerance}")
+    if row.get("unit", "%") not in ("%", ""):
+        raise ConfigError(f"{here}.unit must be \"%\" or \"\", got {row['unit']!r}")
+    return Published(key=row["key"], quantity=row["quantity"], setting=row.get("setting", ""),
+                     value=float(row["value"]) if "value" in row else None, tolerance=tolerance, compare=compare,
+                     unit=row.get("unit", "%"), dataset=row.get("dataset"), reference_key=row.get("reference_key"))
 
 
 # -- verdicts ---------------------------------------------------------------------------------------

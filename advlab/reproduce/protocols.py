@@ -7,63 +7,18 @@ Each also takes `device` (a torch.device, or None for the CPU): models are train
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, DataNotFoundError
-
-Log = Callable[[str], None]
+from ..artifacts import names
+from ..errors import ConfigError
+from .certified import COHEN, GOWAL, cohen2019, gowal2018
+from .steps import Log, pick_dataset, train  # noqa: F401  (pick_dataset: callers import it from here)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _offline():
-    old = os.environ.get("ADVLAB_OFFLINE")
-    os.environ["ADVLAB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ADVLAB_OFFLINE", None)
-        else:
-            os.environ["ADVLAB_OFFLINE"] = old
-
-
-def pick_dataset(preferred: str, fallback: str | None, data_dir: str | None) -> tuple[Any, str]:
-    """Load `preferred` from local files (never downloading); else `fallback`, with a note saying so."""
-    from ..data import load_dataset
-
-    try:
-        with _offline():
-            return load_dataset(preferred, data_dir=data_dir), ""
-    except DataNotFoundError:
-        if not fallback or fallback == preferred:
-            raise
-    ds = load_dataset(fallback, data_dir=data_dir)
-    return ds, (f"{preferred} files were not found, so this ran on {fallback} with the same protocol: the published "
-                f"numbers are for {preferred}, ours for {fallback}")
-
-
-def _train(name: str, model: str, out: Path, s: dict[str, Any], ds_name: str, *, epochs: int, seed: int = 0,
-           model_kwargs=None, defense: str = "none", defense_kwargs=None, data_dir=None, progress=True,
-           log: Log | None = None, device=None):
-    from ..defenses.run import train_run
-    from ..defenses.training import TrainConfig
-    from ..runs import load_run
-
-    if log:
-        log(f"  training {name}: {model}" + ("" if defense == "none" else f" + {defense}") + f", {epochs} epochs")
-    record = train_run(ds_name, model, out / "runs" / name, data_dir=data_dir, model_kwargs=model_kwargs or {},
-                       defense=defense, defense_kwargs=defense_kwargs or {}, overwrite=True, progress=progress,
-                       log=None, config=TrainConfig(epochs=epochs, lr=s.get("lr", 3e-3),
-                                                    batch_size=s.get("batch_size", 128), seed=seed), device=device)
-    model_, _ = load_run(out / "runs" / name, device=device)
-    return model_, record
-
-
 def _clean_accuracy(model, x, y) -> float:
     from ..predict import accuracy
     return accuracy(model, x, y)  # batches on the model's device, the answer on the CPU
@@ -108,13 +63,14 @@ def blobs(s: dict[str, Any], out: Path, *, device=None, **_) -> tuple[dict[str, 
 GOODFELLOW = {"dataset": "mnist", "fallback": "fashion-mnist", "eps": 0.25, "clip": False, "n_test": None,
               "lr": 3e-3, "batch_size": 128, "softmax_epochs": 5, "maxout_epochs": 5, "maxout_units": 240,
               "maxout_pieces": 5, "dropout": 0.5, "adv_epochs": 5, "alpha": 0.5, "rbf_epochs": 5, "rbf_beta": 1.0,
-              "noise_epochs": 5, "ensemble_members": 3, "ensemble_epochs": 3, "seed": 0}
+              "noise_epochs": 3, "ensemble_members": 3, "ensemble_epochs": 3, "seed": 0}
 
 
 def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
                    device=None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..evaluate.transfer import ensemble_transfer, transfer_matrix
+    from ..artifacts.transfer import transfer_run
     from ..attacks import FGSM
+    from ..evaluate.transfer import ensemble_transfer
 
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
@@ -125,12 +81,12 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
     common = dict(data_dir=data_dir, progress=progress, log=log, device=device)
     m: dict[str, Any] = {}
 
-    softmax, _ = _train("softmax", "softmax", out, s, ds.name, epochs=s["softmax_epochs"], seed=s["seed"], **common)
+    softmax, _ = train("softmax", "softmax", out, s, ds.name, epochs=s["softmax_epochs"], seed=s["seed"], **common)
     r = _fgsm(softmax, x, y, eps, bounds)
     m.update(softmax_clean_error=r["clean_error"], softmax_fgsm_error=r["error"], softmax_fgsm_confidence=r["confidence"])
 
-    maxout, _ = _train("maxout", "maxout", out, s, ds.name, epochs=s["maxout_epochs"], seed=s["seed"],
-                       model_kwargs=maxout_kwargs, **common)
+    maxout, _ = train("maxout", "maxout", out, s, ds.name, epochs=s["maxout_epochs"], seed=s["seed"],
+                      model_kwargs=maxout_kwargs, **common)
     r = _fgsm(maxout, x, y, eps, bounds)
     m.update(maxout_clean_error=r["clean_error"], maxout_fgsm_error=r["error"], maxout_fgsm_confidence=r["confidence"])
     figures = {}
@@ -143,24 +99,22 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
                          out / "maxout_fgsm.png", title=f"maxout, FGSM eps {eps:g} ({ds.name})")
         figures["maxout FGSM examples"] = "maxout_fgsm.png"
 
-    adv, _ = _train("maxout-adversarial", "maxout", out, s, ds.name, epochs=s["adv_epochs"], seed=s["seed"],
-                    model_kwargs=maxout_kwargs, defense="goodfellow",
-                    defense_kwargs={"eps": eps, "alpha": s["alpha"]}, **common)
+    adv, _ = train("maxout-adversarial", "maxout", out, s, ds.name, epochs=s["adv_epochs"], seed=s["seed"],
+                   model_kwargs=maxout_kwargs, defense="goodfellow",
+                   defense_kwargs={"eps": eps, "alpha": s["alpha"]}, **common)
     r = _fgsm(adv, x, y, eps, bounds)
     m.update(adv_clean_error=r["clean_error"], adv_fgsm_error=r["error"], adv_fgsm_confidence=r["confidence"])
     m["clean_error_change"] = m["adv_clean_error"] - m["maxout_clean_error"]
     m["fgsm_error_change"] = m["adv_fgsm_error"] - m["maxout_fgsm_error"]
 
     log("  transfer between the standard and the adversarially trained maxout network")
-    t = transfer_matrix({"standard": maxout, "adversarial": adv}, x, y, [eps], FGSM("linf"), bounds=bounds)
-    m["transfer_standard_to_adversarial"] = t.error["standard"]["adversarial"][0]
-    m["transfer_adversarial_to_standard"] = t.error["adversarial"]["standard"][0]
-    from ..io import write_json
-    write_json(out / "transfer" / "transfer.json", {**t.as_dict(), "attack": "fgsm", "norm": "linf", "n": len(y),
-                                                    "dataset": ds.name})
+    t = transfer_run({"standard": maxout, "adversarial": adv}, x, y, [eps], FGSM("linf"), bounds=bounds,
+                     out=out / names.TRANSFER_DIR, dataset=ds.name)
+    m["transfer_standard_to_adversarial"] = t["error"]["standard"]["adversarial"][0]
+    m["transfer_adversarial_to_standard"] = t["error"]["adversarial"]["standard"][0]
 
-    rbf, _ = _train("rbf", "rbf", out, s, ds.name, epochs=s["rbf_epochs"], seed=s["seed"],
-                    model_kwargs={"beta": s["rbf_beta"]}, **common)
+    rbf, _ = train("rbf", "rbf", out, s, ds.name, epochs=s["rbf_epochs"], seed=s["seed"],
+                   model_kwargs={"beta": s["rbf_beta"]}, **common)
     r = _fgsm(rbf, x, y, eps, bounds, rbf=True)
     from ..predict import predict_logits
     clean_logits = predict_logits(rbf, x)  # on the CPU
@@ -170,15 +124,15 @@ def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | No
              rbf_clean_confidence=clean_conf[clean_ok].mean().item() if clean_ok.any() else float("nan"))
 
     for kind in ("sign", "uniform"):
-        net, _ = _train(f"maxout-noise-{kind}", "maxout", out, s, ds.name, epochs=s["noise_epochs"], seed=s["seed"],
-                        model_kwargs=maxout_kwargs, defense=f"noise-{kind}", defense_kwargs={"eps": eps}, **common)
+        net, _ = train(f"maxout-noise-{kind}", "maxout", out, s, ds.name, epochs=s["noise_epochs"], seed=s["seed"],
+                       model_kwargs=maxout_kwargs, defense=f"noise-{kind}", defense_kwargs={"eps": eps}, **common)
         r = _fgsm(net, x, y, eps, bounds)
         m[f"noise_{kind}_fgsm_error"], m[f"noise_{kind}_fgsm_confidence"] = r["error"], r["confidence"]
 
     members = {"maxout": maxout}
     for k in range(1, s["ensemble_members"]):
-        members[f"member{k}"], _ = _train(f"ensemble-{k}", "maxout", out, s, ds.name, epochs=s["ensemble_epochs"],
-                                          seed=s["seed"] + k, model_kwargs=maxout_kwargs, **common)
+        members[f"member{k}"], _ = train(f"ensemble-{k}", "maxout", out, s, ds.name, epochs=s["ensemble_epochs"],
+                                         seed=s["seed"] + k, model_kwargs=maxout_kwargs, **common)
     log(f"  ensemble of {len(members)}: attacked as a whole and through one member")
     e = ensemble_transfer(members, x, y, [eps], FGSM("linf"), bounds=bounds)
     m["ensemble_whole_error"] = e["attack_ensemble"][0]
@@ -196,42 +150,62 @@ WONG = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "eps": 0.1, "mo
         "suite": "", "seed": 0}
 
 
-def _robust(model, x, y, eps, bounds, attack: str, seed: int, **kwargs) -> float:
-    from ..attacks import build_attack
-    return build_attack(attack, norm="linf", seed=seed, **kwargs)(model, x, y, [eps], bounds=bounds).robust_accuracy()[0]
+@dataclass
+class _Trained:
+    """A model adversarially trained at eps, and the first n_eval test points it is measured on."""
+    ds: Any
+    note: str
+    x: Any
+    y: Any
+    eps: float
+    model: Any
+    seconds: float  # training
+
+    def robust(self, attack: str, seed: int, **kwargs) -> float:
+        """Robust accuracy under one Linf attack at eps."""
+        from ..attacks import build_attack
+        attack_ = build_attack(attack, norm="linf", seed=seed, **kwargs)
+        return attack_(self.model, self.x, self.y, [self.eps], bounds=self.ds.bounds).robust_accuracy()[0]
+
+    def suite(self, suite: str, seed: int) -> float:
+        """Robust accuracy under an evaluation suite at eps (the worst case per point)."""
+        from ..evaluate import evaluate_robustness, get_suite
+        ev = evaluate_robustness(self.model, self.x, self.y, [self.eps], get_suite(suite, None, norm="linf"),
+                                 norm="linf", bounds=self.ds.bounds, seed=seed, progress=False)
+        return ev.robust_accuracy()[0]
 
 
-def _suite(model, x, y, eps, bounds, suite: str, seed: int) -> float:
-    from ..evaluate import evaluate_robustness, get_suite
-    ev = evaluate_robustness(model, x, y, [eps], get_suite(suite, None, norm="linf"), norm="linf", bounds=bounds,
-                             seed=seed, progress=False)
-    return ev.robust_accuracy()[0]
+def _robustly_trained(s: dict[str, Any], out: Path, defense: str, defense_kwargs: dict[str, Any], *, data_dir,
+                      log: Log, progress: bool, device) -> _Trained:
+    """The data (the first n_eval test points), eps, and the model trained with `defense` at eps into
+    OUT/runs/DEFENSE."""
+    ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
+    x, y = ds.test_subset(s["n_eval"])
+    eps = float(s["eps"])
+    started = time.perf_counter()
+    model, _ = train(defense, s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense=defense,
+                     defense_kwargs={"eps": eps, **defense_kwargs}, data_dir=data_dir, progress=progress, log=log,
+                     device=device)
+    return _Trained(ds, note, x, y, eps, model, time.perf_counter() - started)
 
 
 def wong2020(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
              device=None):
     log = log or (lambda m: None)
-    ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
-    x, y = ds.test_subset(s["n_eval"])
-    eps = float(s["eps"])
-    started = time.perf_counter()
-    model, rec = _train("fgsm-rs", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="fgsm-rs",
-                        defense_kwargs={"eps": eps, "step": s["step"]}, data_dir=data_dir, progress=progress, log=log,
-                        device=device)
-    m: dict[str, Any] = {"train_seconds": time.perf_counter() - started}
-    m["clean_accuracy"] = _clean_accuracy(model, x, y)
-    log(f"  PGD-{s['pgd_steps']} x{s['pgd_restarts']} at eps {eps:g} on {len(y)} points")
-    m["pgd_accuracy"] = _robust(model, x, y, eps, ds.bounds, "pgd", s["seed"], steps=s["pgd_steps"],
-                                restarts=s["pgd_restarts"])
-    m["fgsm_accuracy"] = _robust(model, x, y, eps, ds.bounds, "fgsm", s["seed"])
+    t = _robustly_trained(s, out, "fgsm-rs", {"step": s["step"]}, data_dir=data_dir, log=log, progress=progress,
+                          device=device)
+    m: dict[str, Any] = {"train_seconds": t.seconds, "clean_accuracy": _clean_accuracy(t.model, t.x, t.y)}
+    log(f"  PGD-{s['pgd_steps']} x{s['pgd_restarts']} at eps {t.eps:g} on {len(t.y)} points")
+    m["pgd_accuracy"] = t.robust("pgd", s["seed"], steps=s["pgd_steps"], restarts=s["pgd_restarts"])
+    m["fgsm_accuracy"] = t.robust("fgsm", s["seed"])
     m["collapsed"] = float(m["pgd_accuracy"] < 0.05)  # catastrophic overfitting
     if s["suite"]:
         log(f"  suite {s['suite']}")
-        m["suite_accuracy"] = _suite(model, x, y, eps, ds.bounds, s["suite"], s["seed"])
-    scale = (f"{s['model']}, {s['epochs']} epochs, evaluated on the first {len(y)} test points with "
+        m["suite_accuracy"] = t.suite(s["suite"], s["seed"])
+    scale = (f"{s['model']}, {s['epochs']} epochs, evaluated on the first {len(t.y)} test points with "
              f"PGD-{s['pgd_steps']} x{s['pgd_restarts']} restarts (paper: 10)" +
              (f" and the '{s['suite']}' suite" if s["suite"] else "; no AutoAttack-style suite (set suite)"))
-    return m, {"dataset": ds.name, "note": note, "scale": scale, "figures": {}}
+    return m, {"dataset": t.ds.name, "note": t.note, "scale": scale, "figures": {}}
 
 
 # -- Madry et al. 2018 ------------------------------------------------------------------------------------
@@ -243,28 +217,22 @@ MADRY = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "eps": 0.1, "m
 def madry2018(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
               device=None):
     log = log or (lambda m: None)
-    ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
-    x, y = ds.test_subset(s["n_eval"])
-    eps = float(s["eps"])
-    model, _ = _train("pgd", s["model"], out, s, ds.name, epochs=s["epochs"], seed=s["seed"], defense="pgd",
-                      defense_kwargs={"eps": eps, "steps": s["train_steps"]}, data_dir=data_dir, progress=progress,
-                      log=log, device=device)
-    m: dict[str, Any] = {}
-    m["clean_accuracy"] = _clean_accuracy(model, x, y)
-    m["fgsm_accuracy"] = _robust(model, x, y, eps, ds.bounds, "fgsm", s["seed"])
-    log(f"  PGD-{s['pgd_steps']}, PGD-{s['strong_steps']} x{s['strong_restarts']} on {len(y)} points")
-    m["pgd_accuracy"] = _robust(model, x, y, eps, ds.bounds, "pgd", s["seed"], steps=s["pgd_steps"])
-    m["strong_accuracy"] = _robust(model, x, y, eps, ds.bounds, "pgd", s["seed"] + 1, steps=s["strong_steps"],
-                                   restarts=s["strong_restarts"])
+    t = _robustly_trained(s, out, "pgd", {"steps": s["train_steps"]}, data_dir=data_dir, log=log, progress=progress,
+                          device=device)
+    m: dict[str, Any] = {"clean_accuracy": _clean_accuracy(t.model, t.x, t.y),
+                         "fgsm_accuracy": t.robust("fgsm", s["seed"])}
+    log(f"  PGD-{s['pgd_steps']}, PGD-{s['strong_steps']} x{s['strong_restarts']} on {len(t.y)} points")
+    m["pgd_accuracy"] = t.robust("pgd", s["seed"], steps=s["pgd_steps"])
+    m["strong_accuracy"] = t.robust("pgd", s["seed"] + 1, steps=s["strong_steps"], restarts=s["strong_restarts"])
     m["pgd_minus_strong"] = m["pgd_accuracy"] - m["strong_accuracy"]
     m["fgsm_minus_pgd"] = m["fgsm_accuracy"] - m["pgd_accuracy"]
     if s["suite"]:
         log(f"  suite {s['suite']}")
-        m["suite_accuracy"] = _suite(model, x, y, eps, ds.bounds, s["suite"], s["seed"])
+        m["suite_accuracy"] = t.suite(s["suite"], s["seed"])
         m["strong_minus_suite"] = m["strong_accuracy"] - m["suite_accuracy"]
     scale = (f"{s['model']} (paper: conv32-conv64-fc1024), PGD-{s['train_steps']} adversarial training for "
-             f"{s['epochs']} epochs (paper: PGD-40, 100k steps), {len(y)} test points - scaled to CPU time")
-    return m, {"dataset": ds.name, "note": note, "scale": scale, "figures": {}}
+             f"{s['epochs']} epochs (paper: PGD-40, 100k steps), {len(t.y)} test points - scaled to CPU time")
+    return m, {"dataset": t.ds.name, "note": t.note, "scale": scale, "figures": {}}
 
 
 # -- choosing epsilon ---------------------------------------------------------------------------------------
@@ -274,13 +242,12 @@ EPSILON = {"dataset": "fashion-mnist", "fallback": "fashion-mnist", "per_class":
 
 def epsilon_choice(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
                    device=None):
-    from ..analysis.epsilon import analyze_distances
-    from ..analysis.perceptibility import perceptibility
+    from ..artifacts.analysis import distances_run, perceptibility_run
 
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
-    record = analyze_distances(ds, per_class=s["per_class"], norms=list(s["norms"]), n_test=s["n_test"],
-                               seed=s["seed"], out=out / "distances", progress=progress, device=device)
-    p = perceptibility(ds, [float(e) for e in s["perceptibility_eps"]], None, seed=s["seed"], out=out / "perceptibility")
+    record = distances_run(ds, out / "distances", per_class=s["per_class"], norms=list(s["norms"]),
+                           n_test=s["n_test"], seed=s["seed"], progress=progress, device=device)
+    p = perceptibility_run(ds, out / "perceptibility", eps=[float(e) for e in s["perceptibility_eps"]], seed=s["seed"])
     m: dict[str, Any] = {}
     figures = {}
     for norm, e in record["norms"].items():
@@ -303,11 +270,9 @@ PROTOCOLS: dict[str, tuple[dict[str, Any], Callable]] = {
     "wong2020": (WONG, wong2020),
     "madry2018": (MADRY, madry2018),
     "epsilon-choice": (EPSILON, epsilon_choice),
+    "cohen2019": (COHEN, cohen2019),
+    "gowal2018": (GOWAL, gowal2018),
 }
-
-from .certified import COHEN, GOWAL, cohen2019, gowal2018  # noqa: E402  (they use the helpers above)
-
-PROTOCOLS.update({"cohen2019": (COHEN, cohen2019), "gowal2018": (GOWAL, gowal2018)})
 
 
 def defaults(experiment: str) -> dict[str, Any]:

@@ -1,0 +1,178 @@
+"""Evaluate a subject with a suite and record it: the step behind `advlab evaluate` and the demo.
+
+    from advlab.artifacts import evaluate_run
+    from advlab.subject import open_subject
+    record = evaluate_run(open_subject(run="runs/digits-cnn"), eps=[0.1], suite="fast", n=500)
+    # -> runs/digits-cnn/eval/fast-linf/: result.json (the `advlab evaluate --json` object), curve.csv,
+    #    per_class.csv, adversarial.safetensors and state.safetensors (an interrupted evaluation resumes)
+
+The worst case per example counts the examples the run directory already holds (attacks, earlier
+evaluations, transferred examples: advlab.evaluate.recorded) unless `ignore_recorded`; with `certify`,
+the certified lower bound goes beside the attacked upper bound (advlab.certify.bracket).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import distributed
+from ..device import describe
+from ..errors import AdvlabError
+from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate.recorded import recorded_sources, save_examples
+from ..io import write_csv, write_json
+from . import names
+from .attack import describe_budgets, resolve_budgets
+
+Log = Callable[[str], None]
+
+# The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
+COMMAND_FLAGS = ("run", "model", "weights", "mean", "std", "dataset", "data", "classes", "bounds", "eps",
+                 "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size")
+COMMAND_REPEATED = ("model_arg", "dataset_arg")
+
+
+def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_class: str | os.PathLike | None = None,
+                 norm: str = "linf", suite: str = "standard", suite_file: str | os.PathLike | None = None,
+                 n: int | None = None, seed: int = 0, batch_size: int | None = None,
+                 out: str | os.PathLike | None = None, fresh: bool = False, ignore_recorded: bool = False,
+                 checks: bool = True, check_n: int = 200, certify: bool = False, sigma: float | None = None,
+                 samples: int = 1000, samples0: int = 100, alpha: float = 0.001, command: str | None = None,
+                 started: float | None = None, progress: bool = True, log: Log | None = None) -> dict[str, Any] | None:
+    """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
+    the record (None on the other processes under torchrun: the first one records). `command`: the command
+    line that reproduces it, for the summary (default: built from these arguments); `started`: when the
+    step began (time.perf_counter()), for its seconds."""
+    started = time.perf_counter() if started is None else started
+    log = log or (lambda message: None)
+    entries = get_suite(suite, suite_file, norm=norm)
+    check_certify(subject, norm, certify, sigma)
+    data = subject.data
+    x, y = data.test_subset(n)
+    budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
+    out = Path(out) if out is not None else names.eval_dir(subject.run_dir, suite, norm)
+    state = out / names.STATE_FILE
+    if fresh and state.exists() and distributed.is_main():
+        state.unlink()
+    distributed.barrier()
+    # The worst case over everything the run already holds at this threat: those examples go first.
+    recorded = [] if ignore_recorded else recorded_sources(subject.run_dir, norm, exclude=[out])
+    if recorded:
+        log(f"counting the examples already recorded in {subject.run_dir}: "
+            f"{', '.join(r.label.removeprefix('recorded ') for r in recorded)}")
+    log(f"evaluating {subject.model_record['spec']} on {len(y)} {data.name} test points ({describe(subject.device)}"
+        f"{f', {distributed.world_size()} processes' if distributed.is_distributed() else ''}): suite {suite} "
+        f"({', '.join(s.label for s in entries)}), {norm} eps {describe_budgets(eps, eps_per_class)}")
+    ev = evaluate_robustness(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
+                             seed=seed, batch_size=batch_size, state_dir=out, progress=progress,
+                             identity=subject.identity())
+    if not distributed.is_main():
+        return None
+    found = _checks(subject, x, y, budgets, per_class, ev, norm, seed, check_n, log) if checks else []
+    record = {"suite": suite, "norm": norm, "n": len(y), "clean_accuracy": ev.clean_accuracy(),
+              "seconds": time.perf_counter() - started, "attack_seconds": ev.attack_seconds,
+              "verdict": verdict(found) if found else "not checked",
+              "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
+              "adversarial_confusion": ev.adversarial_confusion(), "classes": list(data.classes),
+              "checks": [c.as_dict() for c in found], **subject.record(), "passes": ev.passes,
+              "world_size": distributed.world_size()}
+    if ev.oom_batch_sizes:
+        record["batch_size_after_oom"] = ev.oom_batch_sizes
+    if per_class is not None:
+        record["eps_per_class"] = per_class
+    if certify:
+        log(f"certifying the same {len(y)} points ({'IBP' if norm == 'linf' else f'smoothing, sigma {sigma:g}'})")
+        from ..certify.bracket import certified_rows
+        record["certify"] = certified_rows(subject, x, y, budgets, norm, record["results"], robust=ev.robust,
+                                           sigma=sigma, samples=samples, samples0=samples0, alpha=alpha, seed=seed,
+                                           state_dir=out / names.CERTIFY_DIR, progress=progress)
+    if command is None:
+        command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
+                                              batch_size), ignore_recorded=ignore_recorded)
+    record["summary"] = summary(record, command)
+    save_examples(out, x, ev, budgets)
+    write_json(out / names.RESULT_FILE, record)
+    write_csvs(out, record)
+    return record
+
+
+def check_certify(subject, norm: str, certify: bool, sigma: float | None) -> None:
+    """Before the evaluation: fail now on what would fail after it."""
+    if not certify:
+        if sigma is not None:
+            raise AdvlabError("`sigma` is an option of `certify=True` (randomized smoothing for `norm='l2'`); "
+                              "add `certify=True`")
+        return
+    if norm == "linf":
+        if sigma is not None:
+            raise AdvlabError("`certify=True` with `norm='linf'` uses interval bound propagation; `sigma` is for "
+                              "`norm='l2'`")
+        from ..certify import check_ibp_supported
+        check_ibp_supported(subject.model)
+    elif norm == "l2":
+        if sigma is None:
+            raise AdvlabError("`certify=True` with `norm='l2'` needs `sigma`: randomized smoothing certifies the "
+                              "smoothed classifier, e.g. `sigma=0.25`")
+    else:
+        raise AdvlabError(f"`certify=True` has no certificate for `norm={norm!r}`; use `norm='linf'` (IBP) or "
+                          "`norm='l2'` (randomized smoothing with `sigma`)")
+
+
+def _checks(subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> list:
+    log(f"gradient-masking checks on {min(check_n, len(y))} points ...")
+    check_eps = budgets if per_class is None else sorted(set(per_class))
+    # The convergence check compares a stronger attack with what this evaluation reported.
+    reported = None if per_class is not None else {e: robust[:check_n] for e, robust in zip(ev.eps, ev.robust)}
+    return run_checks(subject.model, x[:check_n], y[:check_n], check_eps, norm=norm, bounds=subject.data.bounds,
+                      seed=seed, reported_robust=reported, progress=log)
+
+
+def summary(record: dict[str, Any], command: str) -> dict[str, Any]:
+    """RobustBench-style: what one line of a leaderboard needs, and the command that reproduces it."""
+    return {"clean_accuracy": record["clean_accuracy"], "threat": record["norm"],
+            "eps": [r["eps"] for r in record["results"]],
+            "robust_accuracy": [r["robust_accuracy"] for r in record["results"]],
+            "ci95": [r["ci95"] for r in record["results"]], "n": record["n"], "suite": record["suite"],
+            "passes": record["passes"], "seconds": record["seconds"], "device": record["device"],
+            "command": command}
+
+
+def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] | None = None,
+                     ignore_recorded: bool = False) -> str:
+    """The `advlab evaluate` command line for these settings (resolved defaults included): `flags` maps each
+    of COMMAND_FLAGS to its value as typed (None: left out), `repeated` each of COMMAND_REPEATED to its
+    KEY=VALUE items."""
+    parts = ["advlab", "evaluate"]
+    for key in COMMAND_FLAGS:
+        if flags.get(key) is not None:
+            parts += [f"--{key.replace('_', '-')}", shlex.quote(str(flags[key]))]
+    for key in COMMAND_REPEATED:
+        for value in (repeated or {}).get(key) or []:
+            parts += [f"--{key.replace('_', '-')}", shlex.quote(value)]
+    if ignore_recorded:
+        parts.append("--ignore-recorded")
+    return " ".join(parts)
+
+
+def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size) -> dict[str, Any]:
+    """evaluate_command's flags for an evaluation called from Python (the demo, reproduce)."""
+    external = subject.card.get("kind") == "external"
+    return {"run": None if external else str(subject.run_dir),
+            "model": subject.model_record.get("spec") if external else None,
+            "weights": subject.model_record.get("weights") if external else None,
+            "eps": None if eps is None else describe_budgets(eps, None), "eps_per_class": eps_per_class,
+            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size}
+
+
+def write_csvs(out: str | os.PathLike, record: dict[str, Any]) -> None:
+    """curve.csv (robust accuracy and its interval per eps) and per_class.csv (per eps, per class)."""
+    out = Path(out)
+    write_csv(out / names.CURVE_CSV, ["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"],
+              [[r["eps"], r["robust_accuracy"], *r["ci95"], r["mean_wrong_confidence"]] for r in record["results"]])
+    write_csv(out / names.PER_CLASS_CSV, ["eps", *record["classes"]],
+              [[r["eps"], *r["per_class"]] for r in record["results"]])
+
