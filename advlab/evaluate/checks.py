@@ -156,63 +156,94 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence
     x, y = x.to(device), y.to(device)
     eps = sorted(float(e) for e in eps if e > 0) or [0.1]
     mid = eps[len(eps) // 2]
-    n = len(y)
-    tolerance = max(2, math.ceil(0.02 * n))  # points: below this, differences are attack noise
+    tolerance = max(2, math.ceil(0.02 * len(y)))  # points: below this, differences are attack noise
     results = [check_probabilities(model, x[:64]), check_randomness(model, x[:64]), check_gradients(model, x, y),
                check_gradient_consistency(model, x[:128], y[:128], step=mid / 20, bounds=bounds, seed=seed)]
     log("checks: FGSM and PGD per epsilon")
     pgd = PGD(norm, steps=20, seed=seed)
     independent = [pgd(model, x, y, [e], bounds=bounds).correct[0] for e in eps]  # no cascade between budgets
-    counts = [int(r.sum()) for r in independent]
-    rises = [(eps[i], eps[i + 1]) for i in range(len(eps) - 1) if counts[i + 1] > counts[i] + tolerance // 2]
-    results.append(_result("monotone", not rises, "robust points per epsilon (each attacked alone): " +
-                           ", ".join(f"{e:g}: {c}" for e, c in zip(eps, counts))))
-    fgsm = [FGSM(norm)(model, x, y, [e], bounds=bounds).correct[0] for e in eps]
-    worst = max(range(len(eps)), key=lambda i: int(independent[i].sum()) - int(fgsm[i].sum()))
-    gap = int(independent[worst].sum()) - int(fgsm[worst].sum())
-    results.append(_result("single_step", gap <= tolerance,
-                           f"at eps {eps[worst]:g}: FGSM leaves {int(fgsm[worst].sum())}/{n} robust, "
-                           f"PGD-20 {int(independent[worst].sum())}/{n}"))
-    huge = _unbounded_eps(x, bounds, norm)
+    results.append(_monotone(eps, independent, tolerance))
+    results.append(_single_step(model, x, y, eps, independent, norm, bounds, tolerance))
     log("checks: unbounded attack")
-    unbounded = PGD(norm, steps=50, seed=seed, loss="margin")(model, x, y, [huge], bounds=bounds).robust_accuracy()[0]
-    results.append(_result("unbounded", unbounded <= 0.01, f"robust accuracy {unbounded:.3f} at eps {huge:g} "
-                                                           "(must be ~0)"))
+    results.append(_unbounded(model, x, y, norm, bounds, seed))
+    pgd_robust = independent[eps.index(mid)]  # (N,) what PGD-20 left robust at the middle budget
     if thorough:
-        log("checks: convergence (PGD-100, 2 restarts)")
-        i = eps.index(mid)
-        strong = PGD(norm, steps=100, restarts=2, seed=seed + 1)(model, x, y, [mid], bounds=bounds).correct[0]
-        if reported_robust is not None:
-            baseline, what = _reported_at(reported_robust, mid, n, device), "the evaluation"
-        else:
-            baseline, what = independent[i], "PGD-20"
-        gained = int((baseline & ~strong).sum())
-        results.append(_result("convergence", gained <= tolerance,
-                               f"at eps {mid:g}: PGD-100 x2 broke {gained} points {what} missed "
-                               f"({int(strong.sum())} vs {int(baseline.sum())} robust of {n})"))
-        try:
-            square = build_attack("square", norm=norm, n_queries=1000, seed=seed)
-        except Exception:  # the black-box attack is not available for this norm
-            square = None
-        if square is not None:
-            log("checks: black-box Square attack")
-            black = square(model, x, y, [mid], bounds=bounds).correct[0]
-            white = independent[i] & strong
-            extra = int((white & ~black).sum())
-            results.append(_result("black_box", extra <= tolerance,
-                                   f"at eps {mid:g}: Square broke {extra} points the white-box attacks missed"))
+        results += _stronger_attacks(model, x, y, mid, pgd_robust, norm, bounds, seed, tolerance, reported_robust,
+                                     log)
     if hasattr(model, "accepts"):
         results.append(check_detector(model, x, y, eps=mid, norm=norm, bounds=bounds, seed=seed))
     if transfer_from is not None:
-        i = eps.index(mid)
-        with attack_mode(transfer_from, evaluation=True):
-            x_t = pgd.perturb(transfer_from, x, y, mid, bounds=bounds)
-        with torch.no_grad(), attack_mode(model, evaluation=True):
-            transferred = model(x_t).argmax(1) == y
-        extra = int((independent[i] & ~transferred).sum())
-        results.append(_result("transfer", extra <= tolerance,
-                               f"at eps {mid:g}: examples from the surrogate broke {extra} points PGD missed"))
+        results.append(_transfer(model, transfer_from, pgd, x, y, mid, pgd_robust, bounds, tolerance))
     return results
+
+
+def _monotone(eps: list[float], independent: list[torch.Tensor], tolerance: int) -> CheckResult:
+    """Robust accuracy must not rise with epsilon (each budget attacked alone, PGD-20)."""
+    counts = [int(r.sum()) for r in independent]
+    rises = [(eps[i], eps[i + 1]) for i in range(len(eps) - 1) if counts[i + 1] > counts[i] + tolerance // 2]
+    return _result("monotone", not rises, "robust points per epsilon (each attacked alone): " +
+                   ", ".join(f"{e:g}: {c}" for e, c in zip(eps, counts)))
+
+
+def _single_step(model, x, y, eps: list[float], independent: list[torch.Tensor], norm: str, bounds: Bounds,
+                 tolerance: int) -> CheckResult:
+    """FGSM must not leave many more points robust than PGD-20 at any budget."""
+    n = len(y)
+    fgsm = [FGSM(norm)(model, x, y, [e], bounds=bounds).correct[0] for e in eps]
+    worst = max(range(len(eps)), key=lambda i: int(independent[i].sum()) - int(fgsm[i].sum()))
+    gap = int(independent[worst].sum()) - int(fgsm[worst].sum())
+    return _result("single_step", gap <= tolerance,
+                   f"at eps {eps[worst]:g}: FGSM leaves {int(fgsm[worst].sum())}/{n} robust, "
+                   f"PGD-20 {int(independent[worst].sum())}/{n}")
+
+
+def _unbounded(model, x, y, norm: str, bounds: Bounds, seed: int) -> CheckResult:
+    """An attack with a budget that covers the whole input domain must break every point."""
+    huge = _unbounded_eps(x, bounds, norm)
+    unbounded = PGD(norm, steps=50, seed=seed, loss="margin")(model, x, y, [huge], bounds=bounds).robust_accuracy()[0]
+    return _result("unbounded", unbounded <= 0.01, f"robust accuracy {unbounded:.3f} at eps {huge:g} (must be ~0)")
+
+
+def _stronger_attacks(model, x, y, mid: float, pgd_robust: torch.Tensor, norm: str, bounds: Bounds, seed: int,
+                      tolerance: int, reported_robust: Mapping[float, torch.Tensor] | None,
+                      log: Callable[[str], None]) -> list[CheckResult]:
+    """Convergence (PGD-100 with 2 restarts) and, where the norm has one, a black-box attack (Square) must
+    not break many points that the weaker attack (or the evaluation being checked) left robust."""
+    n = len(y)
+    log("checks: convergence (PGD-100, 2 restarts)")
+    strong = PGD(norm, steps=100, restarts=2, seed=seed + 1)(model, x, y, [mid], bounds=bounds).correct[0]
+    if reported_robust is not None:
+        baseline, what = _reported_at(reported_robust, mid, n, model_device(model)), "the evaluation"
+    else:
+        baseline, what = pgd_robust, "PGD-20"
+    gained = int((baseline & ~strong).sum())
+    results = [_result("convergence", gained <= tolerance,
+                       f"at eps {mid:g}: PGD-100 x2 broke {gained} points {what} missed "
+                       f"({int(strong.sum())} vs {int(baseline.sum())} robust of {n})")]
+    try:
+        square = build_attack("square", norm=norm, n_queries=1000, seed=seed)
+    except Exception:  # the black-box attack is not available for this norm
+        square = None
+    if square is not None:
+        log("checks: black-box Square attack")
+        black = square(model, x, y, [mid], bounds=bounds).correct[0]
+        white = pgd_robust & strong
+        extra = int((white & ~black).sum())
+        results.append(_result("black_box", extra <= tolerance,
+                               f"at eps {mid:g}: Square broke {extra} points the white-box attacks missed"))
+    return results
+
+
+def _transfer(model, surrogate: nn.Module, pgd: PGD, x, y, mid: float, pgd_robust: torch.Tensor, bounds: Bounds,
+              tolerance: int) -> CheckResult:
+    """PGD-20 examples crafted on a surrogate must not break many points PGD-20 on the model missed."""
+    with attack_mode(surrogate, evaluation=True):
+        x_t = pgd.perturb(surrogate, x, y, mid, bounds=bounds)
+    with torch.no_grad(), attack_mode(model, evaluation=True):
+        transferred = model(x_t).argmax(1) == y
+    extra = int((pgd_robust & ~transferred).sum())
+    return _result("transfer", extra <= tolerance,
+                   f"at eps {mid:g}: examples from the surrogate broke {extra} points PGD missed")
 
 
 def _unbounded_eps(x: torch.Tensor, bounds: Bounds, norm: str) -> float:
