@@ -137,7 +137,28 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
     """
     check_norm(norm)
     dev = resolve_tile_device(device)
-    # Kept in their own precision (float32 images stay float32); each tile is cast to float64.
+    q, r, labels, self_pos = _check_search(queries, refs, ref_labels, num_classes, self_index, block)
+
+    # Sort references by class so that each class is one contiguous range of columns.
+    order = np.argsort(labels, kind="stable")
+    r = r[order]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))])
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    self_sorted = np.where(self_pos >= 0, position[np.clip(self_pos, 0, None)], -1) if len(order) else self_pos
+
+    best = np.full((len(q), num_classes), np.inf)
+    best_idx = np.full((len(q), num_classes), -1, dtype=np.int64)
+    if dev is not None:
+        _min_distance_on_device(q, r, order, starts, self_sorted, norm, block, dev, best, best_idx, tick)
+    else:
+        _min_distance_on_cpu(q, r, order, starts, self_sorted, norm, block, workers, best, best_idx, tick)
+    return best, best_idx
+
+
+def _check_search(queries, refs, ref_labels, num_classes: int, self_index, block: int):
+    """(queries (Nq, D), references (Nr, D), their labels (Nr,), self positions (Nq,), -1 for none), checked.
+    The points are kept in their own precision (float32 images stay float32); each tile is cast to float64."""
     q, r = as_matrix(queries, np.float32), as_matrix(refs, np.float32)
     labels = np.asarray(torch.as_tensor(ref_labels).cpu(), dtype=np.int64)
     if q.shape[1] != r.shape[1]:
@@ -153,20 +174,15 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
         self_pos = np.asarray(torch.as_tensor(self_index).cpu(), dtype=np.int64).reshape(-1)
         if self_pos.shape != (len(q),) or (self_pos >= len(r)).any():
             raise AdvlabError(f"self_index must hold ({len(q)},) positions in 0..{len(r) - 1} (or -1)")
+    return q, r, labels, self_pos
 
-    # Sort references by class so that each class is one contiguous range of columns.
-    order = np.argsort(labels, kind="stable")
-    r = r[order]
-    starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))])
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    self_sorted = np.where(self_pos >= 0, position[np.clip(self_pos, 0, None)], -1) if len(order) else self_pos
 
-    best = np.full((len(q), num_classes), np.inf)
-    best_idx = np.full((len(q), num_classes), -1, dtype=np.int64)
-    if dev is not None:
-        _min_distance_on_device(q, r, order, starts, self_sorted, norm, block, dev, best, best_idx, tick)
-        return best, best_idx
+def _min_distance_on_cpu(q: np.ndarray, r: np.ndarray, order: np.ndarray, starts: np.ndarray,
+                         self_sorted: np.ndarray, norm: str, block: int, workers: int | None,
+                         best: np.ndarray, best_idx: np.ndarray, tick: Callable[[], None] | None) -> None:
+    """The loop of `min_distance_to_classes` with numpy, one task per query block on a thread pool;
+    fills `best` and `best_idx` (each task its own rows)."""
+    num_classes = best.shape[1]
 
     def task(qs: slice) -> Callable[[], None]:
         def run() -> None:
@@ -187,7 +203,6 @@ def min_distance_to_classes(queries, refs, ref_labels, num_classes: int, norm: s
         return run
 
     _run([task(s) for s in _slices(len(q), block)], _workers(workers, norm), tick)
-    return best, best_idx
 
 
 @torch.no_grad()
