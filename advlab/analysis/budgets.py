@@ -72,6 +72,20 @@ def load_eps_per_class(path: str | os.PathLike, num_classes: int, norm: str | No
     """
     path = Path(path)
     where = f"`eps_per_class={path}`"
+    data = _read_object(path, where)
+    _check_keys(data, where, num_classes, norm)
+    items = _eps_items(data["eps"], where, num_classes)
+    values = []
+    for c in range(num_classes):
+        value = parse_number(items[c], f"{where}: class {c}")
+        if value < 0:
+            raise ConfigError(f"{where}: class {c} has a negative epsilon ({value}); budgets must be >= 0")
+        values.append(value)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _read_object(path: Path, where: str) -> dict[str, Any]:
+    """The file's JSON object; a bare {"0": eps0, "1": eps1, ...} mapping comes back as {"eps": mapping}."""
     if not path.is_file():
         raise AdvlabError(f"{where}: no such file; write one with `advlab analyze distances --out DIR` "
                           f"(DIR/eps_per_class_NORM.json) or by hand: {{\"eps\": {{\"0\": 0.1, \"1\": 0.2, ...}}}}")
@@ -84,6 +98,11 @@ def load_eps_per_class(path: str | os.PathLike, num_classes: int, norm: str | No
                           f"got {type(data).__name__}")
     if "eps" not in data and data and all(_is_index(k) for k in data):
         data = {"eps": data}  # a bare {"0": eps0, "1": eps1, ...} mapping
+    return data
+
+
+def _check_keys(data: dict[str, Any], where: str, num_classes: int, norm: str | None) -> None:
+    """Known keys only, "eps" present; format, version, norm and classes (where given) fit."""
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(_KEYS)}")
@@ -100,33 +119,27 @@ def load_eps_per_class(path: str | os.PathLike, num_classes: int, norm: str | No
         found = len(data["classes"]) if isinstance(data["classes"], list) else type(data["classes"]).__name__
         raise ConfigError(f"{where}: \"classes\" lists {found} classes but the dataset has {num_classes}")
 
-    raw = data["eps"]
+
+def _eps_items(raw: Any, where: str, num_classes: int) -> dict[int, Any]:
+    """{class index: value as written} from "eps" (a list of K values or a mapping), every class once."""
     if isinstance(raw, list):
         if len(raw) != num_classes:
             raise ConfigError(f"{where}: \"eps\" lists {len(raw)} values but the dataset has {num_classes} classes")
-        items = {i: v for i, v in enumerate(raw)}
-    elif isinstance(raw, dict):
-        items = {}
-        for key, value in raw.items():
-            if not _is_index(key) or not 0 <= int(key) < num_classes:
-                raise ConfigError(f"{where}: class key {key!r} is not a class index 0..{num_classes - 1}")
-            if int(key) in items:
-                raise ConfigError(f"{where}: class {int(key)} appears twice")
-            items[int(key)] = value
-        missing = [c for c in range(num_classes) if c not in items]
-        if missing:
-            raise ConfigError(f"{where}: no epsilon for class{'es' if len(missing) > 1 else ''} "
-                              f"{', '.join(map(str, missing))}; every class 0..{num_classes - 1} needs one")
-    else:
+        return {i: v for i, v in enumerate(raw)}
+    if not isinstance(raw, dict):
         raise ConfigError(f"{where}: \"eps\" must map class index to epsilon, got {type(raw).__name__}")
-
-    values = []
-    for c in range(num_classes):
-        value = parse_number(items[c], f"{where}: class {c}")
-        if value < 0:
-            raise ConfigError(f"{where}: class {c} has a negative epsilon ({value}); budgets must be >= 0")
-        values.append(value)
-    return torch.tensor(values, dtype=torch.float32)
+    items = {}
+    for key, value in raw.items():
+        if not _is_index(key) or not 0 <= int(key) < num_classes:
+            raise ConfigError(f"{where}: class key {key!r} is not a class index 0..{num_classes - 1}")
+        if int(key) in items:
+            raise ConfigError(f"{where}: class {int(key)} appears twice")
+        items[int(key)] = value
+    missing = [c for c in range(num_classes) if c not in items]
+    if missing:
+        raise ConfigError(f"{where}: no epsilon for class{'es' if len(missing) > 1 else ''} "
+                          f"{', '.join(map(str, missing))}; every class 0..{num_classes - 1} needs one")
+    return items
 
 
 def eps_for_labels(eps_per_class: torch.Tensor | Sequence[float], labels: torch.Tensor) -> torch.Tensor:
