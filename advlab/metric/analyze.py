@@ -92,45 +92,19 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     if device is not None:
         from ..device import resolve_device
         device = resolve_device(device)  # a missing GPU fails here, before any work
-    if projection not in ("pca", "tsne"):
-        raise AdvlabError(f"--projection must be pca or tsne, got {projection!r}")
-    if pixel_norm not in DEFAULT_PIXEL_EPS:
-        raise AdvlabError(f"unknown pixel norm {pixel_norm!r}; choose one of {', '.join(DEFAULT_PIXEL_EPS)}")
-    for name, grid in (("--pixel-eps", pixel_eps), ("--embedding-eps", embedding_eps)):
-        if grid is not None and (not len(grid) or min(grid) < 0):
-            raise AdvlabError(f"{name} needs budgets >= 0, got {list(grid)}")
-    if not 0 <= percentile <= 100 or per_class < 1 or k < 1:
-        raise AdvlabError(f"--percentile must be in [0, 100], --per-class and --k >= 1; got {percentile}, "
-                          f"{per_class}, {k}")
-    if any(not 0 <= t <= 1 for t in targets):
-        raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
+    _check_options(projection, pixel_norm, pixel_eps, embedding_eps, percentile, per_class, k, targets)
     started = time.perf_counter()
     out = Path(out)
     referee_net = None
     if referee is not None and compare_attacks:
         referee_net, referee_card = load_embedding(referee, device=device)  # fails now, not after training
         _same_data(referee_card, ds, "referee embedding", referee)
-    train = {"seed": seed, **(train or {})}
-    train.setdefault("mining", "semi-hard")
-    train.setdefault("margin", 0.2)
-    train.setdefault("dim", 32)
-    train.setdefault("epochs", 10)
-    net, card, emb_dir = get_embedding(ds, out, embedding, train, retrain, progress, log, device)
-    m = card.get("metrics", {})
-    if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
-        quality = {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
-    else:
-        quality = embedding_quality(net, ds, k)
+    net, card, emb_dir = get_embedding(ds, out, embedding, _train_settings(train, seed), retrain, progress, log,
+                                       device)
+    quality = _quality(net, card, ds, k)
     z_train = embed(net, ds.x_train)
     calib = compare.calibrate(net, ds, per_class=per_class, percentile=percentile, seed=seed, z_train=z_train)
-    figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
-                                                     out / f"projection-{projection}.png", projection, seed=seed,
-                                                     title=f"{ds.name} test embeddings ({projection.upper()})")}
-    from ..plotting import histograms
-    figures["distances"] = histograms(
-        {"within-class NN": calib["_within"], "between-class NN": calib["_between"]},
-        f"{ds.name}: nearest-neighbour distances in the embedding", "embedding distance",
-        out / "distances.png", markers={"2 x suggested eps_e": 2 * calib["suggested_eps"]})
+    figures = _embedding_figures(net, ds, calib, out, projection, seed)
     record: dict[str, Any] = {
         "analysis": "embedding", "dataset": ds.name, "embedding_run": emb_dir,
         "embedding": {**card["embedding"], "arch": card["model"]["name"], "epochs": card.get("epochs")},
@@ -150,15 +124,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
         cmp = compare.compare_threats(classifier, net, ds, pixel_eps=pixel_eps, embedding_eps=embedding_eps,
                                       pixel_norm=pixel_norm, n=n, steps=steps, k=k, targets=targets, seed=seed,
                                       z_train=z_train, referee=referee_net, progress=progress)
-        figures["change_curve"] = compare.change_curve(cmp, out / "knn-change.png")
-        if cmp["matched"]:
-            mid = min(cmp["matched"], key=lambda m: abs(m["target_success"] - 0.5))
-            x, y = ds.test_subset(n)
-            grid = compare.side_by_side_grid(x, y, cmp["_pixel"][mid["pixel"]["eps"]],
-                                             cmp["_embedding"][mid["embedding"]["eps"]], ds.classes,
-                                             out / "side-by-side.png")
-            if grid:
-                figures["side_by_side"] = grid
+        figures.update(_comparison_figures(cmp, ds, n, out))
         record["classifier_run"] = clf_dir
         if referee is not None:
             record["referee_run"] = str(referee)
@@ -167,3 +133,66 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
     record["json"] = str(out / "embedding.json")
     compare.write_record(out, record)
     return record
+
+
+def _check_options(projection: str, pixel_norm: str, pixel_eps: Sequence[float] | None,
+                   embedding_eps: Sequence[float] | None, percentile: float, per_class: int, k: int,
+                   targets: Sequence[float]) -> None:
+    if projection not in ("pca", "tsne"):
+        raise AdvlabError(f"--projection must be pca or tsne, got {projection!r}")
+    if pixel_norm not in DEFAULT_PIXEL_EPS:
+        raise AdvlabError(f"unknown pixel norm {pixel_norm!r}; choose one of {', '.join(DEFAULT_PIXEL_EPS)}")
+    for name, grid in (("--pixel-eps", pixel_eps), ("--embedding-eps", embedding_eps)):
+        if grid is not None and (not len(grid) or min(grid) < 0):
+            raise AdvlabError(f"{name} needs budgets >= 0, got {list(grid)}")
+    if not 0 <= percentile <= 100 or per_class < 1 or k < 1:
+        raise AdvlabError(f"--percentile must be in [0, 100], --per-class and --k >= 1; got {percentile}, "
+                          f"{per_class}, {k}")
+    if any(not 0 <= t <= 1 for t in targets):
+        raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
+
+
+def _train_settings(train: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+    """The triplet network's training settings, with the defaults filled in."""
+    train = {"seed": seed, **(train or {})}
+    train.setdefault("mining", "semi-hard")
+    train.setdefault("margin", 0.2)
+    train.setdefault("dim", 32)
+    train.setdefault("epochs", 10)
+    return train
+
+
+def _quality(net, card: dict[str, Any], ds: Dataset, k: int) -> dict[str, Any]:
+    """k-NN accuracy and Recall@1 on the test split: from the card when measured there with this k."""
+    m = card.get("metrics", {})
+    if m.get("k") == k and m.get("n_test") == len(ds.y_test):  # measured when the run was trained
+        return {key: m[key] for key in ("knn_accuracy", "k", "recall_at_1", "n_test")}
+    return embedding_quality(net, ds, k)
+
+
+def _embedding_figures(net, ds: Dataset, calib: dict[str, Any], out: Path, projection: str,
+                       seed: int) -> dict[str, Any]:
+    """The test embeddings projected to 2-D, and the histogram of nearest-neighbour distances."""
+    figures = {"projection": compare.projection_plot(embed(net, ds.x_test), ds.y_test, ds.classes,
+                                                     out / f"projection-{projection}.png", projection, seed=seed,
+                                                     title=f"{ds.name} test embeddings ({projection.upper()})")}
+    from ..plotting import histograms
+    figures["distances"] = histograms(
+        {"within-class NN": calib["_within"], "between-class NN": calib["_between"]},
+        f"{ds.name}: nearest-neighbour distances in the embedding", "embedding distance",
+        out / "distances.png", markers={"2 x suggested eps_e": 2 * calib["suggested_eps"]})
+    return figures
+
+
+def _comparison_figures(cmp: dict[str, Any], ds: Dataset, n: int | None, out: Path) -> dict[str, Any]:
+    """k-NN label changes against budget, and the examples of the matched pair nearest 50% success side by side."""
+    figures = {"change_curve": compare.change_curve(cmp, out / "knn-change.png")}
+    if cmp["matched"]:
+        mid = min(cmp["matched"], key=lambda m: abs(m["target_success"] - 0.5))
+        x, y = ds.test_subset(n)
+        grid = compare.side_by_side_grid(x, y, cmp["_pixel"][mid["pixel"]["eps"]],
+                                         cmp["_embedding"][mid["embedding"]["eps"]], ds.classes,
+                                         out / "side-by-side.png")
+        if grid:
+            figures["side_by_side"] = grid
+    return figures
