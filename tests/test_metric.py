@@ -17,8 +17,9 @@ from torch import nn
 from advlab.cli import main
 from advlab.data import load_dataset
 from advlab.errors import AdvlabError
-from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, embedding_quality, knn_predict, load_embedding,
-                           mine_triplets, pairwise_distances, recall_at_1, train_embedding, triplet_loss)
+from advlab.metric import (EmbeddingNet, EmbeddingPGD, embed, embedding_attack, embedding_quality, knn_predict,
+                           load_embedding, mine_triplets, pairwise_distances, recall_at_1, train_embedding,
+                           triplet_loss)
 from advlab.metric.compare import calibrate, match, refine
 from advlab.rng import seeded
 
@@ -364,10 +365,11 @@ def test_api_errors():
     with pytest.raises(AdvlabError, match=">= 0"):
         EmbeddingPGD(emb)(small_net(1, 9, 3, False), x, y, -0.5, bounds=(0.0, 1.0))
     with pytest.raises(AdvlabError, match="supports the attacks"):
-        from advlab.attacks import build_attack
-        build_attack("cw", threat="embedding", embedding=emb)
+        embedding_attack("cw", emb)
     with pytest.raises(AdvlabError, match="no option"):
+        embedding_attack("pgd", emb, decay=0.5)
+    with pytest.raises(AdvlabError, match="advlab.metric.embedding_attack"):  # attacks/ does not import metric/
         from advlab.attacks import build_attack
-        build_attack("pgd", threat="embedding", embedding=emb, decay=0.5)
+        build_attack("pgd", threat="embedding", embedding=emb)
     with pytest.raises(AdvlabError, match="margin"):
         train_embedding(load_dataset("digits"), None, margin=-1.0, epochs=1, progress=False)

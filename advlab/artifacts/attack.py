@@ -49,7 +49,7 @@ def describe_budgets(eps: str | Sequence[float] | None, eps_per_class: str | os.
 
 def embedding_attack(name: str, embedding_run: str | os.PathLike | None, **options: Any):
     """The embedding-space attack (`threat="embedding"`) and the embedding run's card."""
-    from ..attacks import build_attack
+    from ..metric.embedding_threat import embedding_attack as build_embedding_attack
     from ..metric.triplet import load_embedding
 
     if embedding_run is None:
@@ -58,7 +58,7 @@ def embedding_attack(name: str, embedding_run: str | os.PathLike | None, **optio
     if options.get("pixel_eps") is not None and options["pixel_eps"] < 0:
         raise AdvlabError(f"`pixel_eps` must be >= 0, got {options['pixel_eps']}")
     embedding, card = load_embedding(embedding_run)
-    return build_attack(name, threat="embedding", embedding=embedding, **options), card
+    return build_embedding_attack(name, embedding, **options), card
 
 
 def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,

@@ -41,23 +41,17 @@ def attack_parameters(name: str) -> set[str]:
     return {k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"}
 
 
-THREATS = ("lp", "embedding")
-
-
 def build_attack(name: str, threat: str = "lp", **options: Any) -> Attack:
     """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error.
 
-    threat="embedding" builds the embedding-space version (advlab.metric): the budget is
-    ||f(x') - f(x)||_2 for the embedding net passed as embedding=..., and `norm` is the pixel norm
-    of the steps (pgd, bim and fgsm only).
+    The attacks here bound an Lp norm (threat "lp"). Their embedding-space versions, whose budget is
+    ||f(x') - f(x)||_2 for an embedding net f, build on them one layer up:
+    advlab.metric.embedding_attack(name, f, **options) (pgd, bim and fgsm; `norm` is the pixel norm
+    of the steps).
     """
-    if threat not in THREATS:
-        raise AdvlabError(f"unknown threat model {threat!r}; choose one of {', '.join(THREATS)}")
-    if threat == "embedding":
-        from ..metric.embedding_threat import embedding_attack  # advlab.metric builds on the attacks
-        if "embedding" not in options:
-            raise AdvlabError("the embedding threat model needs embedding=NET (an embedding network)")
-        return embedding_attack(name, options.pop("embedding"), **options)
+    if threat != "lp":
+        raise AdvlabError(f"build_attack builds attacks of the lp threat model, not {threat!r}; for the embedding "
+                          "threat use advlab.metric.embedding_attack(name, embedding_net, **options)")
     allowed = attack_parameters(name)
     factory = ATTACKS[name]
     unknown = sorted(set(options) - allowed)
