@@ -73,17 +73,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     if not distributed.is_main():
         return None
     found = _checks(subject, x, y, budgets, per_class, ev, norm, seed, check_n, log) if checks else []
-    record = {"suite": suite, "norm": norm, "n": len(y), "clean_accuracy": ev.clean_accuracy(),
-              "seconds": time.perf_counter() - started, "attack_seconds": ev.attack_seconds,
-              "verdict": verdict(found) if found else "not checked",
-              "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
-              "adversarial_confusion": ev.adversarial_confusion(), "classes": list(data.classes),
-              "checks": [c.as_dict() for c in found], **subject.record(), "passes": ev.passes,
-              "world_size": distributed.world_size()}
-    if ev.oom_batch_sizes:
-        record["batch_size_after_oom"] = ev.oom_batch_sizes
-    if per_class is not None:
-        record["eps_per_class"] = per_class
+    record = _record(subject, suite, norm, ev, found, per_class, time.perf_counter() - started)
     if certify:
         log(f"certifying the same {len(y)} points ({'IBP' if norm == 'linf' else f'smoothing, sigma {sigma:g}'})")
         from ..certify.bracket import certified_rows
@@ -97,6 +87,22 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     save_examples(out, x, ev, budgets)
     write_json(out / names.RESULT_FILE, record)
     write_csvs(out, record)
+    return record
+
+
+def _record(subject, suite: str, norm: str, ev, checks: list, per_class, seconds: float) -> dict[str, Any]:
+    """The `advlab evaluate --json` object, before the certified rows and the summary."""
+    record = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
+              "seconds": seconds, "attack_seconds": ev.attack_seconds,
+              "verdict": verdict(checks) if checks else "not checked",
+              "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
+              "adversarial_confusion": ev.adversarial_confusion(), "classes": list(subject.data.classes),
+              "checks": [c.as_dict() for c in checks], **subject.record(), "passes": ev.passes,
+              "world_size": distributed.world_size()}
+    if ev.oom_batch_sizes:
+        record["batch_size_after_oom"] = ev.oom_batch_sizes
+    if per_class is not None:
+        record["eps_per_class"] = per_class
     return record
 
 

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -333,29 +334,25 @@ def _transfer(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _simple_figures(root: Path, name: str) -> list[dict[str, Any]]:
-    """The records called `name` (a file name from advlab.artifacts.names) and the figures they list."""
+def _records(root: Path, name: str, needs: str | None = None) -> list[dict[str, Any]]:
+    """Every record called `name` (a file name from advlab.artifacts.names) under root that holds the key
+    `needs`, with the figures it lists inlined."""
     out = []
     for path in _walk(root, name):
         rec = _read(path)
-        if not rec:
+        if not rec or (needs is not None and needs not in rec):
             continue
-        figs = [{"label": k, "src": F.data_uri((path.parent / Path(v).name).read_bytes())}
-                for k, v in (rec.get("figures") or {}).items() if (path.parent / Path(v).name).is_file()]
+        files = {label: _figure_file(path.parent, v) for label, v in (rec.get("figures") or {}).items()}
+        figs = [{"label": label, "src": F.data_uri(f.read_bytes())} for label, f in files.items() if f.is_file()]
         out.append({"where": _rel(root, path.parent), "record": rec, "figures": figs})
     return out
 
 
-def _reproductions(root: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in _walk(root, names.REPRODUCE_FILE):
-        rec = _read(path)
-        if not rec or "rows" not in rec:
-            continue
-        figs = [{"label": k, "src": F.data_uri((path.parent / v).read_bytes())}
-                for k, v in (rec.get("figures") or {}).items() if (path.parent / v).is_file()]
-        out.append({"where": _rel(root, path.parent), "record": rec, "figures": figs})
-    return out
+def _figure_file(folder: Path, listed: str) -> Path:
+    """A figure a record lists: relative to its folder (reproduce.json), or a path as the analysis wrote it,
+    found by its name in the record's folder (the folder may have moved since)."""
+    inside = folder / listed
+    return inside if inside.is_file() else folder / Path(listed).name
 
 
 def _generative(root: Path) -> list[dict[str, Any]]:
@@ -388,85 +385,113 @@ def _generative(root: Path) -> list[dict[str, Any]]:
 
 
 # -- the report -----------------------------------------------------------------------------------
+@dataclass
+class _Runs:
+    """The per-run sections, filled one trained run at a time."""
+    root: Path
+    out_dir: Path
+    runs: list = field(default_factory=list)
+    curves: list = field(default_factory=list)       # series of the robustness curves, all runs
+    grids: list = field(default_factory=list)
+    sliders: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    per_class: list = field(default_factory=list)
+    brackets: list = field(default_factory=list)
+    certified: list = field(default_factory=list)
+    configs: list = field(default_factory=list)
+
+    def add(self, run_dir: Path, card: dict[str, Any]) -> None:
+        name = _run_name(self.root, run_dir, card)
+        metrics = card.get("metrics", {})
+        self.runs.append({"name": name, "model": card["model"].get("name"),
+                          "dataset": card.get("dataset", {}).get("name"), "defense": card.get("defense", {}),
+                          "test_accuracy": metrics.get("test_accuracy"), "epochs": card.get("epochs"),
+                          "seed": card.get("seed"), "train_seconds": metrics.get("train_seconds")})
+        dataset = self.runs[-1]["dataset"]
+        attacks, evaluations = _attacks(run_dir), _evals(run_dir)
+        self._attacks(name, dataset, attacks)
+        self._evaluations(name, dataset, run_dir, evaluations)
+        certs = [_certified_entry(name, c["record"]) for c in _certifications(run_dir)]
+        self.certified += certs
+        slider = _slider(name, run_dir, card, attacks)
+        if slider:
+            self.sliders.append(slider)
+        self.configs.append(_config(name, card, attacks, evaluations, certs))
+
+    def _attacks(self, name: str, dataset: str, attacks: list[dict[str, Any]]) -> None:
+        for a in attacks:
+            self.curves.append(_series_from_attack(name, a["record"]) | {"dataset": dataset})
+            if a["grids"]:
+                self.grids.append({"run": name, "attack": a["record"]["attack"], "norm": a["record"].get("norm"),
+                                   "grids": a["grids"]})
+
+    def _evaluations(self, name: str, dataset: str, run_dir: Path, evaluations: list[dict[str, Any]]) -> None:
+        for ev in evaluations:
+            # The worst case over everything the run holds, also what was recorded after the evaluation.
+            rec = ev["record"] = fold_record(run_dir, ev["dir"], ev["record"])
+            self.curves.append(_series_from_eval(name, rec) | {"dataset": dataset})
+            self.evals.append({"run": name, "record": rec, "checks": _checks(rec, self.out_dir),
+                               "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
+                                         "broken_by": r.get("broken_by", {}),
+                                         "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
+            b = _bracket(name, rec)
+            if b:
+                self.brackets.append(b | {"dataset": dataset})
+            pc = _per_class(rec)
+            if pc["rows"]:
+                self.per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
+
+    def curve_figures(self) -> list[dict[str, Any]]:
+        """One robustness-curve figure per (dataset, norm)."""
+        figures = []
+        for key in dict.fromkeys((s["dataset"], s["norm"]) for s in self.curves):
+            group = [s for s in self.curves if (s["dataset"], s["norm"]) == key]
+            title = f"{key[0]}, {key[1]}: robust accuracy (bands: 95% Clopper-Pearson)"
+            figures.append({"title": title, "series": group,
+                            "src": F.data_uri(F.robustness_curves(group, title, f"epsilon ({key[1]})"))})
+        return figures
+
+
+def _config(name: str, card: dict[str, Any], attacks, evaluations, certs) -> dict[str, Any]:
+    """The run's card (without the training history) and the time each step took."""
+    metrics = card.get("metrics", {})
+    timings = [("training", metrics.get("train_seconds"))]
+    timings += [(f"attack {a['record']['attack']} ({a['record']['n']} points)", a["record"].get("seconds"))
+                for a in attacks]
+    timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
+                for e in evaluations]
+    timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
+    shown = {k: v for k, v in card.items() if k != "metrics"}
+    shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
+    return {"run": name, "seed": card.get("seed"), "versions": card.get("versions", {}),
+            "timings": [(k, v) for k, v in timings if v is not None], "card": json.dumps(shown, indent=2, default=str)}
+
+
 def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (figures already rendered to data URIs)."""
     root = Path(run_dir)
     if not root.is_dir():
         raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
-    out_dir = out_dir or root
-    runs, curves, grids, sliders, evals, per_class, configs = [], [], [], [], [], [], []
-    brackets, certified = [], []
     cards = [(p.parent, _read(p)) for p in _walk(root, names.CARD_FILE)]
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
     # Undefended models first, then by name: the baseline reads before the defense.
     cards.sort(key=lambda dc: (dc[1].get("defense", {}).get("name", "none") != "none", _rel(root, dc[0])))
+    r = _Runs(root, out_dir or root)
     for run_dir_, card in cards:
-        name = _run_name(root, run_dir_, card)
-        attacks, evaluations = _attacks(run_dir_), _evals(run_dir_)
-        metrics = card.get("metrics", {})
-        runs.append({"name": name, "model": card["model"].get("name"), "dataset": card.get("dataset", {}).get("name"),
-                     "defense": card.get("defense", {}), "test_accuracy": metrics.get("test_accuracy"),
-                     "epochs": card.get("epochs"), "seed": card.get("seed"),
-                     "train_seconds": metrics.get("train_seconds")})
-        for a in attacks:
-            curves.append(_series_from_attack(name, a["record"]) | {"dataset": runs[-1]["dataset"]})
-            if a["grids"]:
-                grids.append({"run": name, "attack": a["record"]["attack"], "norm": a["record"].get("norm"),
-                              "grids": a["grids"]})
-        for ev in evaluations:
-            # The worst case over everything the run holds, also what was recorded after the evaluation.
-            rec = ev["record"] = fold_record(run_dir_, ev["dir"], ev["record"])
-            curves.append(_series_from_eval(name, rec) | {"dataset": runs[-1]["dataset"]})
-            evals.append({"run": name, "record": rec, "checks": _checks(rec, out_dir),
-                          "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
-                                    "broken_by": r.get("broken_by", {}),
-                                    "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
-            b = _bracket(name, rec)
-            if b:
-                brackets.append(b | {"dataset": runs[-1]["dataset"]})
-            pc = _per_class(rec)
-            if pc["rows"]:
-                per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
-        certs = [_certified_entry(name, c["record"]) for c in _certifications(run_dir_)]
-        certified += certs
-        slider = _slider(name, run_dir_, card, attacks)
-        if slider:
-            sliders.append(slider)
-        timings = [("training", metrics.get("train_seconds"))]
-        timings += [(f"attack {a['record']['attack']} ({a['record']['n']} points)", a["record"].get("seconds"))
-                    for a in attacks]
-        timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
-                    for e in evaluations]
-        timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
-        shown = {k: v for k, v in card.items() if k != "metrics"}
-        shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
-        configs.append({"run": name, "seed": card.get("seed"), "versions": card.get("versions", {}),
-                        "timings": [(k, v) for k, v in timings if v is not None],
-                        "card": json.dumps(shown, indent=2, default=str)})
-
-    curve_figures = []
-    for key in dict.fromkeys((s["dataset"], s["norm"]) for s in curves):
-        group = [s for s in curves if (s["dataset"], s["norm"]) == key]
-        title = f"{key[0]}, {key[1]}: robust accuracy (bands: 95% Clopper-Pearson)"
-        curve_figures.append({"title": title, "src": F.data_uri(F.robustness_curves(group, title, f"epsilon ({key[1]})")),
-                              "series": group})
-    certified_section = _certified_figures(brackets, certified)
+        r.add(run_dir_, card)
     demo = _read(root / names.DEMO_FILE) if (root / names.DEMO_FILE).is_file() else None
-    context = {
+    from ..version import __version__
+    return {
         "title": f"advlab report: {root.resolve().name}",
         "root": str(root.resolve()),
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "demo": demo, "runs": runs, "curves": curve_figures, "grids": grids, "sliders": sliders,
-        "evals": evals, "per_class": per_class, "distances": _distances(root), "transfer": _transfer(root),
-        "blobs": _simple_figures(root, names.BLOBS_FILE),
-        "perceptibility": _simple_figures(root, names.PERCEPTIBILITY_FILE),
-        "reproductions": _reproductions(root), "configs": configs, "generative": _generative(root),
-        "certified": certified_section,
+        "demo": demo, "runs": r.runs, "curves": r.curve_figures(), "grids": r.grids, "sliders": r.sliders,
+        "evals": r.evals, "per_class": r.per_class, "distances": _distances(root), "transfer": _transfer(root),
+        "blobs": _records(root, names.BLOBS_FILE), "perceptibility": _records(root, names.PERCEPTIBILITY_FILE),
+        "reproductions": _records(root, names.REPRODUCE_FILE, needs="rows"), "configs": r.configs, "generative": _generative(root),
+        "certified": _certified_figures(r.brackets, r.certified), "version": __version__,
     }
-    from ..version import __version__
-    context["version"] = __version__
-    return context
 
 
 def _certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:

@@ -66,82 +66,123 @@ GOODFELLOW = {"dataset": "mnist", "fallback": "fashion-mnist", "eps": 0.25, "cli
               "noise_epochs": 3, "ensemble_members": 3, "ensemble_epochs": 3, "seed": 0}
 
 
+@dataclass
+class _Goodfellow:
+    """What every step of goodfellow2015 shares: the settings, the test points, eps and how models train."""
+    s: dict[str, Any]
+    out: Path
+    ds: Any
+    x: Any
+    y: Any
+    eps: float
+    bounds: Any  # None unless clip: the paper does not clip to [0, 1]
+    common: dict[str, Any]
+
+    @property
+    def maxout(self) -> dict[str, Any]:
+        return {"units": self.s["maxout_units"], "pieces": self.s["maxout_pieces"], "dropout": self.s["dropout"]}
+
+    def train(self, name: str, model: str, epochs: str, **kwargs):
+        """`model` trained for the settings' `epochs` into OUT/runs/NAME (kwargs: model and defense options)."""
+        kwargs.setdefault("seed", self.s["seed"])
+        return train(name, model, self.out, self.s, self.ds.name, epochs=self.s[epochs], **kwargs, **self.common)[0]
+
+    def fgsm(self, net, rbf: bool = False) -> dict[str, Any]:
+        return _fgsm(net, self.x, self.y, self.eps, self.bounds, rbf=rbf)
+
+    def errors(self, prefix: str, net) -> tuple[dict[str, float], Any]:
+        """({PREFIX_clean_error, PREFIX_fgsm_error, PREFIX_fgsm_confidence}, the FGSM AttackResult)."""
+        r = self.fgsm(net)
+        return {f"{prefix}_clean_error": r["clean_error"], f"{prefix}_fgsm_error": r["error"],
+                f"{prefix}_fgsm_confidence": r["confidence"]}, r["result"]
+
+
 def goodfellow2015(s: dict[str, Any], out: Path, *, data_dir=None, log: Log | None = None, progress: bool = True,
                    device=None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..artifacts.transfer import transfer_run
-    from ..attacks import FGSM
-    from ..evaluate.transfer import ensemble_transfer
-
     log = log or (lambda m: None)
     ds, note = pick_dataset(s["dataset"], s["fallback"], data_dir)
     x, y = ds.test_subset(s["n_test"])
-    eps = float(s["eps"])
-    bounds = ds.bounds if s["clip"] else None  # the paper does not clip to [0, 1]
-    maxout_kwargs = {"units": s["maxout_units"], "pieces": s["maxout_pieces"], "dropout": s["dropout"]}
-    common = dict(data_dir=data_dir, progress=progress, log=log, device=device)
-    m: dict[str, Any] = {}
-
-    softmax, _ = train("softmax", "softmax", out, s, ds.name, epochs=s["softmax_epochs"], seed=s["seed"], **common)
-    r = _fgsm(softmax, x, y, eps, bounds)
-    m.update(softmax_clean_error=r["clean_error"], softmax_fgsm_error=r["error"], softmax_fgsm_confidence=r["confidence"])
-
-    maxout, _ = train("maxout", "maxout", out, s, ds.name, epochs=s["maxout_epochs"], seed=s["seed"],
-                      model_kwargs=maxout_kwargs, **common)
-    r = _fgsm(maxout, x, y, eps, bounds)
-    m.update(maxout_clean_error=r["clean_error"], maxout_fgsm_error=r["error"], maxout_fgsm_confidence=r["confidence"])
-    figures = {}
-    res = r["result"]
-    fooled = (~res.correct[0] & res.clean_correct).nonzero().flatten()[:8]
-    if len(fooled):
-        from ..plotting import adversarial_grid
-        probs = res.logits[0][fooled].softmax(1)
-        adversarial_grid(x[fooled], res.x_adv[0][fooled], y[fooled], probs.argmax(1), probs.amax(1), ds.classes,
-                         out / "maxout_fgsm.png", title=f"maxout, FGSM eps {eps:g} ({ds.name})")
-        figures["maxout FGSM examples"] = "maxout_fgsm.png"
-
-    adv, _ = train("maxout-adversarial", "maxout", out, s, ds.name, epochs=s["adv_epochs"], seed=s["seed"],
-                   model_kwargs=maxout_kwargs, defense="goodfellow",
-                   defense_kwargs={"eps": eps, "alpha": s["alpha"]}, **common)
-    r = _fgsm(adv, x, y, eps, bounds)
-    m.update(adv_clean_error=r["clean_error"], adv_fgsm_error=r["error"], adv_fgsm_confidence=r["confidence"])
+    g = _Goodfellow(s, out, ds, x, y, float(s["eps"]), ds.bounds if s["clip"] else None,
+                    dict(data_dir=data_dir, progress=progress, log=log, device=device))
+    m: dict[str, Any] = g.errors("softmax", g.train("softmax", "softmax", "softmax_epochs"))[0]
+    maxout = g.train("maxout", "maxout", "maxout_epochs", model_kwargs=g.maxout)
+    row, result = g.errors("maxout", maxout)
+    m.update(row)
+    figures = _maxout_examples(g, result)
+    adv = g.train("maxout-adversarial", "maxout", "adv_epochs", model_kwargs=g.maxout, defense="goodfellow",
+                  defense_kwargs={"eps": g.eps, "alpha": s["alpha"]})
+    m.update(g.errors("adv", adv)[0])
     m["clean_error_change"] = m["adv_clean_error"] - m["maxout_clean_error"]
     m["fgsm_error_change"] = m["adv_fgsm_error"] - m["maxout_fgsm_error"]
-
     log("  transfer between the standard and the adversarially trained maxout network")
-    t = transfer_run({"standard": maxout, "adversarial": adv}, x, y, [eps], FGSM("linf"), bounds=bounds,
-                     out=out / names.TRANSFER_DIR, dataset=ds.name)
-    m["transfer_standard_to_adversarial"] = t["error"]["standard"]["adversarial"][0]
-    m["transfer_adversarial_to_standard"] = t["error"]["adversarial"]["standard"][0]
-
-    rbf, _ = train("rbf", "rbf", out, s, ds.name, epochs=s["rbf_epochs"], seed=s["seed"],
-                   model_kwargs={"beta": s["rbf_beta"]}, **common)
-    r = _fgsm(rbf, x, y, eps, bounds, rbf=True)
-    from ..predict import predict_logits
-    clean_logits = predict_logits(rbf, x)  # on the CPU
-    clean_conf = clean_logits.amax(1).exp()
-    clean_ok = clean_logits.argmax(1) == y
-    m.update(rbf_clean_error=r["clean_error"], rbf_fgsm_error=r["error"], rbf_fgsm_confidence=r["confidence"],
-             rbf_clean_confidence=clean_conf[clean_ok].mean().item() if clean_ok.any() else float("nan"))
-
-    for kind in ("sign", "uniform"):
-        net, _ = train(f"maxout-noise-{kind}", "maxout", out, s, ds.name, epochs=s["noise_epochs"], seed=s["seed"],
-                       model_kwargs=maxout_kwargs, defense=f"noise-{kind}", defense_kwargs={"eps": eps}, **common)
-        r = _fgsm(net, x, y, eps, bounds)
-        m[f"noise_{kind}_fgsm_error"], m[f"noise_{kind}_fgsm_confidence"] = r["error"], r["confidence"]
-
-    members = {"maxout": maxout}
-    for k in range(1, s["ensemble_members"]):
-        members[f"member{k}"], _ = train(f"ensemble-{k}", "maxout", out, s, ds.name, epochs=s["ensemble_epochs"],
-                                         seed=s["seed"] + k, model_kwargs=maxout_kwargs, **common)
-    log(f"  ensemble of {len(members)}: attacked as a whole and through one member")
-    e = ensemble_transfer(members, x, y, [eps], FGSM("linf"), bounds=bounds)
-    m["ensemble_whole_error"] = e["attack_ensemble"][0]
-    m["ensemble_member_error"] = e["attack_one_member_mean"][0]
-
+    m.update(_transfer(g, maxout, adv))
+    m.update(_rbf(g))
+    m.update(_noise(g))
+    m.update(_ensemble(g, maxout, log))
     scale = (f"{len(y)} test points; softmax {s['softmax_epochs']}, maxout {s['maxout_epochs']}, adversarial "
              f"{s['adv_epochs']}, RBF {s['rbf_epochs']}, noise {s['noise_epochs']} epochs; ensemble of "
              f"{s['ensemble_members']} maxout networks (the paper: 12) - scaled to CPU time")
     return m, {"dataset": ds.name, "note": note, "scale": scale, "figures": figures}
+
+
+def _maxout_examples(g: _Goodfellow, res) -> dict[str, str]:
+    """A grid of the maxout network's FGSM mistakes (up to 8), as the paper's figure 1."""
+    fooled = (~res.correct[0] & res.clean_correct).nonzero().flatten()[:8]
+    if not len(fooled):
+        return {}
+    from ..plotting import adversarial_grid
+    probs = res.logits[0][fooled].softmax(1)
+    adversarial_grid(g.x[fooled], res.x_adv[0][fooled], g.y[fooled], probs.argmax(1), probs.amax(1), g.ds.classes,
+                     g.out / "maxout_fgsm.png", title=f"maxout, FGSM eps {g.eps:g} ({g.ds.name})")
+    return {"maxout FGSM examples": "maxout_fgsm.png"}
+
+
+def _transfer(g: _Goodfellow, standard, adversarial) -> dict[str, float]:
+    from ..artifacts.transfer import transfer_run
+    from ..attacks import FGSM
+
+    t = transfer_run({"standard": standard, "adversarial": adversarial}, g.x, g.y, [g.eps], FGSM("linf"),
+                     bounds=g.bounds, out=g.out / names.TRANSFER_DIR, dataset=g.ds.name)
+    return {"transfer_standard_to_adversarial": t["error"]["standard"]["adversarial"][0],
+            "transfer_adversarial_to_standard": t["error"]["adversarial"]["standard"][0]}
+
+
+def _rbf(g: _Goodfellow) -> dict[str, float]:
+    """The shallow RBF network: FGSM fools it less, and it is not confident when it is wrong."""
+    from ..predict import predict_logits
+
+    rbf = g.train("rbf", "rbf", "rbf_epochs", model_kwargs={"beta": g.s["rbf_beta"]})
+    r = g.fgsm(rbf, rbf=True)
+    clean_logits = predict_logits(rbf, g.x)  # on the CPU
+    clean_conf = clean_logits.amax(1).exp()
+    clean_ok = clean_logits.argmax(1) == g.y
+    return {"rbf_clean_error": r["clean_error"], "rbf_fgsm_error": r["error"], "rbf_fgsm_confidence": r["confidence"],
+            "rbf_clean_confidence": clean_conf[clean_ok].mean().item() if clean_ok.any() else float("nan")}
+
+
+def _noise(g: _Goodfellow) -> dict[str, float]:
+    """The controls: training on random +-eps sign noise or uniform noise does not resist FGSM."""
+    m = {}
+    for kind in ("sign", "uniform"):
+        net = g.train(f"maxout-noise-{kind}", "maxout", "noise_epochs", model_kwargs=g.maxout,
+                      defense=f"noise-{kind}", defense_kwargs={"eps": g.eps})
+        r = g.fgsm(net)
+        m[f"noise_{kind}_fgsm_error"], m[f"noise_{kind}_fgsm_confidence"] = r["error"], r["confidence"]
+    return m
+
+
+def _ensemble(g: _Goodfellow, maxout, log: Log) -> dict[str, float]:
+    """An ensemble of maxout networks, attacked as a whole and through one member."""
+    from ..attacks import FGSM
+    from ..evaluate.transfer import ensemble_transfer
+
+    members = {"maxout": maxout}
+    for k in range(1, g.s["ensemble_members"]):
+        members[f"member{k}"] = g.train(f"ensemble-{k}", "maxout", "ensemble_epochs", seed=g.s["seed"] + k,
+                                        model_kwargs=g.maxout)
+    log(f"  ensemble of {len(members)}: attacked as a whole and through one member")
+    e = ensemble_transfer(members, g.x, g.y, [g.eps], FGSM("linf"), bounds=g.bounds)
+    return {"ensemble_whole_error": e["attack_ensemble"][0], "ensemble_member_error": e["attack_one_member_mean"][0]}
 
 
 # -- Wong, Rice, Kolter 2020 -------------------------------------------------------------------------------
