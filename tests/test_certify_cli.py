@@ -66,6 +66,9 @@ def test_ibp_json_contract(run_dir, capsys):
         assert p["radius"] in (0.0, pytest.approx(1 / 255)) and p["prediction"] >= 0
         if p["radius"] > 0:
             assert p["prediction"] == p["label"]
+    certified = sum(p["radius"] > 0 for p in record["points"])
+    assert certified >= 15, certified  # 1/255 is tiny: most correct points are certified (22 of 30)
+    assert record["certified_accuracy"][1]["accuracy"] == pytest.approx(certified / 30)
     assert record["certified_accuracy"][1]["accuracy"] <= record["certified_accuracy"][0]["accuracy"]
     assert record["certified_accuracy"][0]["accuracy"] == pytest.approx(record["clean_accuracy"], abs=1 / 30)
 

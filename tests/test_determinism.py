@@ -42,12 +42,15 @@ def test_same_seed_same_bits(tmp_path):
     drop = {"seconds", "run_dir", "saved", "attack_seconds", "model", "summary"}  # "model" holds the run's path
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
-        if "summary" in ra:  # its seconds and command (the run's path) differ; the numbers may not
-            assert {k: v for k, v in ra["summary"].items() if k not in ("seconds", "command")} == \
-                {k: v for k, v in rb["summary"].items() if k not in ("seconds", "command")}
-        if "model" in ra and isinstance(ra["model"], dict):
-            assert {k: v for k, v in ra["model"].items() if k != "run"} == \
-                {k: v for k, v in rb["model"].items() if k != "run"}
+    # What was dropped, less the run's path and times: train names the model, attack and evaluate describe it,
+    # and evaluate's summary holds its seconds and command (the run's path), the numbers identical.
+    assert a[0]["model"] == b[0]["model"] == "mlp"
+    for ra, rb in zip(a[1:], b[1:]):
+        assert {k: v for k, v in ra["model"].items() if k != "run"} == \
+            {k: v for k, v in rb["model"].items() if k != "run"}
+    summary_a, summary_b = ({k: v for k, v in r[2]["summary"].items() if k not in ("seconds", "command")}
+                            for r in (a, b))
+    assert summary_a == summary_b and summary_a
     c = pipeline(tmp_path / "c", 8)
     assert not load_tensors(tmp_path / "a/run/model.safetensors")["net.net.1.weight"].equal(
         load_tensors(tmp_path / "c/run/model.safetensors")["net.net.1.weight"])
