@@ -229,7 +229,7 @@ def _leaf(m: nn.Module, path: str) -> list[Op]:
     raise _unsupported(m, path)
 
 
-def _as_image(input_shape: tuple[int, ...]) -> Op:
+def _reshape_to_image(input_shape: tuple[int, ...]) -> Op:
     return MonotoneOp(lambda t: as_image(t, input_shape))
 
 
@@ -270,7 +270,7 @@ def _normalized(m: Normalized, sub: Callable[[str], str]) -> list[Op]:
 
 
 def _cnn(module: SmallCNN | MadryCNN, sub: Callable[[str], str]) -> list[Op]:
-    return [_as_image(module.input_shape), *compile_ops(module.features, sub("features")),
+    return [_reshape_to_image(module.input_shape), *compile_ops(module.features, sub("features")),
             *compile_ops(module.classifier, sub("classifier"))]
 
 
@@ -307,7 +307,7 @@ def _preact_block(m: PreActBlock, sub: Callable[[str], str]) -> list[Op]:
 
 
 def _resnet(module: ResNet18 | PreActResNet18 | WideResNet, sub: Callable[[str], str]) -> list[Op]:
-    return [_as_image(module.input_shape), *compile_ops(module.stem, sub("stem")),
+    return [_reshape_to_image(module.input_shape), *compile_ops(module.stem, sub("stem")),
             *compile_ops(module.stages, sub("stages")), *compile_ops(module.head, sub("head")),
             MonotoneOp(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
             LinearOp(module.linear.weight, module.linear.bias)]
