@@ -38,6 +38,7 @@ from scipy.stats import norm as normal
 
 from .. import plotting as figures
 from .. import rng
+from ..artifacts import names
 from ..attacks import FGSM
 from ..data import load_dataset
 from ..errors import AdvlabError
@@ -187,10 +188,10 @@ def run_theory(experiments: Sequence[str] = ("dimension", "samples"), *, out: st
     if out is not None:
         out = Path(out)
         record["figures"] = _figures(out, record)
-        record["json"] = str(out / "theory.json")
+        record["json"] = str(out / names.THEORY_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / "theory.json", record)
+        write_json(out / names.THEORY_FILE, record)
     return record
 
 
