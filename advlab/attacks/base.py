@@ -37,6 +37,7 @@ from ..progress import write
 from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
 from .budget import EpsArg, describe_eps, eps_list, finite_eps
 from .cascade import eps_order, still_broken
+from .engine import gradient_of_sum
 from .goals import Goal, Misclassify
 from .padding import PaddedBatches
 from .result import AttackResult
@@ -332,9 +333,5 @@ def input_gradient(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, 
     with torch.enable_grad():
         logits = model(x)
         loss = loss_fn(logits, y, targets)
-        if not loss.requires_grad:
-            raise AdvlabError("the model's output does not depend differentiably on its input (it runs under "
-                              "no_grad, detaches, or converts to numpy); use a black-box attack (square) or wrap "
-                              "the non-differentiable part with BPDA (advlab.models.Preprocessed(...).bpda())")
-        grad, = torch.autograd.grad(loss.sum(), x)
+        grad = gradient_of_sum(loss, x)
     return loss.detach(), logits.detach(), grad

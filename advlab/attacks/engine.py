@@ -141,12 +141,18 @@ def _evaluate(model, goal: Goal, threat: Threat, xa, st, ctx_keys, gradient: boo
         for penalty in (goal.penalty(xg, st["x0"]), threat.penalty(xg, st["x0"], _ctx(st, ctx_keys))):
             if penalty is not None:
                 objective = objective - penalty
-        if not objective.requires_grad:
-            raise AdvlabError("the model's output does not depend differentiably on its input (it runs under "
-                              "no_grad, detaches, or converts to numpy); use a black-box attack (square) or wrap "
-                              "the non-differentiable part with BPDA (advlab.models.Preprocessed(...).bpda())")
-        grad, = torch.autograd.grad(objective.sum(), xg)
+        grad = gradient_of_sum(objective, xg)
     return loss.detach(), logits.detach(), grad
+
+
+def gradient_of_sum(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d sum(objective) / dx, or a clear error when the model cut the graph between x and its output."""
+    if not objective.requires_grad:
+        raise AdvlabError("the model's output does not depend differentiably on its input (it runs under "
+                          "no_grad, detaches, or converts to numpy); use a black-box attack (square) or wrap "
+                          "the non-differentiable part with BPDA (advlab.models.Preprocessed(...).bpda())")
+    grad, = torch.autograd.grad(objective.sum(), x)
+    return grad
 
 
 def shrink_rows(active: torch.Tensor, step: int, sync_free: bool) -> torch.Tensor | None:
