@@ -111,20 +111,23 @@ class Cache:
         self.data = load_dataset("digits")
         self.weights: dict[Spec, dict[str, torch.Tensor]] = {}
 
-    def _once(self, slug: str, key: str, suffix: str, make):
-        """The cached file or folder slug-key+suffix, made under a lock when missing; older keys deleted."""
+    def _once(self, slug: str, key: str, suffix: str, make, use):
+        """use(path) of the cached file or folder slug-key+suffix, made by make(tmp) when missing; both under
+        the model's lock (so another process cannot delete it in between); older keys of the slug deleted."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{slug}-{key}{suffix}"
         with FileLock(str(self.folder / f"{slug}.lock")):
             if not path.exists():
                 tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                make(tmp)
-                os.replace(tmp, path)
+                try:
+                    make(tmp)
+                    os.replace(tmp, path)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 for old in self.folder.glob(f"{slug}-*{suffix}"):  # the same model, older code
                     if old != path and re.fullmatch(re.escape(slug) + r"-[0-9a-f]{16}" + re.escape(suffix), old.name):
                         shutil.rmtree(old) if old.is_dir() else old.unlink()
-        return path
+            return use(path)
 
     def model(self, spec: Spec) -> nn.Module:
         if spec not in self.weights:
@@ -134,15 +137,18 @@ class Cache:
                 net = train(spec, self.data)
                 save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
-            self.weights[spec] = load_file(str(self._once(spec.slug(), key, ".safetensors", make)))
+            self.weights[spec] = self._once(spec.slug(), key, ".safetensors", make, lambda p: load_file(str(p)))
         net = build(spec, self.data)
         net.load_state_dict(self.weights[spec])
         return net.eval()
 
-    def run(self, model: str, epochs: int, lr: float) -> Path:
+    def run(self, model: str, epochs: int, lr: float, out: Path) -> Path:
+        """A copy at `out` of the run directory that train_run_dir makes."""
         settings = {"model": model, "epochs": epochs, "lr": lr}
         key = code_hash(RUN_LIBRARY, train_run_dir, settings=settings)
-        return self._once(f"run-{model}-e{epochs}", key, ".run", lambda tmp: train_run_dir(tmp, model, epochs, lr))
+        return self._once(f"run-{model}-e{epochs}-lr{lr:g}", key, ".run",
+                          lambda tmp: train_run_dir(tmp, model, epochs, lr),
+                          lambda path: Path(shutil.copytree(path, out)))
 
 
 @pytest.fixture(scope="session")
@@ -169,9 +175,7 @@ def trained_digits_run(_trained_digits_cache, tmp_path_factory):
     """trained_digits_run(model, epochs, lr=3e-3) -> a fresh copy of the run directory that
     `advlab train --dataset digits --model MODEL --epochs EPOCHS --lr LR` makes."""
     def get(model: str, epochs: int, lr: float = 3e-3) -> Path:
-        out = tmp_path_factory.mktemp("runs") / f"digits-{model}"
-        shutil.copytree(_trained_digits_cache.run(model, epochs, lr), out)
-        return out
+        return _trained_digits_cache.run(model, epochs, lr, tmp_path_factory.mktemp("runs") / f"digits-{model}")
     return get
 
 
