@@ -32,6 +32,10 @@ def test_train_with_a_defense_writes_its_settings_to_the_card(tmp_path):
     (["--defense", "fgsm-rs", "--eps", "0.1", "--val-fraction", "0"], "validation split"),
     (["--defense", "goodfellow", "--eps", "0.1", "--defense-arg", "layer=5"], "hidden layers"),
     (["--defense", "rst", "--eps", "0.1", "--defense-arg", "labels=5000"], "more than the"),
+    (["--defense", "rst", "--eps", "0.1"], "--defense-arg labels=5000"),
+    (["--defense", "l1"], "needs its coefficient: --defense-arg coef=0.001 (or --eps E,"),
+    (["--defense", "fgsm-rs", "--eps", "0.1", "--val-fraction", "0"],
+     "(--val-fraction > 0) or pass --defense-arg check=false"),
 ])
 def test_bad_defense_input_exits_2(tmp_path, capsys, args, message):
     code = main(["train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[8]", "--epochs", "1",

@@ -311,7 +311,7 @@ def test_registry_names_match_the_design():
     ("pgd", {"eps": 0.1, "stepz": 3}, "no option stepz"),
     ("pgd", {"eps": 0.1, "steps": 0}, "steps must be"),
     ("pgd", {"eps": -1}, "eps must be"),
-    ("none", {"eps": 0.1}, "takes no --eps"),
+    ("none", {"eps": 0.1}, "takes no `eps`"),
     ("goodfellow", {"eps": 0.1, "alpha": 2}, "alpha"),
     ("trades", {"eps": 0.1, "beta": -1}, "beta"),
     ("fgsm-rs", {"eps": 0.1, "check_drop": 3}, "check_drop"),

@@ -35,7 +35,7 @@ def add_subcommand(subparsers, name: str, help: str, example: str) -> argparse.A
 # Library parameters whose flag has another name (the rest: --NAME with '_' -> '-').
 PARAMETER_FLAGS = {"model_args": "model_arg", "dataset_args": "dataset_arg", "rule": "budget_rule", "n_test": "n",
                    "pads": "pad", "run_dir": "out", "model_run": "model", "gan_run": "gan",
-                   "embedding_run": "embedding"}
+                   "embedding_run": "embedding", "defense_kwargs": "defense_arg"}
 
 
 def flags_of(parser: argparse.ArgumentParser | None) -> Callable[[str], str | None]:

@@ -48,7 +48,7 @@ class AdversarialObjective:
     def __init__(self, eps: float | None = None, *, bounds: Bounds = None, norm: str = "linf", layer: int = 0,
                  val: str = "clean", val_eps: float | None = None):
         if eps is None:
-            raise AdvlabError(f"defense {self.name!r} needs a budget: pass --eps (e.g. --eps 0.1 or 8/255)")
+            raise AdvlabError(f"defense {self.name!r} needs a budget: pass `eps` (e.g. `eps=0.1` or 8/255)")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
             raise AdvlabError(f"defense {self.name!r}: eps must be a number >= 0, got {eps!r}")
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
@@ -198,7 +198,7 @@ class FastAT(AdversarialObjective):
             return []
         if x_val is None or len(x_val) == 0:
             raise AdvlabError("fgsm-rs checks for catastrophic overfitting on held-out data: keep a validation "
-                              "split (--val-fraction > 0) or pass --defense-arg check=false")
+                              "split (`val_fraction` > 0) or pass `defense_kwargs` check=false")
         x, y = x_val[:self.check_n], y_val[:self.check_n]
         attack = PGD(self.norm, steps=self.check_steps, rel_step_size=2.5 / self.check_steps, random_start=True)
         what = f"PGD-{self.check_steps} accuracy on {len(y)} held-out images"
@@ -278,7 +278,7 @@ class L1Penalty:
     def __init__(self, coef: float | None = None, *, eps: float | None = None, bounds: Bounds = None):
         coef = coef if coef is not None else eps
         if coef is None:
-            raise AdvlabError("defense 'l1' needs its coefficient: --defense-arg coef=0.001 (or --eps E, which sets "
+            raise AdvlabError("defense 'l1' needs its coefficient: `defense_kwargs` coef=0.001 (or `eps=E`, which sets "
                               "coef=E: the penalty eps*||w||_1 that FGSM training puts inside a linear model's loss)")
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef < 0:
             raise AdvlabError(f"defense 'l1': coef must be a number >= 0, got {coef!r}")

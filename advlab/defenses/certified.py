@@ -64,7 +64,7 @@ class IBPTraining:
     def __init__(self, eps: float | None = None, *, kappa: float = 0.5, warmup: float = 0.1, ramp: float = 0.5,
                  train_eps: float | None = None, val: str = "ibp", val_n: int = 1000, bounds: Bounds = None):
         if eps is None:
-            raise AdvlabError("defense 'ibp' needs a budget: pass --eps (the Linf eps to certify, e.g. 0.1)")
+            raise AdvlabError("defense 'ibp' needs a budget: pass `eps` (the Linf eps to certify, e.g. 0.1)")
         self.eps = _positive(eps, "eps", self.name)
         self.train_eps = _positive(train_eps, "train_eps", self.name) if train_eps is not None else self.eps
         if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa <= 1:

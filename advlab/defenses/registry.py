@@ -59,6 +59,6 @@ def build_defense(name: str, **options: Any):
             if base in DEFENSES and base != "rst" else RSTSettings.options()
     unknown = sorted(set(options) - set(allowed) - {"bounds"})
     if unknown:
-        what = "takes no --eps" if unknown == ["eps"] else f"has no option {', '.join(unknown)}"
+        what = "takes no `eps`" if unknown == ["eps"] else f"has no option {', '.join(unknown)}"
         raise AdvlabError(f"defense {name!r} {what}; its options: {', '.join(allowed) or 'none'}")
     return DEFENSES[name](**options)

@@ -46,7 +46,7 @@ class RSTSettings:
                  use_pool: bool = True, bounds=None, bases: Collection[str],
                  build_base: Callable[..., Any], **base_options: Any):
         if isinstance(labels, bool) or not isinstance(labels, int) or labels < 1:
-            raise AdvlabError("defense 'rst' needs the number of labelled training examples: --defense-arg "
+            raise AdvlabError("defense 'rst' needs the number of labelled training examples: `defense_kwargs` "
                               "labels=5000 (the rest of the training split becomes the unlabelled pool)")
         if base in ("rst", "none", "l1") or base not in bases:
             raise AdvlabError(f"rst: base={base!r} must be an adversarial defense: pgd, trades, fgsm-rs, goodfellow, "

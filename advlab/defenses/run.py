@@ -37,8 +37,8 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
         device = resolve_device(device)
     out = Path(out)
     if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
-        raise AdvlabError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                          "or choose another --out")
+        raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` to "
+                          "replace it, or choose another `out`")
     started = time.perf_counter()
     ds = load_dataset(dataset, data_dir=data_dir, **(dataset_kwargs or {}))
     defense_kwargs = dict(defense_kwargs or {})

@@ -322,7 +322,7 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.run_dir / CHECKPOINT if self.run_dir else None
         if path is None or not path.is_file():
-            raise AdvlabError(f"nothing to resume: {path} does not exist; run without --resume to start")
+            raise AdvlabError(f"nothing to resume: {path} does not exist; run without `resume=True` to start")
         from safetensors import safe_open
         with safe_open(str(path), "pt") as f:
             meta = json.loads(f.metadata()["advlab"])
@@ -330,7 +330,7 @@ class Trainer:
         if _jsonable(meta["identity"]) != _jsonable(self.identity):
             raise AdvlabError(f"cannot resume {self.run_dir}: it was started with different settings "
                               f"({_first_difference(meta['identity'], self.identity)}); "
-                              "rerun with the original options, or use a new --out")
+                              "rerun with the original options, or use a new `out`")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
