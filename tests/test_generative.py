@@ -364,6 +364,24 @@ def test_bad_image_shapes_are_rejected():
         ACGAN((64,), 10)
 
 
+def test_cli_train_errors_name_flags(tmp_path, capsys):
+    """train_gan's errors name parameters (`batch_size`, `resume=True`); `advlab generate train` says the flags."""
+    from advlab.cli import main
+
+    base = ["generate", "train", "--dataset", "digits", "--epochs", "1", "--width", "4", "--latent-dim", "4",
+            "--no-progress"]
+    assert main([*base, "--subset", "16", "--batch-size", "64", "--out", str(tmp_path / "small")]) == 2
+    assert "lower --batch-size or use more data" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "card.json").write_text("{}")
+    assert main([*base, "--out", str(tmp_path / "taken")]) == 2
+    assert "pass --resume to continue it, --overwrite to replace it, or choose another --out" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "run without --resume to start" in capsys.readouterr().err
+    with pytest.raises(AdvlabError, match="lower `batch_size`"):
+        train_gan("digits", tmp_path / "small2", GANConfig(epochs=1, batch_size=64), subset=16, progress=False)
+
+
 def test_cli_train_sample_attack(tmp_path, capsys):
     from advlab.cli import main
 

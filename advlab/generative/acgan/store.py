@@ -70,7 +70,7 @@ def read_checkpoint(run_dir: Path | None, gan: ACGAN, opt_g: torch.optim.Optimiz
     Refuses a checkpoint started with other settings than `identity`, naming the ones that differ."""
     path = run_dir / CHECKPOINT if run_dir is not None else None
     if path is None or not path.is_file():
-        raise AdvlabError(f"nothing to resume: {path} does not exist; run without --resume to start")
+        raise AdvlabError(f"nothing to resume: {path} does not exist; run without `resume=True` to start")
     from safetensors import safe_open
     try:
         with safe_open(str(path), "pt") as f:
@@ -80,7 +80,7 @@ def read_checkpoint(run_dir: Path | None, gan: ACGAN, opt_g: torch.optim.Optimiz
     if json.loads(json.dumps(meta["identity"])) != json.loads(json.dumps(identity)):
         diff = sorted(k for k in set(meta["identity"]) | set(identity) if meta["identity"].get(k) != identity.get(k))
         raise AdvlabError(f"cannot resume {run_dir}: it was started with different settings "
-                          f"({', '.join(diff)}); rerun with the original options, or use a new --out")
+                          f"({', '.join(diff)}); rerun with the original options, or use a new `out`")
     tensors = load_tensors(path)
     gan.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("gan.")})
     opt_g.load_state_dict(unflatten_state(meta["opt_g"], tensors))

@@ -129,7 +129,7 @@ class GANTrainer:
                               f"and {tuple(y.shape)}")
         if len(y) < config.batch_size:
             raise AdvlabError(f"only {len(y)} training images for batch size {config.batch_size}; "
-                              "lower --batch-size or use more data")
+                              "lower `batch_size` or use more data")
         self.gan, self.x, self.y, self.config = gan, x, y, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.classes = classes or [str(i) for i in range(gan.num_classes)]
@@ -191,7 +191,7 @@ class GANTrainer:
     @staticmethod
     def _diverged(epoch: int, terms: dict[str, Any]) -> None:
         terms = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
-        raise AdvlabError(f"AC-GAN training diverged at epoch {epoch} (loss {terms}); lower --lr")
+        raise AdvlabError(f"AC-GAN training diverged at epoch {epoch} (loss {terms}); lower `lr`")
 
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
@@ -253,10 +253,10 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
-        raise AdvlabError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                          "or choose another --out")
+        raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` to "
+                          "replace it, or choose another `out`")
     if resume and not (out / CHECKPOINT).exists():
-        raise AdvlabError(f"nothing to resume in {out}: {CHECKPOINT} is missing; run without --resume to start")
+        raise AdvlabError(f"nothing to resume in {out}: {CHECKPOINT} is missing; run without `resume=True` to start")
 
 
 def _training_data(dataset: str, subset: int | None, data_dir: str | None):
@@ -269,7 +269,7 @@ def _training_data(dataset: str, subset: int | None, data_dir: str | None):
     x, y = ds.x_train, ds.y_train
     if subset is not None:
         if subset <= 0:
-            raise AdvlabError(f"--subset must be a positive number of training images, got {subset}")
+            raise AdvlabError(f"`subset` must be a positive number of training images, got {subset}")
         x, y = x[:subset], y[:subset]
     return ds, x, y
 
