@@ -139,17 +139,17 @@ def _check_options(projection: str, pixel_norm: str, pixel_eps: Sequence[float] 
                    embedding_eps: Sequence[float] | None, percentile: float, per_class: int, k: int,
                    targets: Sequence[float]) -> None:
     if projection not in ("pca", "tsne"):
-        raise AdvlabError(f"--projection must be pca or tsne, got {projection!r}")
+        raise AdvlabError(f"`projection` must be pca or tsne, got {projection!r}")
     if pixel_norm not in DEFAULT_PIXEL_EPS:
         raise AdvlabError(f"unknown pixel norm {pixel_norm!r}; choose one of {', '.join(DEFAULT_PIXEL_EPS)}")
-    for name, grid in (("--pixel-eps", pixel_eps), ("--embedding-eps", embedding_eps)):
+    for name, grid in (("pixel_eps", pixel_eps), ("embedding_eps", embedding_eps)):
         if grid is not None and (not len(grid) or min(grid) < 0):
-            raise AdvlabError(f"{name} needs budgets >= 0, got {list(grid)}")
+            raise AdvlabError(f"`{name}` needs budgets >= 0, got {list(grid)}")
     if not 0 <= percentile <= 100 or per_class < 1 or k < 1:
-        raise AdvlabError(f"--percentile must be in [0, 100], --per-class and --k >= 1; got {percentile}, "
+        raise AdvlabError(f"`percentile` must be in [0, 100], `per_class` and `k` >= 1; got {percentile}, "
                           f"{per_class}, {k}")
     if any(not 0 <= t <= 1 for t in targets):
-        raise AdvlabError(f"--targets are success rates in [0, 1], got {list(targets)}")
+        raise AdvlabError(f"`targets` are success rates in [0, 1], got {list(targets)}")
 
 
 def _train_settings(train: dict[str, Any] | None, seed: int) -> dict[str, Any]:
