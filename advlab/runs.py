@@ -63,8 +63,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = Non
     `device`: "auto" (CUDA when available), "cpu", "cuda", "cuda:N", a torch.device, or None (the CPU)."""
     card = read_card(run_dir)
     if card.get("kind") == "embedding":
-        raise AdvlabError(f"{run_dir} is an embedding run (a triplet network), not a classifier; use it as "
-                          "`--threat embedding --embedding RUN` or load it with advlab.metric.load_embedding")
+        raise AdvlabError(f"{run_dir} is an embedding run (a triplet network), not a classifier; use it as a "
+                          "threat (`advlab attack --run CLASSIFIER --threat embedding --embedding RUN`) or load it with "
+                          "advlab.metric.load_embedding")
     if card.get("kind") == "external":  # the user's own model: rebuilt from its spec and weights file
         from .models.external import load_external_model
         info = card["model"]
@@ -88,6 +89,16 @@ def _load_trained(run_dir: str | os.PathLike, card: dict[str, Any]) -> nn.Module
     except RuntimeError as e:
         raise CorruptFileError(f"{run_dir}: weights do not match the architecture in {CARD_FILE}: {e}") from e
     return model
+
+
+def check_same_data(card: dict[str, Any], ds, where: str | os.PathLike) -> None:
+    """Refuse a classifier run (its `card`) trained on data of another input shape or number of classes than `ds`
+    (anything with `name`, `input_shape` and `num_classes`); `where` names the run in the message."""
+    info = card.get("dataset", {})
+    if list(info.get("input_shape", [])) != list(ds.input_shape) or info.get("num_classes") != ds.num_classes:
+        raise AdvlabError(f"{where} was trained on {info.get('name')} (input shape {info.get('input_shape')}, "
+                          f"{info.get('num_classes')} classes), which does not match {ds.name} "
+                          f"{list(ds.input_shape)} with {ds.num_classes} classes")
 
 
 def build_model_from_card(card: dict[str, Any]) -> nn.Module:

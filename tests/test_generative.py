@@ -364,6 +364,19 @@ def test_bad_image_shapes_are_rejected():
         ACGAN((64,), 10)
 
 
+def test_a_classifier_trained_on_other_data_is_refused():
+    """runs.check_same_data: the judge of train_gan and the classifiers of `advlab generate attack`."""
+    from types import SimpleNamespace
+
+    from advlab.runs import check_same_data
+
+    card = {"dataset": {"name": "mnist", "input_shape": [1, 28, 28], "num_classes": 10}}
+    check_same_data(card, SimpleNamespace(name="fashion-mnist", input_shape=(1, 28, 28), num_classes=10), "judge")
+    with pytest.raises(AdvlabError, match=r"judge was trained on mnist \(input shape \[1, 28, 28\], 10 classes\), "
+                                          r"which does not match digits \[1, 8, 8\]"):
+        check_same_data(card, SimpleNamespace(name="digits", input_shape=(1, 8, 8), num_classes=10), "judge")
+
+
 def test_cli_train_errors_name_flags(tmp_path, capsys):
     """train_gan's errors name parameters (`batch_size`, `resume=True`); `advlab generate train` says the flags."""
     from advlab.cli import main

@@ -150,8 +150,7 @@ def load_classifier(run_dir: str | os.PathLike, gan_card: dict[str, Any], param:
     from types import SimpleNamespace
 
     from ..generative.acgan import KIND
-    from ..generative.acgan.train import _check_same_data
-    from ..runs import load_run, read_card
+    from ..runs import check_same_data, load_run, read_card
 
     if read_card(run_dir).get("kind") == KIND:
         raise AdvlabError(f"`{param}` {run_dir} is an AC-GAN run; give a classifier run from `advlab train`")
@@ -159,5 +158,5 @@ def load_classifier(run_dir: str | os.PathLike, gan_card: dict[str, Any], param:
     info = gan_card["dataset"]
     gan_data = SimpleNamespace(name=info["name"], input_shape=tuple(info["input_shape"]),
                                num_classes=info["num_classes"])
-    _check_same_data(card, gan_data, f"`{param}` {run_dir}")
+    check_same_data(card, gan_data, f"`{param}` {run_dir}")
     return model

@@ -224,7 +224,7 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
     `device`: where the GAN trains and the judge runs ("auto", "cpu", "cuda", "cuda:N", a torch.device;
     None: the CPU). The networks are initialised on the CPU from the seed, then moved."""
     from ...device import resolve_device
-    from ...runs import load_run
+    from ...runs import check_same_data, load_run
 
     if device is not None:
         device = resolve_device(device)  # a missing GPU fails here, before any work
@@ -236,7 +236,7 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
     judge = None
     if judge_run is not None:
         judge, judge_card = load_run(judge_run, device=device)
-        _check_same_data(judge_card, ds, judge_run)
+        check_same_data(judge_card, ds, judge_run)
     gan = build_gan(ds.input_shape, ds.num_classes, config, ds.bounds)
     if device is not None:
         gan.to(device)
@@ -304,12 +304,3 @@ def _record(trainer: GANTrainer, dataset: str, metrics: dict[str, Any], started:
         record["judge_accuracy"] = metrics["quality"]["accuracy"]
         record["judge_accuracy_per_class"] = metrics["quality"]["per_class"]
     return record
-
-
-def _check_same_data(card: dict[str, Any], ds, where) -> None:
-    """Refuse a classifier (`card`, e.g. the judge) trained on data of another shape or number of classes than `ds`."""
-    info = card.get("dataset", {})
-    if list(info.get("input_shape", [])) != list(ds.input_shape) or info.get("num_classes") != ds.num_classes:
-        raise AdvlabError(f"{where} was trained on {info.get('name')} (input shape {info.get('input_shape')}, "
-                          f"{info.get('num_classes')} classes), which does not match {ds.name} "
-                          f"{list(ds.input_shape)} with {ds.num_classes} classes")
