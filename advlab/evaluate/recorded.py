@@ -228,23 +228,14 @@ def fold_record(run_dir: str | os.PathLike, eval_dir: str | os.PathLike, record:
     its interval, per-class accuracy and `broken_by` (a recorded source that broke points the
     evaluation left robust gets its own entry). Unchanged when nothing new breaks a point or when
     the evaluation left no examples (older versions)."""
-    path = Path(eval_dir) / EXAMPLES_FILE
-    norm = record.get("norm")
-    if not path.is_file() or norm not in ("linf", "l2", "l1"):
+    saved = _saved_evaluation(Path(eval_dir), record)
+    if saved is None:
         return record
-    try:
-        t = load_tensors(path)
-        labels = json.loads(_metadata(path).get("labels", "[]"))
-    except (AdvlabError, ValueError):
-        return record
-    if not {"x", "y", "broken_by", "eps"} <= set(t) or len(t["broken_by"]) != len(record["results"]):
-        return record
-    x, y, broken_by, eps = t["x"], t["y"].long(), t["broken_by"].clone(), t["eps"]
-    labels = list(labels) if len(labels) else ["clean mistake"]
-    threat = LpBall(norm)
+    x, y, broken_by, eps, labels = saved
+    threat = LpBall(record["norm"])
     sha = (record.get("model") or {}).get("weights_sha256")
     changed = False
-    for source in recorded_sources(run_dir, norm, exclude=[eval_dir]):
+    for source in recorded_sources(run_dir, record["norm"], exclude=[eval_dir]):
         src_dir = Path(source.options["path"]).parent
         src_sha = ((read_record(src_dir / RECORD_FILE) or {}).get("model") or {}).get("weights_sha256")
         if sha and src_sha and sha != src_sha:
@@ -253,24 +244,53 @@ def fold_record(run_dir: str | os.PathLike, eval_dir: str | os.PathLike, record:
             rec = _Examples(Path(source.options["path"]))
         except AdvlabError:
             continue
-        rows = rec.match(x, y)
-        for e in range(len(broken_by)):
-            todo = (rows >= 0) & (broken_by[e] < 0)
-            if not todo.any():
-                continue
-            i = todo.nonzero().flatten()
-            j = rows[i]
-            hit = torch.zeros(len(i), dtype=torch.bool)
-            for k in range(len(rec.x_adv)):
-                d = threat.distance(x[i], rec.x_adv[k, j].to(x.dtype))
-                hit |= rec.fooled[k, j] & within(d, eps[e, i])
-            if hit.any():
-                if source.label not in labels:
-                    labels.append(source.label)
-                broken_by[e, i[hit]] = labels.index(source.label)
-                changed = True
-    if not changed:
-        return record
+        changed |= _mark_breaks(rec, source.label, threat, x, y, eps, broken_by, labels)
+    return _refolded(record, broken_by, labels, y) if changed else record
+
+
+def _saved_evaluation(eval_dir: Path, record: dict[str, Any]):
+    """(x, y, broken_by, eps, labels) the evaluation saved beside `record`, or None when it saved none
+    this version can read (older versions, another threat)."""
+    path = eval_dir / EXAMPLES_FILE
+    if not path.is_file() or record.get("norm") not in ("linf", "l2", "l1"):
+        return None
+    try:
+        t = load_tensors(path)
+        labels = json.loads(_metadata(path).get("labels", "[]"))
+    except (AdvlabError, ValueError):
+        return None
+    if not {"x", "y", "broken_by", "eps"} <= set(t) or len(t["broken_by"]) != len(record["results"]):
+        return None
+    labels = list(labels) if len(labels) else ["clean mistake"]
+    return t["x"], t["y"].long(), t["broken_by"].clone(), t["eps"], labels
+
+
+def _mark_breaks(rec: _Examples, label: str, threat: LpBall, x: torch.Tensor, y: torch.Tensor,
+                 eps: torch.Tensor, broken_by: torch.Tensor, labels: list[str]) -> bool:
+    """Credit `label` with the points of `rec` that break what the evaluation left robust, per budget
+    (in place in `broken_by` and `labels`); whether any did."""
+    rows = rec.match(x, y)
+    changed = False
+    for e in range(len(broken_by)):
+        todo = (rows >= 0) & (broken_by[e] < 0)
+        if not todo.any():
+            continue
+        i = todo.nonzero().flatten()
+        j = rows[i]
+        hit = torch.zeros(len(i), dtype=torch.bool)
+        for k in range(len(rec.x_adv)):
+            d = threat.distance(x[i], rec.x_adv[k, j].to(x.dtype))
+            hit |= rec.fooled[k, j] & within(d, eps[e, i])
+        if hit.any():
+            if label not in labels:
+                labels.append(label)
+            broken_by[e, i[hit]] = labels.index(label)
+            changed = True
+    return changed
+
+
+def _refolded(record: dict[str, Any], broken_by: torch.Tensor, labels: list[str], y: torch.Tensor) -> dict[str, Any]:
+    """`record` with its per-budget numbers recomputed from `broken_by`."""
     k = len(record.get("classes") or []) or int(y.max()) + 1
     results = []
     for e, r in enumerate(record["results"]):
