@@ -122,8 +122,11 @@ class Cache:
                 try:
                     make(tmp)
                     os.replace(tmp, path)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                finally:  # a half-made file or folder (rmtree leaves a file where it is)
+                    if tmp.is_dir():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    else:
+                        tmp.unlink(missing_ok=True)
                 for old in self.folder.glob(f"{slug}-*{suffix}"):  # the same model, older code
                     if old != path and re.fullmatch(re.escape(slug) + r"-[0-9a-f]{16}" + re.escape(suffix), old.name):
                         shutil.rmtree(old) if old.is_dir() else old.unlink()
