@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..artifacts import names
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..runs import CARD_FILE, load_run
@@ -130,7 +131,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
             record["referee_run"] = str(referee)
         record["comparison"] = {k_: v for k_, v in cmp.items() if not k_.startswith("_")}
     record["seconds"] = time.perf_counter() - started
-    record["json"] = str(out / "embedding.json")
+    record["json"] = str(out / names.EMBEDDING_FILE)
     compare.write_record(out, record)
     return record
 
