@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ... import rng
+from ...artifacts import names
 from ...errors import AdvlabError
 from ...predict import model_device
 from ...progress import progress as progress_bar
@@ -155,7 +156,8 @@ class GANTrainer:
                 metrics["judge_accuracy"] = generation_quality(self.gan, self.judge, 50, seed=self.config.seed)["accuracy"]
             self.history.append(metrics)
             if self.run_dir is not None and self.grids:
-                sample_grid(self.gan, self.classes, self.run_dir / "figures" / f"samples-epoch{self.epoch:03d}.png",
+                sample_grid(self.gan, self.classes,
+                            self.run_dir / names.FIGURES_DIR / f"samples-epoch{self.epoch:03d}.png",
                             z=self.grid_z, title=f"AC-GAN samples after epoch {self.epoch}")
             self.save_checkpoint()
             judge = f", judge accuracy {metrics['judge_accuracy']:.3f}" if "judge_accuracy" in metrics else ""
@@ -282,9 +284,10 @@ def _save_run(trainer: GANTrainer, ds, dataset: str, spec: dict[str, Any], judge
     if trainer.judge is not None:
         quality = generation_quality(gan, trainer.judge, 100, seed=config.seed)
         metrics["quality"] = {**quality, "judge": str(judge_run)}
-        quality_figure(quality, ds.classes, out / "figures" / "quality.png",
+        quality_figure(quality, ds.classes, out / names.FIGURES_DIR / names.QUALITY_PNG,
                        title=f"judge ({Path(judge_run).name}) accuracy on generated {dataset}")
-    sample_grid(gan, ds.classes, out / "figures" / "samples.png", z=trainer.grid_z, title=f"AC-GAN on {dataset}")
+    sample_grid(gan, ds.classes, out / names.FIGURES_DIR / names.SAMPLES_PNG, z=trainer.grid_z,
+                title=f"AC-GAN on {dataset}")
     card = {"model": spec, "dataset": ds.describe(), "seed": config.seed, "epochs": trainer.epoch,
             "train": {**dataclasses.asdict(config), "subset": subset, "n_train": len(trainer.y)}, "metrics": metrics}
     save_gan(out, gan, card)
