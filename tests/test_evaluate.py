@@ -113,6 +113,18 @@ def test_custom_suite_file(tmp_path):
             load_suite_file(f)
     with pytest.raises(ConfigError, match="`suite_file=FILE.toml`"):
         get_suite("custom")
+    with pytest.raises(ConfigError, match="read only with `suite='custom'`"):  # not silently ignored
+        get_suite("fast", f)
+
+
+def test_a_suite_file_without_suite_custom_is_refused_in_flags(tmp_path, capsys):
+    from advlab.cli import main
+    f = tmp_path / "suite.toml"
+    f.write_text('[[attack]]\nname = "fgsm"\n')
+    assert main(["evaluate", "--run", str(tmp_path), "--eps", "0.1", "--suite", "fast",  # checked before loading
+                 "--suite-file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "--suite-file" in err and "--suite custom" in err, err
 
 
 # -- gradient-masking checks ----------------------------------------------------------------------

@@ -240,7 +240,7 @@ def _theory(sub) -> None:
     p.add_argument("--sample-dim", type=T.positive_int, default=1000, help="samples: dimension d")
     p.add_argument("--sample-mu", type=T.positive_float, default=1.0, help="samples: mean of every coordinate")
     p.add_argument("--sample-sigma", type=T.positive_float, default=None, help="samples: noise std (default d^(1/4) / 2)")
-    p.add_argument("--sample-eps", type=T.non_negative_float, default="0.7", help="samples: Linf budget")
+    p.add_argument("--sample-eps", type=T.positive_float, default="0.7", help="samples: Linf budget")
     p.add_argument("--reps", type=T.positive_int, default=3, help="samples: training sets drawn per size")
     p.add_argument("--n-test", type=T.positive_int, default=2000, help="test points")
     finish(p, run_theory, "output directory (default runs/analyze/theory)", data_dir=False, device=_LINEAR_DEVICE_HELP)

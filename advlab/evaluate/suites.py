@@ -87,6 +87,9 @@ def get_suite(name: str, path: str | Path | None = None, norm: str = "linf") -> 
             raise ConfigError(f"suite {name!r} needs APGD and Square, which exist for linf and l2 only; "
                               f"for l1 use {' or '.join(L1_SUITES)}")
         return list(L1_SUITES[name])
+    if path is not None and name != "custom":
+        raise ConfigError(f"a `suite_file` is read only with `suite='custom'` (the suite is {name!r}); "
+                          f"use `suite='custom'` or leave the file out")
     if name == "custom":
         if path is None:
             raise ConfigError("`suite='custom'` needs `suite_file=FILE.toml` listing the attacks")
