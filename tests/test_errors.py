@@ -133,6 +133,9 @@ def case(row_id, tmp_path, capsys, run_dir):
         "wrong-option-type": lambda: _suite(tmp_path, '[[attack]]\nname = "pgd"\nsteps = "many"\n', "wrong type"),
         "unknown-config-key": lambda: _suite(tmp_path, 'colour = 1\n', "unknown key 'colour'"),
         "invalid-toml": lambda: _suite(tmp_path, '[[attack]\n', "not valid TOML"),
+        "suite-file-ignored": lambda: expect_exit_2(capsys, "--suite-file.*--suite custom", "evaluate", "--run",
+                                                    str(run_dir), "--eps", "0.1", "--suite", "fast", "--suite-file",
+                                                    str(_write(tmp_path / "s.toml", '[[attack]]\nname = "fgsm"\n'))),
         "unknown-model-option": lambda: expect_exit_2(capsys, "no option depth", "train", "--dataset", "digits",
                                                       "--model", "mlp", "--model-arg", "depth=3",
                                                       "--out", str(tmp_path / "r")),
@@ -359,6 +362,11 @@ def _weights_changed(capsys, evaluate, weights, tmp_path):
 def _warns(fn, message):
     with pytest.warns(AdvlabWarning, match=message):
         fn()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def _suite(tmp_path, text, message):
