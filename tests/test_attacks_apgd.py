@@ -10,6 +10,7 @@ from torch import nn
 from advlab.attacks import APGD, APGDT, PGD, build_attack
 from advlab.attacks.apgd import checkpoints
 from advlab.errors import AdvlabError
+from advlab.passes import PassCounter
 from advlab.rng import seeded
 
 from attack_models import hyperplane_distance, logistic, margin_of, tiny_model
@@ -77,28 +78,16 @@ def test_apgd_t_attacks_the_second_most_likely_class_first():
     assert torch.equal(a, b)
 
 
-class _CountingRows(nn.Module):
-    """Counts the rows the attack sends through the model."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.rows = net, 0
-
-    def forward(self, v):
-        self.rows += len(v)
-        return self.net(v)
-
-
 def test_only_the_unbroken_points_are_attacked(digits_cnn_short, digits):
     model, d = digits_cnn_short, digits
     x, y = d.x_test[:100], d.y_test[:100]
-    counted = _CountingRows(model)
+    counted = PassCounter(model)
     APGD(steps=50).perturb(counted, x, y, 1.0, bounds=d.bounds, early_stop=True)
     # Every point falls within a few steps at this budget; without the active set it would be 100 * 51.
-    assert counted.rows < 0.1 * 100 * 51
-    counted = _CountingRows(model)
+    assert counted.forward_rows < 0.1 * 100 * 51
+    counted = PassCounter(model)
     APGD(steps=50).perturb(counted, x, y, 1.0, bounds=d.bounds, early_stop=False)
-    assert counted.rows >= 100 * 51
+    assert counted.forward_rows >= 100 * 51
 
 
 def test_apgd_is_at_least_as_strong_as_pgd_on_a_trained_cnn(digits_cnn_short, digits):
@@ -140,7 +129,7 @@ def test_give_up_drops_the_points_beyond_reach_and_breaks_the_same_points(make, 
     model, x, y, z = logistic(n=200)
     dist = hyperplane_distance(model, z, q)
     eps = dist.median().item()
-    full, quick = _CountingRows(model), _CountingRows(model)
+    full, quick = PassCounter(model), PassCounter(model)
     x_full = make(norm).perturb(full, x, y, eps, early_stop=True)
     x_quick = make(norm, give_up=3).perturb(quick, x, y, eps, early_stop=True)
     broken_full, broken_quick = margin_of(model, x_full, y) < 0, margin_of(model, x_quick, y) < 0
@@ -149,7 +138,7 @@ def test_give_up_drops_the_points_beyond_reach_and_breaks_the_same_points(make, 
     assert torch.equal(broken_quick, broken_full)
     # A linear model's margin stops falling once the point sits on the ball's best face: the points
     # beyond reach leave at the first checkpoint that sees no progress, not after 100 steps.
-    assert quick.rows < 0.6 * full.rows, (quick.rows, full.rows)
+    assert quick.forward_rows < 0.6 * full.forward_rows, (quick.forward_rows, full.forward_rows)
     # and the points it gave up on come back at their best, not at the random start
     stuck = ~broken_quick & clear
     assert torch.allclose(margin_of(model, x_quick, y)[stuck], margin_of(model, x_full, y)[stuck], atol=1e-3)

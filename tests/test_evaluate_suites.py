@@ -69,16 +69,6 @@ def test_ranking_must_be_known():
         APGDT(ranking="oracle")
 
 
-class _Rows(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.rows = net, 0
-
-    def forward(self, v):
-        self.rows += len(v)
-        return self.net(v)
-
-
 def test_square_screen_drops_only_points_that_cannot_halve_their_margin():
     model, x, y, z = logistic(n=300)
     dist = hyperplane_distance(model, z, 1)
@@ -88,16 +78,16 @@ def test_square_screen_drops_only_points_that_cannot_halve_their_margin():
     # > (|z| + eps ||w||_1) / 2): with nothing broken these points stop at the screen, and they are
     # unbreakable, so stopping them changes nothing.
     far = dist > 3 * eps
-    counted = _Rows(model)
+    counted = PassCounter(model)
     out = Square("linf", n_queries=budget, screen=screen).perturb(counted, x[far], y[far], eps, early_stop=True)
     assert (model(out).argmax(1) == y[far]).all()
-    assert counted.rows <= int(far.sum()) * (screen + 1)
+    assert counted.forward_rows <= int(far.sum()) * (screen + 1)
     # A batch where Square breaks a point the far ones are not screened: a break is the sign to spend it all.
     near = dist < 0.5 * eps
     mixed = far | near
-    counted = _Rows(model)
+    counted = PassCounter(model)
     out = Square("linf", n_queries=budget, screen=screen).perturb(counted, x[mixed], y[mixed], eps, early_stop=True)
-    assert counted.rows > int(far.sum()) * budget * 0.9
+    assert counted.forward_rows > int(far.sum()) * budget * 0.9
     # Breakable points are never the ones screened out: alone in their batch, every one still falls.
     reach = (dist < 0.9 * eps) & (dist > 0.5 * eps)
     out = Square("linf", n_queries=budget, screen=screen).perturb(model, x[reach], y[reach], eps, early_stop=True)
