@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, markdown_table, trained_model  # noqa: E402
@@ -31,22 +30,13 @@ EPS = 0.1
 OPTIONS = {"apgd-t": {}, "square": {"n_queries": 5000}}
 
 
-class Counted(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.rows = model, 0
-
-    def forward(self, x):
-        self.rows += len(x)
-        return self.model(x)
-
-
 def attack(name, model, x, y, give_up):
     from advlab.attacks import build_attack
-    counted = Counted(model)
+    from advlab.passes import PassCounter
+    counted = PassCounter(model)
     c0 = time.process_time()
     r = build_attack(name, norm="linf", give_up=give_up, **OPTIONS[name])(counted, x, y, [EPS], bounds=(0.0, 1.0))
-    return r.correct[0], counted.rows, time.process_time() - c0
+    return r.correct[0], counted.forward_rows, time.process_time() - c0
 
 
 def main() -> None:
