@@ -311,3 +311,17 @@ def test_python_entry_points_take_device_strings(tmp_path, monkeypatch, digits):
     assert not (tmp_path / "r2").exists()
     with pytest.raises(AdvlabError, match="CUDA is not available"):
         load_run(tmp_path / "r", device="cuda:0")
+
+
+def test_the_weights_refusal_has_no_terminal_colour_codes_and_names_what_was_refused(trained, tmp_path, capsys):
+    root, net = trained
+    torch.save(net, tmp_path / "whole.pt")  # a pickled module: torch's refusal carries ANSI bold codes
+    with pytest.raises(AdvlabError) as info:
+        read_state_dict(tmp_path / "whole.pt")
+    message = str(info.value)
+    assert "\x1b" not in message and "[1m" not in message, message
+    assert "Unsupported global: GLOBAL torch.nn.modules.container.Sequential" in message, message
+    assert len(message.splitlines()) == 1
+    _exit_2(capsys, "refusing to unpickle anything else \\(Unsupported global", "evaluate", "--model",
+            f"{root}/nets.py:build", "--weights", tmp_path / "whole.pt", "--dataset", "digits", "--eps", "0.1",
+            "--n", "10", "--no-checks", "--out", tmp_path / "o")

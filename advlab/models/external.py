@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import math
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -188,13 +189,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise AdvlabError(f"`weights={path}` is not a plain state dict (tensors by name): refusing to unpickle "
-                          f"anything else ({first[:200]}). Save model.state_dict() with torch.save, or use safetensors")
+                          f"anything else ({unpickling_reason(e)}). Save model.state_dict() with torch.save, or use "
+                          "safetensors")
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CorruptFileError(f"`weights={path}` cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
                                "is it truncated, or another format?") from e
     return _unwrap(obj, path)
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def unpickling_reason(error: BaseException) -> str:
+    """What torch's weights-only unpickler refused, in one line without terminal colour codes: the line
+    naming the refused global when there is one (torch's first lines are advice to unpickle anyway)."""
+    lines = [ANSI_ESCAPE.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    named = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")), None)
+    reason = named or (lines[0] if lines else "unsupported content")
+    if named:  # "Unsupported global: GLOBAL x.Y was not an allowed global by default. Please use ...": the first sentence
+        reason = reason.split(". ")[0].rstrip(".")
+    return reason[:200]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
