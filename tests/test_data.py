@@ -201,6 +201,93 @@ def test_cifar_truncated_batch(tmp_path):
         parse_batch(raw[: len(raw) // 2])
 
 
+# -- CIFAR-100 ------------------------------------------------------------------------------------
+
+CIFAR100_NAMES = [f"class{i:02d}" for i in range(100)]
+
+
+def _cifar100_split(n, seed):
+    rng = np.random.default_rng(seed)
+    fine = rng.integers(0, 100, size=n)
+    return {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(), b"filenames": [b"x.png"] * n, b"batch_label": b"test"}
+
+
+def write_cifar100(folder, n_train=6, n_test=5):
+    """cifar-100-python/{train,test,meta} as the published archive holds them, with small splits."""
+    folder.mkdir(parents=True)
+    (folder / "train").write_bytes(pickle.dumps(_cifar100_split(n_train, 1), protocol=2))
+    (folder / "test").write_bytes(pickle.dumps(_cifar100_split(n_test, 2), protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
+                                                b"coarse_label_names": [b"c"] * 20}, protocol=2))
+
+
+def test_cifar100_folder_and_archive_keep_the_fine_labels_the_names_and_the_order(tmp_path, isolated_cache):
+    write_cifar100(tmp_path / "cifar100" / "cifar-100-python")
+    d = load_dataset("cifar100", data_dir=tmp_path)
+    expected = _cifar100_split(5, 2)
+    assert d.name == "cifar100" and d.num_classes == 100 and d.classes[7] == "class07" and d.bounds == (0.0, 1.0)
+    assert d.x_train.shape == (6, 3, 32, 32) and d.x_test.shape == (5, 3, 32, 32)
+    assert d.y_test.tolist() == expected[b"fine_labels"]  # the fine labels, not the coarse ones, in file order
+    np.testing.assert_allclose(d.x_test.reshape(5, -1).numpy(), expected[b"data"] / 255, rtol=1e-6)
+    archive = tmp_path / "arch" / "cifar100" / "cifar-100-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "cifar100" / "cifar-100-python", arcname="cifar-100-python")
+    d2 = load_dataset("cifar100", data_dir=tmp_path / "arch")
+    assert torch.equal(d.x_test, d2.x_test) and torch.equal(d.y_train, d2.y_train) and d.classes == d2.classes
+    # in the user cache, found with no data_dir at all
+    write_cifar100(isolated_cache / "cifar100" / "cifar-100-python")
+    assert torch.equal(load_dataset("cifar100").y_test, d.y_test)
+
+
+def test_cifar100_offline_names_every_place_and_how_to_get_it(tmp_path, isolated_cache):
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("cifar100", data_dir=tmp_path)
+    message = str(info.value)
+    assert "cifar-100-python.tar.gz" in message and "ADVLAB_OFFLINE" in message
+    assert str(tmp_path / "cifar100") in message and str(isolated_cache / "cifar100") in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message
+
+
+def test_cifar100_download_is_checked_against_the_published_md5(tmp_path, isolated_cache, monkeypatch):
+    import urllib.request
+    write_cifar100(tmp_path / "src" / "cifar-100-python")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-100-python", arcname="cifar-100-python")
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append(url)
+        return io.BytesIO(buffer.getvalue())
+
+    monkeypatch.delenv("ADVLAB_OFFLINE", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorruptFileError, match="checksum mismatch.*expected eb9058c3a382ffc7106e4002c42a8d85"):
+        load_dataset("cifar100", data_dir=tmp_path / "empty")
+    assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"]
+    assert not (isolated_cache / "cifar100" / "cifar-100-python.tar.gz").exists()  # nothing unverified is kept
+
+
+def test_cifar100_bad_files_are_refused(tmp_path):
+    from advlab.data.cifar import parse_meta
+    raw = _cifar100_split(3, 0)
+    raw[b"fine_labels"] = [0, 100, 5]
+    with pytest.raises(CorruptFileError, match="labels must be in 0..99"):
+        parse_batch(pickle.dumps(raw), "test", "fine_labels", 100)
+    with pytest.raises(CorruptFileError, match="needs 'data' and 'fine_labels'"):
+        parse_batch(pickle.dumps(_cifar_batch(3, 0)), "test", "fine_labels", 100)  # a CIFAR-10 batch
+    with pytest.raises(CorruptFileError, match="fine_label_names"):
+        parse_meta(pickle.dumps({b"fine_label_names": [b"a"] * 10}))
+    write_cifar100(tmp_path / "c")
+    (tmp_path / "c" / "meta").unlink()
+    with pytest.raises(CorruptFileError, match="missing meta"):
+        from advlab.data.cifar import read_cifar100
+        read_cifar100(tmp_path / "c")
+
+
 # -- splits ---------------------------------------------------------------------------------------
 
 def test_holdout_split_is_disjoint_stratified_and_seeded(digits):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import AdvlabError, CorruptFileError
-from .cifar import read_cifar10
+from .cifar import read_cifar10, read_cifar100
 from .idx import read_idx
 from .locate import RemoteFile, candidate_dirs, locate
 
@@ -206,6 +206,27 @@ def cifar10(data_dir=None) -> Dataset:
                        {"source": str(location)})
 
 
+def cifar100(data_dir=None) -> Dataset:
+    """CIFAR-100 with its 100 fine classes (names from the archive's meta file), test split in its own order."""
+    archive = RemoteFile("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
+    # As for CIFAR-10: an extracted folder is used as is, else the archive is read without extracting it.
+    for folder in candidate_dirs("cifar100", data_dir):
+        if (folder / "cifar-100-python" / "test").is_file():
+            location = folder / "cifar-100-python"
+            break
+        if (folder / "test").is_file() and (folder / "meta").is_file():
+            location = folder
+            break
+    else:
+        location = locate("cifar100", [archive], ["https://www.cs.toronto.edu/~kriz/"], data_dir,
+                           "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                           "on a connected machine into ~/.cache/advlab/cifar100")[0]
+    xtr, ytr, xte, yte, classes = read_cifar100(Path(location))
+    scale = np.float32(1 / 255)
+    return _as_dataset("cifar100", xtr * scale, ytr, xte * scale, yte, classes, (0.0, 1.0),
+                       {"source": str(location)})
+
+
 def _check_positive(**values) -> None:
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -219,8 +240,9 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "fashion-mnist": fashion_mnist,
     "mnist": mnist,
     "cifar10": cifar10,
+    "cifar100": cifar100,
 }
-FILE_BASED = {"fashion-mnist", "mnist", "cifar10"}
+FILE_BASED = {"fashion-mnist", "mnist", "cifar10", "cifar100"}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, **params: Any) -> Dataset:
