@@ -70,9 +70,16 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device | None = Non
         from .models.external import load_external_model
         info = card["model"]
         norm = info.get("normalize") or {}
-        model, _ = load_external_model(info["spec"], weights=info.get("weights"), model_args=info.get("model_args"),
-                                       mean=norm.get("mean"), std=norm.get("std"), input_shape=info["input_shape"],
-                                       num_classes=info["num_classes"], expected_sha256=info.get("weights_sha256"))
+        zoo = info.get("zoo") or {}
+        if zoo:  # RobustBench's model: rebuilt from its zoo name, leaderboard and checkpoint folder
+            from .models.robustbench_zoo import load_robustbench_model
+            model, _ = load_robustbench_model(info["spec"], dataset=zoo["dataset"], norm=zoo["norm"],
+                                              model_dir=zoo["model_dir"], expected_sha256=info.get("weights_sha256"))
+        else:
+            model, _ = load_external_model(info["spec"], weights=info.get("weights"),
+                                           model_args=info.get("model_args"), mean=norm.get("mean"),
+                                           std=norm.get("std"), input_shape=info["input_shape"],
+                                           num_classes=info["num_classes"], expected_sha256=info.get("weights_sha256"))
     else:
         model = _load_trained(run_dir, card)
     if device is not None:

@@ -55,8 +55,11 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
                  std: list[float] | None = None, dataset: str | None = None, dataset_args: dict[str, Any] | None = None,
                  data: str | Path | None = None, classes: Any = None, bounds: Any = "auto",
                  data_dir: str | Path | None = None, device: str | torch.device | None = "auto",
-                 run_dir: str | Path | None = None) -> Subject:
-    """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH."""
+                 run_dir: str | Path | None = None, norm: str | None = None,
+                 model_dir: str | Path | None = None) -> Subject:
+    """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH. `norm` and
+    `model_dir` are for `model=robustbench:NAME`: the leaderboard's threat model (linf, l2) and where its
+    checkpoints lie (advlab.models.robustbench_zoo); `dataset` names its leaderboard's dataset."""
     if (run is None) == (model is None):
         raise AdvlabError("give either `run=RUN_DIR` (a model trained by advlab) or `model=SPEC` (your own model), "
                           "not both" if run is not None else
@@ -77,14 +80,31 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
             _check_fits(card, ds, f"the run {run}")
         record = {"run": str(run), "spec": card["model"].get("spec", card["model"]["name"]),
                   "weights_sha256": card["model"].get("weights_sha256")}
+        if card["model"].get("zoo"):
+            record["zoo"] = {k: card["model"]["zoo"].get(k) for k in ZOO_RECORD}
         return Subject(net.to(dev), card, ds, dev, Path(run), record)
     if dataset is None and data is None:
         raise AdvlabError(f"`model={model}` needs data: `dataset=NAME` (e.g. cifar10) or `data=FILE_OR_DIR` "
                           "(.npz, .safetensors or an image folder)")
-    from .models.external import check_classifier, load_external_model
+    from .models.external import ROBUSTBENCH_PREFIX, check_classifier, load_external_model
+    zoo = isinstance(model, str) and model.strip().startswith(ROBUSTBENCH_PREFIX)
+    if zoo and dataset is None:
+        raise AdvlabError(f"`model={model}` needs `dataset` cifar10, cifar100 or imagenet (its leaderboard's data), "
+                          "not `data`")
+    if not zoo and model_dir is not None:
+        raise AdvlabError("`model_dir` is where RobustBench's checkpoints lie, for `model=robustbench:NAME`; "
+                          f"`model={model}` takes its weights from `weights`")
+    if zoo:  # the model first: a missing checkpoint or a wrong name fails before the data is read
+        for param, value in (("weights", weights), ("model_args", model_args), ("mean", mean), ("std", std)):
+            if value:
+                raise AdvlabError(f"`{param}` is not for `model={model.strip()}`: RobustBench's models build their "
+                                  "own architecture and normalisation, and their weights come from `model_dir`")
+        from .models.robustbench_zoo import load_robustbench_model
+        net, info = load_robustbench_model(model, dataset=dataset, norm=norm, model_dir=model_dir)
     ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir)
-    net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
-                                    input_shape=ds.input_shape, num_classes=ds.num_classes)
+    if not zoo:
+        net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
+                                        input_shape=ds.input_shape, num_classes=ds.num_classes)
     net = net.to(dev)
     check_classifier(net, ds.x_test, ds.num_classes, f"`model={model}`")
     info.update(name=model, input_shape=list(ds.input_shape), num_classes=ds.num_classes)
@@ -92,13 +112,21 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / external_run_name(info)
     _write_card(run_dir, card)
     record = {"spec": model, "weights": info["weights"], "weights_sha256": info["weights_sha256"]}
+    if zoo:
+        record["zoo"] = {k: info["zoo"][k] for k in ZOO_RECORD}
     return Subject(net, card, ds, dev, run_dir, record)
+
+
+# What results record of a zoo model (the card has all of advlab.models.robustbench_zoo's info).
+ZOO_RECORD = ("source", "name", "dataset", "threat", "preprocessing")
 
 
 def external_run_name(info: dict[str, Any]) -> str:
     """runs/<function>-<hash of spec, options, weights and normalisation>: one folder per model."""
-    key = json.dumps({k: info[k] for k in ("spec", "model_args", "weights_sha256", "normalize")}, sort_keys=True,
-                     default=str)
+    fields = {k: info[k] for k in ("spec", "model_args", "weights_sha256", "normalize")}
+    if info.get("zoo"):  # the same name on two leaderboards is two models
+        fields["zoo"] = [info["zoo"]["dataset"], info["zoo"]["threat"]]
+    key = json.dumps(fields, sort_keys=True, default=str)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", info["spec"].rpartition(":")[2] or info["spec"]).strip("-.") or "model"
     return f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 

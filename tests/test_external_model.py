@@ -325,3 +325,55 @@ def test_the_weights_refusal_has_no_terminal_colour_codes_and_names_what_was_ref
     _exit_2(capsys, "refusing to unpickle anything else \\(Unsupported global", "evaluate", "--model",
             f"{root}/nets.py:build", "--weights", tmp_path / "whole.pt", "--dataset", "digits", "--eps", "0.1",
             "--n", "10", "--no-checks", "--out", tmp_path / "o")
+
+
+def _simulate(monkeypatch, broken=(), absent=()):
+    """Imports of the packages in `broken` fail as a torchvision built for another torch does; those in
+    `absent` are not installed; the rest of the zoo packages import as empty modules (runs without them)."""
+    import importlib
+    import importlib.util
+    import types
+    real_import, real_find = importlib.import_module, importlib.util.find_spec
+    zoo = ("torchvision", "timm", "robustbench")
+
+    def import_module(name, package=None):
+        top = name.split(".")[0]
+        if top in broken:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        if top in absent:
+            raise ModuleNotFoundError(f"No module named '{top}'", name=top)
+        if top in zoo:
+            return types.ModuleType(name)
+        return real_import(name, package)
+
+    def find_spec(name, package=None):
+        top = name.split(".")[0]
+        if top in absent:
+            return None
+        return object() if top in zoo else real_find(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18", "robustbench:Wong2020Fast"])
+def test_a_torchvision_built_for_another_torch_is_one_line_that_says_how_to_fix_it(spec, tmp_path, capsys,
+                                                                                     monkeypatch):
+    _simulate(monkeypatch, broken=("torchvision", "timm"))  # timm imports torchvision: it fails the same way
+    package = "torchvision" if spec.startswith("robustbench") else spec.split(":")[0]
+    data = ["--dataset", "cifar10", "--norm", "linf"] if spec.startswith("robustbench") else ["--dataset", "digits"]
+    _exit_2(capsys, f"--model {spec}: {package} is installed but cannot be imported \\(RuntimeError: operator "
+                    "torchvision::nms does not exist\\); its build does not fit torch .*pip install torch==2.14.1 "
+                    "torchvision==0.29.1.*make zoo", "evaluate", "--model", spec, *data, "--eps", "8/255",
+            "--out", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_zoo_packages_that_are_not_installed_say_which_extra_to_install(tmp_path, capsys, monkeypatch):
+    _simulate(monkeypatch, absent=("robustbench",))
+    _exit_2(capsys, "--model robustbench:Wong2020Fast needs the robustbench package: pip install "
+                    "'advlab\\[robustbench\\]'", "evaluate", "--model", "robustbench:Wong2020Fast", "--dataset",
+            "cifar10", "--norm", "linf", "--eps", "8/255", "--out", str(tmp_path / "o"))
+    _simulate(monkeypatch, absent=("timm",))
+    _exit_2(capsys, "--model timm:resnet18 needs the timm package: pip install 'advlab\\[zoo\\]'", "evaluate",
+            "--model", "timm:resnet18", "--dataset", "digits", "--eps", "0.1", "--out", str(tmp_path / "o"))

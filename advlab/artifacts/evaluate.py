@@ -31,8 +31,8 @@ from .attack import describe_budgets, resolve_budgets
 Log = Callable[[str], None]
 
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
-COMMAND_FLAGS = ("run", "model", "weights", "mean", "std", "dataset", "data", "classes", "bounds", "eps",
-                 "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size")
+COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "classes", "bounds",
+                 "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
 
 
@@ -170,6 +170,7 @@ def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, ba
     return {"run": None if external else str(subject.run_dir),
             "model": subject.model_record.get("spec") if external else None,
             "weights": subject.model_record.get("weights") if external else None,
+            "model_dir": (subject.card["model"].get("zoo") or {}).get("model_dir") if external else None,
             "eps": None if eps is None else describe_budgets(eps, None), "eps_per_class": eps_per_class,
             "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size}
 

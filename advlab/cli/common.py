@@ -130,10 +130,15 @@ def add_subject(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, metavar="SPEC",
                    help="your own model: path/to/file.py:FUNCTION or package.module:FUNCTION returning an nn.Module "
                         "that maps the data's raw inputs to logits (runs your code), torchvision:NAME or timm:NAME "
-                        "(the advlab[zoo] extra), or an advlab model name; with --model, --out is its run directory "
-                        "(default runs/FUNCTION-HASH)")
+                        "(the advlab[zoo] extra), robustbench:NAME (RobustBench's zoo, with --dataset and --norm "
+                        "naming its leaderboard; the advlab[robustbench] extra), or an advlab model name; with "
+                        "--model, --out is its run directory (default runs/FUNCTION-HASH)")
     g.add_argument("--weights", type=T.existing_file, default=None, metavar="FILE",
                    help="--model's weights: .safetensors, or a .pt/.pth state dict (read with weights_only=True)")
+    g.add_argument("--model-dir", type=T.output_dir, default=None, metavar="DIR",
+                   help="--model robustbench:NAME's checkpoints, in RobustBench's layout DIR/DATASET/THREAT/NAME.pt "
+                        "(THREAT Linf or L2); a missing one is downloaded there through RobustBench when the network "
+                        "allows (default: ~/.cache/advlab/robustbench)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument for --model, repeatable")
     g.add_argument("--mean", type=T.number_list, default=None, help="per-channel mean to normalise with inside the model, e.g. 0.4914,0.4822,0.4465")
     g.add_argument("--std", type=T.number_list, default=None, help="per-channel std, with --mean; epsilon stays in raw input units")
@@ -170,7 +175,8 @@ def open_subject(args: argparse.Namespace, device=None):
                  dataset_args=parse_key_values(args.dataset_arg, "--dataset-arg") if args.dataset_arg else None,
                  data=args.data, classes=classes, bounds=bounds, data_dir=args.data_dir,
                  device=device if device is not None else args.device,
-                 run_dir=args.out if args.model is not None else None)
+                 run_dir=args.out if args.model is not None else None, norm=getattr(args, "norm", None),
+                 model_dir=args.model_dir)
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:

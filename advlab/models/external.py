@@ -7,6 +7,9 @@ A spec is one of
     package.module:function       the same, importable from sys.path
     torchvision:NAME | timm:NAME  an architecture from those packages (the `advlab[zoo]` extra);
                                   weights only from --weights, nothing is downloaded
+    robustbench:NAME              a model of RobustBench's zoo (the `advlab[robustbench]` extra): loaded by
+                                  advlab.models.robustbench_zoo.load_robustbench_model, which needs its
+                                  leaderboard (`dataset`, `norm`) and takes its weights from `model_dir`
     cnn-small, resnet18, ...      an advlab architecture (needs the data's input shape)
 called with the --model-arg options as keyword arguments. Weights are a .safetensors file or a
 .pt/.pth/.bin state dict read with torch.load(weights_only=True), so a pickle of arbitrary objects
@@ -37,6 +40,9 @@ from .wrappers import Normalized
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 PREFIXES = ("module.", "model.", "_orig_mod.")
 ZOO_EXTRA = "pip install 'advlab[zoo]'"
+ROBUSTBENCH_PREFIX = "robustbench:"
+# A torch and a torchvision built for each other (both from the registry; CUDA builds that run on the CPU too).
+MATCHED_PAIR = "pip install torch==2.14.1 torchvision==0.29.1"
 
 
 def load_external_model(spec: str, *, weights: str | Path | None = None, model_args: dict[str, Any] | None = None,
@@ -79,6 +85,9 @@ def build_external(spec: str, model_args: dict[str, Any], input_shape=None, num_
         return _advlab_model(spec, model_args, input_shape, num_classes)
     if source in ("torchvision", "timm"):
         return _zoo_model(source, name, model_args, input_shape, num_classes)
+    if source == "robustbench":
+        raise AdvlabError(f"`model={spec}` is loaded with its leaderboard (`dataset`, `norm`) by "
+                          "advlab.models.robustbench_zoo.load_robustbench_model (advlab.subject.open_subject calls it)")
     fn = _find_callable(source, name, spec)
     try:
         net = fn(**model_args)
@@ -138,12 +147,28 @@ def _import_file(path: Path, spec: str):
     return module
 
 
-def _zoo_model(package: str, name: str, model_args, input_shape, num_classes) -> nn.Module:
+def import_optional(package: str, spec: str, extra: str = ZOO_EXTRA):
+    """Import an optional package `spec` needs, or one line that says what is wrong and how to fix it: not
+    installed, or installed but broken (e.g. a torchvision built for another torch: `operator
+    torchvision::nms does not exist`)."""
     try:
-        module = importlib.import_module(package)
-    except ImportError as e:
-        raise AdvlabError(f"`model={package}:{name}` needs the {package} package: {ZOO_EXTRA} "
-                          f"(or pip install {package})") from e
+        with warnings.catch_warnings():  # their deprecation notes at import time are not the user's business
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.import_module(package)
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:  # RuntimeError, OSError: a compiled part
+        problem = e                                                       # that does not fit the installed torch
+    if importlib.util.find_spec(package) is None:
+        raise AdvlabError(f"`model={spec}` needs the {package} package: {extra} (or pip install {package})") from problem
+    detail = ANSI_ESCAPE.sub("", str(problem)).strip().splitlines()
+    detail = f"{type(problem).__name__}: {detail[0][:160] if detail else ''}"
+    raise AdvlabError(f"`model={spec}`: {package} is installed but cannot be imported ({detail}); its build does "
+                      f"not fit torch {torch.__version__}: install torch and torchvision built for each other, e.g. "
+                      f"`{MATCHED_PAIR}` (as `make zoo` does in .venv-zoo), then {extra}") from problem
+
+
+def _zoo_model(package: str, name: str, model_args, input_shape, num_classes) -> nn.Module:
+    module = import_optional(package, f"{package}:{name}")
     args = dict(model_args)
     if num_classes is not None:
         args.setdefault("num_classes", num_classes)
@@ -184,18 +209,30 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from ..io import load_tensors
         return load_tensors(path)
+    return _unwrap(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: str | Path, param: str | None = "weights") -> Any:
+    """What torch.save wrote to `path`, read with torch.load(weights_only=True): tensors in plain containers
+    (dicts, lists, numbers, strings); anything else is refused, never unpickled. `param`: the parameter that
+    named the file, for errors (None: the path alone)."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: the error below says what matters
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise AdvlabError(f"`weights={path}` is not a plain state dict (tensors by name): refusing to unpickle "
+        raise AdvlabError(f"{_label(param, path)} is not a plain state dict (tensors by name): refusing to unpickle "
                           f"anything else ({unpickling_reason(e)}). Save model.state_dict() with torch.save, or use "
                           "safetensors")
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CorruptFileError(f"`weights={path}` cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
+        raise CorruptFileError(f"{_label(param, path)} cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
                                "is it truncated, or another format?") from e
-    return _unwrap(obj, path)
+    return obj
+
+
+def _label(param: str | None, path: Path) -> str:
+    return f"`{param}={path}`" if param else str(path)
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
