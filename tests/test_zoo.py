@@ -95,7 +95,8 @@ def _labels_the_model_gets_right_but(model, pixels, wrong):
     return labels
 
 
-def test_robustbench_model_evaluates_offline_end_to_end_from_its_checkpoint_in_model_dir(tmp_path, capsys):
+def test_robustbench_model_evaluates_offline_end_to_end_from_its_checkpoint_in_model_dir(tmp_path, capsys,
+                                                                                          monkeypatch):
     from advlab import load_run
     from advlab.attacks import FGSM
     net = _reference("Wong2020Fast", "cifar10", "linf")  # PreAct-ResNet-18 with its own normalisation
@@ -131,10 +132,35 @@ def test_robustbench_model_evaluates_offline_end_to_end_from_its_checkpoint_in_m
     assert ev["clean_accuracy"] == 0.75 and ev["model"]["zoo"]["name"] == "Wong2020Fast"
     model, _ = load_run(out)
     assert torch.equal(model(x), net(x))
+    _robustbench_reads_the_export(out, tmp_path, capsys, monkeypatch)
     # the checkpoint changed after the run was recorded: loading it says so
     torch.save({"state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}}, checkpoint)
     _exit_2(capsys, "has changed since this run was recorded", "evaluate", "--run", out, "--data-dir", tmp_path / "data",
             "--eps", "8/255", "--n", 2)
+
+
+def _robustbench_reads_the_export(run, tmp_path, capsys, monkeypatch):
+    """`advlab export robustbench` of the run, read back by RobustBench's own code: its ModelInfo takes the
+    entry's fields, and its leaderboard listings (which read model_info/DATASET/THREAT/NAME.json) show our numbers."""
+    import dataclasses
+    from robustbench.utils import ModelInfo, get_leaderboard_latex, list_available_models
+    folder = tmp_path / "rb" / "model_info" / "cifar10" / "Linf"
+    rec = _json(capsys, "export", "robustbench", run, "--allow-partial", "--out", folder)
+    assert rec["name"] == "Wong2020Fast" and rec["partial"]
+    entry = json.loads((folder / "Wong2020Fast.json").read_text())
+    info = ModelInfo(**{k: v for k, v in entry.items() if k != "external"})
+    assert set(entry) - {"external"} <= {f.name for f in dataclasses.fields(ModelInfo)}
+    assert info.eps == "8/255" and info.clean_acc == "75.00"
+    monkeypatch.chdir(tmp_path / "rb")
+    list_available_models("cifar10", "Linf")
+    listed = [line for line in capsys.readouterr().out.splitlines() if "Wong2020Fast" in line]
+    robust = float(entry["external"]) / 100
+    assert len(listed) == 1 and "75.00%" in listed[0] and f"{robust:.2%}" in listed[0], listed
+    latex = get_leaderboard_latex("cifar10", "Linf")
+    capsys.readouterr()
+    assert f"& 75.00 & {entry['external']} & " in latex, latex
+    x_adv = torch.load(folder / "Wong2020Fast.pt", weights_only=True)
+    assert x_adv.shape == (4, 3, 32, 32)
 
 
 def test_robustbench_without_its_checkpoint_offline_names_the_exact_path(tmp_path, capsys):

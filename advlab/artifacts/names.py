@@ -14,6 +14,7 @@
     DIR/perceptibility.json, blobs.json, ...              the other analyses
     DIR/reproduce.json                                    advlab reproduce NAME
     DIR/demo.json, DIR/report.html                        advlab demo, advlab report
+    RUN/export/robustbench/NAME.json, NAME.pt, NAME_log.txt   advlab export robustbench (advlab.artifacts.export)
     GAN/figures/samples.png, GAN/attacks/NAME/unrestricted.json   advlab generate
 
 The writers (advlab.artifacts.*, advlab.runs, the analyses) and the readers (advlab.report,
@@ -37,6 +38,7 @@ ATTACKS_DIR = "attacks"
 EVAL_DIR = "eval"
 CERTIFY_DIR = "certify"
 TRANSFER_DIR = "transfer"
+EXPORT_DIR = "export"
 RECORDED_KINDS = (ATTACKS_DIR, EVAL_DIR, TRANSFER_DIR)  # the folders that hold adversarial examples
 
 RESULT_FILE = "result.json"                # the step's record (what --json prints)
@@ -66,6 +68,21 @@ QUALITY_FILE = "quality.json"
 UNRESTRICTED_FILE = "unrestricted.json"
 UNRESTRICTED_PNG = "examples.png"
 UNRESTRICTED_EXAMPLES = "examples.safetensors"
+
+
+def robustbench_entry(name: str) -> str:
+    """RobustBench's model-info JSON for model NAME (advlab export robustbench)."""
+    return f"{name}.json"
+
+
+def robustbench_examples(name: str) -> str:
+    """The adversarial examples as one tensor, in test-set order (advlab export robustbench)."""
+    return f"{name}.pt"
+
+
+def robustbench_log(name: str) -> str:
+    """The per-attack log of the exported evaluation."""
+    return f"{name}_log.txt"
 
 
 def grid_png(eps: float) -> str:

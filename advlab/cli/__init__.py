@@ -18,7 +18,8 @@ from ..version import __version__
 
 _CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
-SUBCOMMANDS = ["demo", "train", "attack", "evaluate", "certify", "analyze", "report", "generate", "reproduce"]
+SUBCOMMANDS = ["demo", "train", "attack", "evaluate", "certify", "analyze", "report", "generate", "reproduce",
+               "export"]
 
 
 class Parser(argparse.ArgumentParser):
