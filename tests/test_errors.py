@@ -175,6 +175,8 @@ def case(row_id, tmp_path, capsys, run_dir):
             expect_exit_2(capsys, "argument --weights: no such file", "evaluate", "--model", "x.py:f", "--weights",
                           str(tmp_path / "none.pt"), "--eps", "0.1")),
         "disk-full": lambda: _disk_full(tmp_path, capsys, run_dir),
+        "zoo-package-broken": lambda: _zoo_package_broken(tmp_path, capsys),
+        "export-no-leaderboard": lambda: _export_no_leaderboard(tmp_path, capsys, run_dir),
         **_byo_cases(tmp_path, capsys),
     }
     return cases
@@ -432,6 +434,36 @@ def _corrupt_weights(tmp_path, run_dir):
     w = copy / "model.safetensors"
     w.write_bytes(w.read_bytes()[:50])
     expect_error(lambda: load_run(copy), "not a valid safetensors file")
+
+
+def _zoo_package_broken(tmp_path, capsys):
+    import importlib
+    import importlib.util
+    real, real_find = importlib.import_module, importlib.util.find_spec
+
+    def broken(name, package=None):
+        if name.split(".")[0] == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real(name, package)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib, "import_module", broken)
+        mp.setattr(importlib.util, "find_spec",  # installed, whatever this machine has
+                   lambda name, package=None: object() if name == "torchvision" else real_find(name, package))
+        expect_exit_2(capsys, "torchvision is installed but cannot be imported \\(RuntimeError: operator "
+                              "torchvision::nms does not exist\\); its build does not fit torch", "evaluate", "--model",
+                      "torchvision:resnet18", "--dataset", "digits", "--eps", "0.1", "--out", str(tmp_path / "o"))
+
+
+def _export_no_leaderboard(tmp_path, capsys, run_dir):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert cli("evaluate", "--run", str(run), "--eps", "0.1", "--suite", "fast", "--n", "10", "--no-checks",
+               "--no-progress") == 0
+    capsys.readouterr()
+    expect_exit_2(capsys, "evaluates digits at linf: RobustBench has no such leaderboard", "export", "robustbench",
+                  str(run), "--allow-partial", "--out", str(tmp_path / "o"))
 
 
 ROWS = table_rows()
