@@ -118,7 +118,10 @@ def dataset_from_card(card: dict[str, Any], data_dir: str | os.PathLike | None =
     if "format" in info.get("params", {}):  # the user's own file or folder (--data)
         from .data.files import load_data_path
         bounds = tuple(info["bounds"]) if info.get("bounds") else None
-        return load_data_path(info["params"]["path"], classes=list(info["classes"]), bounds=bounds)
+        read = info["params"].get("labels", "name")  # folders numbered by class: matched by number again
+        classes = len(info["classes"]) if read == "number" else list(info["classes"])
+        return load_data_path(info["params"]["path"], classes=classes, bounds=bounds,
+                              labels="filename" if read == "filename" else "folder")
     if info["name"] in FILE_BASED:
         return load_dataset(info["name"], data_dir=data_dir)
     return load_dataset(info["name"], **info.get("params", {}))

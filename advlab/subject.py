@@ -53,7 +53,7 @@ class Subject:
 def open_subject(*, run: str | Path | None = None, model: str | None = None, weights: str | Path | None = None,
                  model_args: dict[str, Any] | None = None, mean: list[float] | None = None,
                  std: list[float] | None = None, dataset: str | None = None, dataset_args: dict[str, Any] | None = None,
-                 data: str | Path | None = None, classes: Any = None, bounds: Any = "auto",
+                 data: str | Path | None = None, classes: Any = None, bounds: Any = "auto", labels: str = "folder",
                  data_dir: str | Path | None = None, device: str | torch.device | None = "auto",
                  run_dir: str | Path | None = None) -> Subject:
     """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH."""
@@ -70,7 +70,8 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
             if value:
                 raise AdvlabError(f"`{param}` belongs to `model` (your own model); a run directory holds its weights")
         card = read_card(run)
-        ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir) \
+        ds = _load_data(dataset, dataset_args, data, classes, bounds, labels, data_dir,
+                        model_classes=card.get("dataset", {}).get("classes")) \
             if (dataset or data) else dataset_from_card(card, data_dir)
         net, card = load_run(run)
         if dataset or data:
@@ -82,7 +83,7 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
         raise AdvlabError(f"`model={model}` needs data: `dataset=NAME` (e.g. cifar10) or `data=FILE_OR_DIR` "
                           "(.npz, .safetensors or an image folder)")
     from .models.external import check_classifier, load_external_model
-    ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir)
+    ds = _load_data(dataset, dataset_args, data, classes, bounds, labels, data_dir)
     net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
                                     input_shape=ds.input_shape, num_classes=ds.num_classes)
     net = net.to(dev)
@@ -116,12 +117,14 @@ def _write_card(run_dir: Path, card: dict[str, Any]) -> None:
     write_json(path, {**card, "versions": environment()})
 
 
-def _load_data(dataset, dataset_args, data, classes, bounds, data_dir) -> Dataset:
+def _load_data(dataset, dataset_args, data, classes, bounds, labels, data_dir, model_classes=None) -> Dataset:
+    """model_classes: the class names the model was trained with, matched to an image folder's sub-folders."""
     if data is not None:
         from .data.files import load_data_path
-        return load_data_path(data, classes=classes, bounds=bounds)
-    if classes is not None or bounds != "auto":
-        raise AdvlabError("`classes` and `bounds` describe a `data` file or folder; a named `dataset` knows its own")
+        return load_data_path(data, classes=classes, bounds=bounds, labels=labels, model_classes=model_classes)
+    if classes is not None or bounds != "auto" or labels != "folder":
+        raise AdvlabError("`classes`, `bounds` and `labels` describe a `data` file or folder; a named `dataset` "
+                          "knows its own")
     return load_dataset(dataset, data_dir=data_dir, **(dataset_args or {}))
 
 

@@ -297,6 +297,11 @@ def _byo_cases(tmp_path, capsys):
             *evaluate(data_file=npz("big.npz", x=X.numpy() * 255, y=Y.numpy())))),
         "data-label-range": lambda: expect_error(lambda: load_data_path(npz("l.npz", x=X.numpy(), y=Y.numpy()),
                                                                         classes=2), "out of range.*`classes=3`"),
+        "data-folder-labels": lambda: (
+            expect_error(lambda: load_data_path(images("named", [(8, 8), (8, 8)]), classes=["c1", "cat"]),
+                         r"folder 'c0' is not among the class names given by `classes`"),
+            expect_error(lambda: load_data_path(images("named2", [(8, 8), (8, 8)]), classes=2),
+                         r"`classes=2` maps folders named by number .* folder 'c0' is not a number")),
         "data-mixed-sizes": lambda: expect_error(lambda: load_data_path(images("mixed", [(8, 8), (8, 9)])),
                                                  "must all have the same size"),
         "data-not-an-image": lambda: expect_error(lambda: load_data_path(images("bad", [(8, 8), (8, 8)], True)),

@@ -144,6 +144,10 @@ def add_subject(parser: argparse.ArgumentParser) -> None:
                    help="your own test data: .npz or .safetensors with x and y, or a folder with one sub-folder of "
                         "images per class (docs/data.md)")
     d.add_argument("--classes", default=None, help="--data: number of classes or their names, e.g. 10 or cat,dog")
+    d.add_argument("--labels", default="folder", choices=["folder", "filename"],
+                   help="--data image folder: folder (one sub-folder per class, matched to --classes by name, or by "
+                        "number when the folders are numbered) or filename (a flat folder of NAME_LABEL.png files, "
+                        "as foolbox's samples)")
     d.add_argument("--bounds", default=None, help="--data: valid input range LO,HI, or none for unbounded features "
                                                   "(default: [0, 1] for images)")
     add_data_dir(parser)
@@ -162,13 +166,14 @@ def open_subject(args: argparse.Namespace, device=None):
         classes = parse_classes(args.classes) if args.classes is not None else None
         if args.bounds is not None:
             bounds = parse_bounds(args.bounds)
-    elif args.classes is not None or args.bounds is not None:
-        raise AdvlabError("--classes and --bounds describe a --data file or folder; a named dataset knows its own")
+    elif args.classes is not None or args.bounds is not None or args.labels != "folder":
+        raise AdvlabError("--classes, --bounds and --labels describe a --data file or folder; a named dataset knows "
+                          "its own")
     return _open(run=args.run, model=args.model, weights=args.weights,
                  model_args=parse_key_values(args.model_arg, "--model-arg") if args.model_arg else None,
                  mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), dataset=args.dataset,
                  dataset_args=parse_key_values(args.dataset_arg, "--dataset-arg") if args.dataset_arg else None,
-                 data=args.data, classes=classes, bounds=bounds, data_dir=args.data_dir,
+                 data=args.data, classes=classes, bounds=bounds, labels=args.labels, data_dir=args.data_dir,
                  device=device if device is not None else args.device,
                  run_dir=args.out if args.model is not None else None)
 
