@@ -139,7 +139,7 @@ def case(row_id, tmp_path, capsys, run_dir):
         "unknown-model-option": lambda: expect_exit_2(capsys, "no option depth", "train", "--dataset", "digits",
                                                       "--model", "mlp", "--model-arg", "depth=3",
                                                       "--out", str(tmp_path / "r")),
-        "unknown-dataset": lambda: expect_error(lambda: __import__("advlab").load_dataset("imagenet"),
+        "unknown-dataset": lambda: expect_error(lambda: __import__("advlab").load_dataset("imagenet-21k"),
                                                 "unknown dataset"),
         "dataset-missing": lambda: expect_exit_2(capsys, "could not find.*", "train", "--dataset", "mnist", "--model",
                                                  "mlp", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")),

@@ -25,7 +25,7 @@ import torch
 from ..config import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError, DataNotFoundError
 from ..io import load_tensors
-from .datasets import Dataset
+from .datasets import Dataset, lazy_dataset
 from .image_folder import LABEL_SOURCES, list_image_folder, read_image_folder
 
 FORMATS_HELP = ("a .npz file with arrays x and y, a .safetensors file with tensors x and y, or a folder "
@@ -119,7 +119,8 @@ def _check_classes_arg(classes: Any) -> int | list[str] | None:
 
 def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | None = None,
                    bounds: tuple[float, float] | None | str = "auto", labels: str = "folder",
-                   model_classes: Sequence[str] | None = None) -> Dataset:
+                   model_classes: Sequence[str] | None = None, preprocess: str | None = None,
+                   workers: int | None = None) -> Dataset:
     """A user's .npz / .safetensors file or image folder as a test-only Dataset.
 
     classes: None (from the file's `classes`, the folder names, or '0'..str(max(y))), a number K
@@ -128,6 +129,10 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
     labels (image folders): 'folder' (a class is its sub-folder's name, or its number: docs/data.md) or
     'filename' (a flat folder of NAME_LABEL.png files). model_classes: the class names of the model the data
     is for (a trained run's); without `classes`, an image folder's sub-folders are matched to them.
+    preprocess (image folders): read the images lazily, each through one of RobustBench's preprocessings
+    ('res256crop224', ..., or 'none' to keep the size), so they may differ in size and memory does not grow
+    with their number (the Dataset's x_test is then a LazyImages: advlab.data.lazy); `workers`: decoding
+    processes (default: up to 8 of the CPUs).
     """
     bounds = _check_bounds_arg(bounds)
     classes = _check_classes_arg(classes)
@@ -139,6 +144,12 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
         raise DataNotFoundError(f"`data={where}`: no such file or folder ({p.resolve()}); give {FORMATS_HELP}")
     p = p.resolve()
     extra: dict[str, Any] = {}
+    if preprocess is not None and not p.is_dir():
+        raise AdvlabError(f"`data={where}`: `preprocess` resizes the images of an image folder; a file's arrays are "
+                          f"used as they are")
+    if p.is_dir() and preprocess is not None:
+        return lazy_dataset(p.name, list_image_folder(p, where, classes, labels, model_classes),
+                            _pixel_bounds(bounds, where), preprocess, workers)
     if p.is_dir():
         listing = list_image_folder(p, where, classes, labels, model_classes)
         x, digest = read_image_folder(listing)

@@ -173,27 +173,21 @@ def _report_skipped(root: Path, where: str, skipped: list[Path]) -> None:
 
 def read_image_folder(images: ImageList) -> tuple[np.ndarray, str]:
     """The pixels of every listed image -> (x (N, C, H, W) uint8 or float32 in [0, 1], sha256 of the files)."""
-    from PIL import Image
-
     root, where = images.root, images.where
     formats = pillow_formats()
     arrays, gray, hashes = [], [], []
     first: tuple[Path, tuple[int, int]] | None = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for p in progress_bar(images.files, desc="reading images"):
-            shown = Path(where) / p.relative_to(root)
-            data = p.read_bytes()
-            hashes.append((p.relative_to(root).as_posix(), hashlib.sha256(data).hexdigest()))
-            a, is_gray, size = decode_image(data, shown, formats)
-            if first is None:
-                first = (shown, size)
-            elif size != first[1]:
-                raise AdvlabError(f"`data={where}`: images must all have the same size, but {shown} is "
-                                  f"{size[0]}x{size[1]} (width x height) and {first[0]} is {first[1][0]}x{first[1][1]}; "
-                                  f"resize them to one size first")
-            arrays.append(a)
-            gray.append(is_gray)
+    for p in progress_bar(images.files, desc="reading images"):
+        shown = Path(where) / p.relative_to(root)
+        data = p.read_bytes()
+        hashes.append((p.relative_to(root).as_posix(), hashlib.sha256(data).hexdigest()))
+        a, is_gray, size = decode_image(data, shown, formats)
+        if first is None:
+            first = (shown, size)
+        elif size != first[1]:
+            raise AdvlabError(same_size_message(where, shown, size, *first))
+        arrays.append(a)
+        gray.append(is_gray)
     if any(a.dtype != np.uint8 for a in arrays):  # some 16-bit images: everything as floats in [0, 1]
         arrays = [a.astype(np.float32) / np.float32(255) if a.dtype == np.uint8 else a for a in arrays]
     if all(gray):
@@ -202,6 +196,12 @@ def read_image_folder(images: ImageList) -> tuple[np.ndarray, str]:
         x = np.stack([np.repeat(a[..., None], 3, axis=2) if g else a for a, g in zip(arrays, gray)])
         x = x.transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
     return x, files_digest(hashes)
+
+
+def same_size_message(where: str, shown: Path, size: tuple[int, int], first: Path, first_size: tuple[int, int]) -> str:
+    return (f"`data={where}`: images must all have the same size, but {shown} is {size[0]}x{size[1]} (width x "
+            f"height) and {first} is {first_size[0]}x{first_size[1]}; resize them to one size first, or read them "
+            f"with a preprocessing that gives one size (`preprocess=res256crop224`, docs/data.md)")
 
 
 def files_digest(hashes: list[tuple[str, str]]) -> str:
@@ -218,29 +218,35 @@ def pillow_formats() -> list[str]:
 
 def decode_image(data: bytes, shown: Path, formats: list[str]) -> tuple[np.ndarray, bool, tuple[int, int]]:
     """One image -> (H, W) gray or (H, W, 3) RGB; uint8, or float32 in [0, 1] for 16-bit gray."""
+    img = open_image(data, shown, formats)
+    mode, size = img.mode, img.size
+    if mode in _GRAY_MODES:
+        return np.asarray(img.convert("L")), True, size
+    if mode in _GRAY16_MODES:
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise AdvlabError(f"{shown}: a mode {mode} image with values outside 0..65535; save it as an "
+                              f"8-bit or 16-bit image")
+        return (a / 65535).astype(np.float32), True, size
+    if mode == "F":
+        raise AdvlabError(f"{shown}: floating-point images are not supported; save it as an 8-bit image, "
+                          f"or put the arrays in a .npz file")
+    return np.asarray(img.convert("RGB")), False, size  # RGBA, P, CMYK, ...: alpha is dropped
+
+
+def open_image(data: bytes, shown: Path, formats: list[str]):
+    """The file's bytes -> a loaded PIL image (first frame), or a clear error naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data), formats=formats) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=formats)
             img.load()
-            mode, size = img.mode, img.size
-            if mode in _GRAY_MODES:
-                return np.asarray(img.convert("L")), True, size
-            if mode in _GRAY16_MODES:
-                a = np.asarray(img).astype(np.int64)
-                if a.size and (a.min() < 0 or a.max() > 65535):
-                    raise AdvlabError(f"{shown}: a mode {mode} image with values outside 0..65535; save it as an "
-                                      f"8-bit or 16-bit image")
-                return (a / 65535).astype(np.float32), True, size
-            if mode == "F":
-                raise AdvlabError(f"{shown}: floating-point images are not supported; save it as an 8-bit image, "
-                                  f"or put the arrays in a .npz file")
-            return np.asarray(img.convert("RGB")), False, size  # RGBA, P, CMYK, ...: alpha is dropped
+            return img
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise AdvlabError(f"{shown} is refused as a possible decompression bomb ({e}); resize the image, or raise "
                           f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
-    except AdvlabError:
-        raise
     except UnidentifiedImageError:
         raise CorruptFileError(f"{shown} cannot be read as an image (it is not a {'/'.join(formats)} file that "
                                f"Pillow recognises); re-save it as PNG or JPEG, or remove it") from None
