@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -136,10 +136,18 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     atomic_write(path, st_save(flat, metadata=metadata))
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | os.PathLike, keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or only `keys` (read without loading the rest)."""
     path = Path(path)
     try:
-        return st_load(path.read_bytes())
+        if keys is None:
+            return st_load(path.read_bytes())
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            missing = [k for k in keys if k not in f.keys()]
+            if missing:
+                raise CorruptFileError(f"{path} lacks the tensors {', '.join(missing)}")
+            return {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, ValueError, OSError) as e:
         raise CorruptFileError(f"{path} is not a valid safetensors file ({e})") from e
 

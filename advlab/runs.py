@@ -119,13 +119,21 @@ def build_model_from_card(card: dict[str, Any]) -> nn.Module:
 def dataset_from_card(card: dict[str, Any], data_dir: str | os.PathLike | None = None):
     """The dataset a run was trained on: generated ones are rebuilt from their parameters."""
     from .data import load_dataset
-    from .data.datasets import FILE_BASED
+    from .data.datasets import FILE_BASED, TEST_ONLY
 
     info = card["dataset"]
+    if info["name"] in TEST_ONLY:  # imagenet: read from the folder it was found in unless data_dir says otherwise
+        params = info.get("params", {})
+        return load_dataset(info["name"], data_dir=data_dir or params["source"],
+                            **{k: params[k] for k in ("preprocess", "subset") if k in params})
     if "format" in info.get("params", {}):  # the user's own file or folder (--data)
         from .data.files import load_data_path
         bounds = tuple(info["bounds"]) if info.get("bounds") else None
-        return load_data_path(info["params"]["path"], classes=list(info["classes"]), bounds=bounds)
+        read = info["params"].get("labels", "name")  # folders numbered by class: matched by number again
+        classes = len(info["classes"]) if read == "number" else list(info["classes"])
+        return load_data_path(info["params"]["path"], classes=classes, bounds=bounds,
+                              labels="filename" if read == "filename" else "folder",
+                              preprocess=info["params"].get("preprocess"))
     if info["name"] in FILE_BASED:
         return load_dataset(info["name"], data_dir=data_dir)
     return load_dataset(info["name"], **info.get("params", {}))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, rows
 from .device import describe, resolve_device
 from .errors import AdvlabError
 from .artifacts.names import CARD_FILE
@@ -53,13 +53,17 @@ class Subject:
 def open_subject(*, run: str | Path | None = None, model: str | None = None, weights: str | Path | None = None,
                  model_args: dict[str, Any] | None = None, mean: list[float] | None = None,
                  std: list[float] | None = None, dataset: str | None = None, dataset_args: dict[str, Any] | None = None,
-                 data: str | Path | None = None, classes: Any = None, bounds: Any = "auto",
+                 data: str | Path | None = None, classes: Any = None, bounds: Any = "auto", labels: str = "folder",
+                 preprocess: str | None = None, workers: int | None = None,
                  data_dir: str | Path | None = None, device: str | torch.device | None = "auto",
                  run_dir: str | Path | None = None, norm: str | None = None,
                  model_dir: str | Path | None = None) -> Subject:
-    """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH. `norm` and
-    `model_dir` are for `model=robustbench:NAME`: the leaderboard's threat model (linf, l2) and where its
-    checkpoints lie (advlab.models.robustbench_zoo); `dataset` names its leaderboard's dataset."""
+    """`run_dir` (an external model only): its run directory, default runs/FUNCTION-HASH. `preprocess` (an image
+    folder, or dataset='imagenet'): read the images lazily through that RobustBench preprocessing
+    (advlab.data.preprocessing); `workers`: the processes that decode them. `norm` and `model_dir` are for
+    `model=robustbench:NAME`: the leaderboard's threat model (linf, l2) and where its checkpoints lie
+    (advlab.models.robustbench_zoo); `dataset` names its leaderboard's dataset, and an ImageNet model's
+    images go through RobustBench's preprocessing for it unless `preprocess` says otherwise."""
     if (run is None) == (model is None):
         raise AdvlabError("give either `run=RUN_DIR` (a model trained by advlab) or `model=SPEC` (your own model), "
                           "not both" if run is not None else
@@ -73,7 +77,8 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
             if value:
                 raise AdvlabError(f"`{param}` belongs to `model` (your own model); a run directory holds its weights")
         card = read_card(run)
-        ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir) \
+        ds = _load_data(dataset, dataset_args, data, classes, bounds, labels, preprocess, workers, data_dir,
+                        model_classes=card.get("dataset", {}).get("classes")) \
             if (dataset or data) else dataset_from_card(card, data_dir)
         net, card = load_run(run)
         if dataset or data:
@@ -101,12 +106,14 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
                                   "own architecture and normalisation, and their weights come from `model_dir`")
         from .models.robustbench_zoo import load_robustbench_model
         net, info = load_robustbench_model(model, dataset=dataset, norm=norm, model_dir=model_dir)
-    ds = _load_data(dataset, dataset_args, data, classes, bounds, data_dir)
+        if dataset == "imagenet" and preprocess is None:
+            preprocess = info["zoo"]["preprocess"]  # as RobustBench evaluates this model
+    ds = _load_data(dataset, dataset_args, data, classes, bounds, labels, preprocess, workers, data_dir)
     if not zoo:
         net, info = load_external_model(model, weights=weights, model_args=model_args, mean=mean, std=std,
                                         input_shape=ds.input_shape, num_classes=ds.num_classes)
     net = net.to(dev)
-    check_classifier(net, ds.x_test, ds.num_classes, f"`model={model}`")
+    check_classifier(net, rows(ds.x_test[:4]), ds.num_classes, f"`model={model}`")
     info.update(name=model, input_shape=list(ds.input_shape), num_classes=ds.num_classes)
     card = {"kind": "external", "model": info, "dataset": ds.describe(), "defense": {"name": "unknown"}}
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / external_run_name(info)
@@ -144,13 +151,24 @@ def _write_card(run_dir: Path, card: dict[str, Any]) -> None:
     write_json(path, {**card, "versions": environment()})
 
 
-def _load_data(dataset, dataset_args, data, classes, bounds, data_dir) -> Dataset:
+def _load_data(dataset, dataset_args, data, classes, bounds, labels, preprocess, workers, data_dir,
+               model_classes=None) -> Dataset:
+    """model_classes: the class names the model was trained with, matched to an image folder's sub-folders."""
     if data is not None:
         from .data.files import load_data_path
-        return load_data_path(data, classes=classes, bounds=bounds)
-    if classes is not None or bounds != "auto":
-        raise AdvlabError("`classes` and `bounds` describe a `data` file or folder; a named `dataset` knows its own")
-    return load_dataset(dataset, data_dir=data_dir, **(dataset_args or {}))
+        return load_data_path(data, classes=classes, bounds=bounds, labels=labels, model_classes=model_classes,
+                              preprocess=preprocess, workers=workers)
+    if classes is not None or bounds != "auto" or labels != "folder":
+        raise AdvlabError("`classes`, `bounds` and `labels` describe a `data` file or folder; a named `dataset` "
+                          "knows its own")
+    from .data.datasets import TEST_ONLY
+    args = dict(dataset_args or {})
+    if dataset in TEST_ONLY:
+        args.update({k: v for k, v in (("preprocess", preprocess), ("workers", workers)) if v is not None})
+    elif preprocess is not None or workers is not None:
+        raise AdvlabError(f"`preprocess` and `workers` read image folders lazily (`data=DIR`, or `dataset=imagenet`); "
+                          f"dataset {dataset!r} is held in memory as it is")
+    return load_dataset(dataset, data_dir=data_dir, **args)
 
 
 def _check_fits(card: dict[str, Any], ds: Dataset, what: str) -> None:
@@ -161,6 +179,6 @@ def _check_fits(card: dict[str, Any], ds: Dataset, what: str) -> None:
 
 
 def _data_record(ds: Dataset) -> dict[str, Any]:
-    keep = ("path", "format", "sha256", "source")
+    keep = ("path", "format", "sha256", "source", "labels", "preprocess", "subset")
     return {"name": ds.name, "n_test": len(ds.y_test), "input_shape": list(ds.input_shape),
             **{k: v for k, v in ds.params.items() if k in keep}}

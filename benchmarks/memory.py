@@ -1,6 +1,8 @@
-"""Bounded memory: peak RSS of `advlab evaluate` on 1,000 versus 10,000 test images.
+"""Bounded memory: peak RSS of `advlab evaluate` on 1,000 versus 10,000 test images, and on 500 versus
+5,000 ImageNet-size JPEGs of mixed sizes read on demand (`--preprocess res256crop224`).
 
-    python benchmarks/memory.py
+    python benchmarks/memory.py            both tables
+    python benchmarks/memory.py --images   only the image-folder one
 
 Evaluation streams the attacks over batches; what grows with the number of images is only the
 results (adversarial examples and logits per epsilon). The table shows the peak resident memory
@@ -22,17 +24,86 @@ from common import CACHE, RESULTS, markdown_table, trained_model  # noqa: E402
 N_EPS = 2
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """Run `advlab ARGV` in a fresh process: (peak RSS, RSS when it finished), in MB."""
+def measure(argv: list[str], children: bool = False) -> tuple[float, ...]:
+    """Run `advlab ARGV` in a fresh process: (peak RSS, RSS when it finished[, largest peak of its child
+    processes: the image decoders]), in MB."""
     code = ("import resource, sys; from advlab.cli import main; rc = main(sys.argv[1:]); "
             "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0]; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
-    peak, end = (int(v) / 1024 for v in out.stdout.strip().splitlines()[-1].split())
-    return peak, end
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"advlab {' '.join(argv)} failed:\n{out.stderr[-3000:]}")
+    peak, end, child = (int(v) / 1024 for v in out.stdout.strip().splitlines()[-1].split())
+    return (peak, end, child) if children else (peak, end)
+
+
+# ---------------------------------------------------------------- ImageNet-size images read on demand
+
+IMAGES = 5000
+MODEL = '''
+from torch import nn
+
+
+def build():
+    """A small CNN for 224x224 RGB (the memory of interest is the data's, not the model's)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 7, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                         nn.Linear(128, 10))
+'''
+
+
+def image_folder(n: int = IMAGES) -> Path:
+    """CACHE/imagenet-size/CLASS/NNNN.jpg: n JPEGs of 10 classes, sizes 200..500 x 200..500 (made once)."""
+    import numpy as np
+    from PIL import Image
+
+    root = CACHE / "imagenet-size"
+    if (root / "complete").exists():
+        return root
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(200, 500, 2))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.integers(0, 256, 3)
+        img = (base + 60 * np.sin(xx[..., None] / rng.uniform(5, 40) + yy[..., None] / rng.uniform(5, 40))
+               + rng.normal(0, 8, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        folder = root / str(i % 10)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:05d}.jpg", quality=85)
+    (root / "complete").write_text("")
+    return root
+
+
+def images_table() -> str:
+    folder = image_folder()
+    (CACHE / "imagenet-size-model.py").write_text(MODEL)
+    rows = []
+    for n in (500, IMAGES):
+        out = CACHE / f"memory-images-{n}"
+        args = ["evaluate", "--model", f"{CACHE / 'imagenet-size-model.py'}:build", "--data", str(folder),
+                "--classes", "10", "--preprocess", "res256crop224", "--chunk-size", "500", "--eps", "1/255,4/255",
+                "--suite", "fast", "--n", str(n), "--no-checks", "--fresh", "--no-progress", "--out", str(out)]
+        peak, end, workers = measure(args, children=True)
+        in_memory = n * 3 * 224 * 224 * 4 * (N_EPS + 1) / 2**20  # inputs + one adversarial copy per eps, float32
+        on_disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        rows.append([n, peak, end, workers, in_memory, on_disk])
+    (n1, p1, *_), (n2, p2, *_) = rows
+    return ("# Peak memory of advlab evaluate on ImageNet-size images read on demand\n\n"
+            f"{IMAGES} JPEGs of sizes 200..500 x 200..500 read with `--preprocess res256crop224 --chunk-size 500` "
+            "(DataLoader workers decode them), a small CNN, the fast suite at 2 epsilons.\n\n"
+            + markdown_table(["images", "peak RSS (MB)", "RSS at the end (MB)", "largest decoder process (MB)",
+                              "inputs and examples if held in memory (MB)", "written to disk (MB)"], rows)
+            + f"\n\nFrom {n1} to {n2} images the peak grows by {p2 - p1:.0f} MB ({(p2 - p1) / p1:.1%}), while "
+              f"holding the {n2} images and their adversarial copies would take {rows[1][4]:.0f} MB.\n")
 
 
 def main() -> None:
+    images = images_table()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory-images.md").write_text(images)
+    print(images)
+    if "--images" in sys.argv:
+        return
     trained_model("fm-cnn-standard", epochs=2)
     run = CACHE / "fm-cnn-standard"
     rows = []

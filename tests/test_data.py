@@ -55,7 +55,7 @@ def test_digits_is_scaled_and_stratified(digits):
 
 def test_unknown_dataset_and_bad_parameter():
     with pytest.raises(AdvlabError, match="choose one of"):
-        load_dataset("imagenet")
+        load_dataset("imagenet-21k")
     with pytest.raises(AdvlabError, match="allowed"):
         load_dataset("blobs", colour="red")
     with pytest.raises(AdvlabError, match="positive"):

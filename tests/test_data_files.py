@@ -400,12 +400,103 @@ def test_folder_structure_errors(tmp_path):
         load_data_path(tmp_path / "holes")
 
 
-def test_folder_takes_only_pixel_bounds_and_classes_override(tmp_path):
+def test_folder_takes_only_pixel_bounds(tmp_path):
     save(tmp_path / "f" / "cat" / "1.png", gray(0))
     save(tmp_path / "f" / "dog" / "1.png", gray(1))
-    assert load_data_path(tmp_path / "f", classes=["c", "d", "e"]).classes == ("c", "d", "e")
     with pytest.raises(AdvlabError, match="`bounds=none` does not apply"):
         load_data_path(tmp_path / "f", bounds=None)
+
+
+# ---------------------------------------------------------------- image folders: which label each image gets
+# Every image is filled with its true label (pixel value 10 * label), so a test reads the truth back from the pixels.
+
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def labelled_folder(root, folders_and_labels, per_class=2):
+    """root/FOLDER/i.png for each (folder, true label), each image filled with 10 * label."""
+    for folder, label in folders_and_labels:
+        for i in range(per_class):
+            save(root / folder / f"{i}.png", np.full((3, 3), 10 * label, dtype=np.uint8))
+    return root
+
+
+def true_labels(ds):
+    return (ds.x_test[:, 0, 0, 0] * 255 / 10).round().long()
+
+
+def test_class_names_are_matched_to_folder_names_when_classes_are_missing(tmp_path):
+    # The 20 foolbox CIFAR-10 samples have no bird and no deer: names must not shift by position.
+    present = [(c, i) for i, c in enumerate(CIFAR) if c not in ("bird", "deer")]
+    ds = load_data_path(labelled_folder(tmp_path / "cifar", present), classes=CIFAR)
+    assert ds.classes == tuple(CIFAR) and ds.params["labels"] == "name"
+    assert torch.equal(ds.y_test, true_labels(ds)) and set(ds.y_test.tolist()) == {0, 1, 3, 5, 6, 7, 8, 9}
+    # The same names in another order: each folder keeps its own name's index.
+    shuffled = CIFAR[::-1]
+    ds = load_data_path(tmp_path / "cifar", classes=shuffled)
+    assert torch.equal(ds.y_test, 9 - true_labels(ds))
+
+
+def test_numbered_folders_map_by_number_with_and_without_classes(tmp_path):
+    ds = load_data_path(labelled_folder(tmp_path / "num", [("0", 0), ("1", 1), ("3", 3), ("7", 7)]), classes=10)
+    assert torch.equal(ds.y_test, true_labels(ds)) and ds.classes == tuple(str(i) for i in range(10))
+    assert ds.params["labels"] == "number"
+    # Without classes: as many classes as the largest number needs; string order ("10" < "2") plays no part.
+    twelve = load_data_path(labelled_folder(tmp_path / "twelve", [(str(i), i) for i in range(12)], per_class=1))
+    assert torch.equal(twelve.y_test, true_labels(twelve)) and twelve.num_classes == 12
+    padded = load_data_path(labelled_folder(tmp_path / "padded", [("00002", 2), ("00011", 11)]))
+    assert torch.equal(padded.y_test, true_labels(padded)) and padded.num_classes == 12
+
+
+def test_folder_labels_that_could_be_read_two_ways_are_refused(tmp_path):
+    named = labelled_folder(tmp_path / "named", [("cat", 0), ("dog", 1)])
+    with pytest.raises(AdvlabError, match=r"folder 'dog' is not among the class names given by `classes` \(cat, c\)"):
+        load_data_path(named, classes=["cat", "c"])
+    with pytest.raises(AdvlabError, match=r"folders 'cat', 'dog' are not among the class names"):
+        load_data_path(named, classes=["c", "d", "e"])
+    with pytest.raises(AdvlabError, match=r"`classes=10` maps folders named by number .*folder 'cat' is not a number"):
+        load_data_path(named, classes=10)
+    numbered = labelled_folder(tmp_path / "numbered", [("0", 0), ("4", 4)])
+    with pytest.raises(AdvlabError, match=r"folders '0', '4' are not among .*the folders are numbered, .*`classes=K`"):
+        load_data_path(numbered, classes=CIFAR[:3])
+    with pytest.raises(AdvlabError, match=r"folder '4' is class 4, out of range for `classes=3`.*`classes=5`"):
+        load_data_path(numbered, classes=3)
+    with pytest.raises(AdvlabError, match=r"folders '01', '1' name the same class number"):
+        load_data_path(labelled_folder(tmp_path / "twins", [("1", 1), ("01", 1)]))
+
+
+def test_a_runs_class_names_label_a_folder_given_without_classes(tmp_path):
+    named = labelled_folder(tmp_path / "named", [("cat", 3), ("truck", 9)])
+    ds = load_data_path(named, model_classes=CIFAR)  # what `--run RUN --data DIR` passes
+    assert torch.equal(ds.y_test, true_labels(ds)) and ds.classes == tuple(CIFAR)
+    numbered = labelled_folder(tmp_path / "numbered", [("2", 2), ("5", 5)])
+    ds = load_data_path(numbered, model_classes=["T-shirt/top", *"abcdefghi"])  # names no folder can have
+    assert torch.equal(ds.y_test, true_labels(ds)) and ds.num_classes == 10
+    with pytest.raises(AdvlabError, match=r"folder 'cat' \(and 1 more\) is not one of the model's classes \(0, 1, 2, 3, 4, \.\.\.\)"):
+        load_data_path(named, model_classes=[str(i) for i in range(10)])
+    # Explicit classes win over the model's.
+    assert load_data_path(named, classes=["truck", "cat"], model_classes=CIFAR).y_test.tolist() == [1, 1, 0, 0]
+
+
+def test_labels_from_file_names_in_a_flat_folder(tmp_path, capsys):
+    flat = tmp_path / "samples"
+    truth = [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9]  # unordered, some classes missing
+    for i, label in enumerate(truth):
+        save(flat / f"cifar10_{i:02d}_{label}.png", np.full((3, 3), 10 * label, dtype=np.uint8))
+    (flat / "README.txt").write_text("not an image")
+    with pytest.raises(AdvlabError, match=r"found images directly in it .*read the labels from them with `labels=filename`"):
+        load_data_path(flat)
+    ds = load_data_path(flat, labels="filename", classes=CIFAR)
+    assert ds.y_test.tolist() == truth and torch.equal(ds.y_test, true_labels(ds)) and ds.classes == tuple(CIFAR)
+    assert ds.params["labels"] == "filename" and "skipped 1 entry" in capsys.readouterr().err
+    assert load_data_path(flat, labels="filename").num_classes == 10  # '0'..'9' from the largest label
+    with pytest.raises(AdvlabError, match=r"cifar10_11_9\.png has label 9, out of range for the 5 classes"):
+        load_data_path(flat, labels="filename", classes=5)
+    save(flat / "photo.png", np.zeros((3, 3), dtype=np.uint8))
+    with pytest.raises(AdvlabError, match=r"every file name must end in _LABEL .*but photo\.png does not"):
+        load_data_path(flat, labels="filename")
+    with pytest.raises(AdvlabError, match=r"`labels=filename` is for image folders"):
+        load_data_path(npz(tmp_path, x=rng_images((2, 3)), y=np.array([0, 1])), labels="filename")
 
 
 # ---------------------------------------------------------------- a dataset with no training rows

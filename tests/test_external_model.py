@@ -157,8 +157,8 @@ def test_npz_and_image_folder_data_end_to_end_with_the_report(trained, digits, t
     np.savez(tmp_path / "test.npz", x=pixels.permute(0, 2, 3, 1).numpy(), y=y.numpy())  # channels-last
     folder = tmp_path / "images"
     for i, (img, label) in enumerate(zip(pixels, y)):
-        (folder / f"class{int(label)}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[0].numpy(), mode="L").save(folder / f"class{int(label)}" / f"{i:03d}.png")
+        (folder / f"{int(label)}").mkdir(parents=True, exist_ok=True)  # numbered folders: labels by number
+        Image.fromarray(img[0].numpy(), mode="L").save(folder / f"{int(label)}" / f"{i:03d}.png")
     results = {}
     for name, data in (("npz", tmp_path / "test.npz"), ("folder", folder)):
         out = tmp_path / f"run-{name}"
@@ -377,3 +377,47 @@ def test_zoo_packages_that_are_not_installed_say_which_extra_to_install(tmp_path
     _simulate(monkeypatch, absent=("timm",))
     _exit_2(capsys, "--model timm:resnet18 needs the timm package: pip install 'advlab\\[zoo\\]'", "evaluate",
             "--model", "timm:resnet18", "--dataset", "digits", "--eps", "0.1", "--out", str(tmp_path / "o"))
+
+
+ORACLE_FILE = '''
+import torch
+from torch import nn
+
+
+class Oracle(nn.Module):
+    """Reads the true label from the pixels (every image is filled with 10 * label / 255)."""
+    def forward(self, x):
+        value = x.flatten(1).mean(1, keepdim=True) * 255 / 10
+        return -(value - torch.arange(10, dtype=x.dtype)) ** 2 * 100
+
+
+def build():
+    return Oracle()
+'''
+
+
+def test_image_folders_with_missing_classes_keep_their_labels_end_to_end(tmp_path, capsys):
+    """Issue 25: 20 CIFAR-10 images without bird and deer gave clean accuracy 0.20 instead of 1.00."""
+    from PIL import Image
+    (tmp_path / "oracle.py").write_text(ORACLE_FILE)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    truth = [0, 1, 3, 5, 6, 7, 8, 9] * 2 + [3, 9, 0, 1]  # 20 images, no bird (2) and no deer (4)
+    layouts = {"named": lambda i, k: f"{names[k]}/{i:02d}.png", "numbered": lambda i, k: f"{k}/{i:02d}.png",
+               "flat": lambda i, k: f"cifar10_{i:02d}_{k}.png"}
+    for layout, path in layouts.items():
+        for i, k in enumerate(truth):
+            file = tmp_path / layout / path(i, k)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4, 3), 10 * k, dtype=np.uint8)).save(file)
+    runs = {"named": ["--classes", ",".join(names)], "numbered": ["--classes", "10"],
+            "flat": ["--labels", "filename", "--classes", "10"]}
+    for layout, flags in runs.items():
+        rec = _json(capsys, "attack", "--model", f"{tmp_path}/oracle.py:build", "--data", tmp_path / layout, *flags,
+                    "--attack", "fgsm", "--eps", "0.01", "--out", tmp_path / f"run-{layout}")
+        assert rec["clean_accuracy"] == 1.0 and rec["n"] == 20, layout
+    # Read by position, the named folders without --classes are 8 classes: refused, never relabelled.
+    _exit_2(capsys, "returns 10 logits per input but the data has 8 classes", "attack", "--model",
+            f"{tmp_path}/oracle.py:build", "--data", tmp_path / "named", "--attack", "fgsm", "--eps", "0.01")
+    _exit_2(capsys, r"--classes 10 maps folders named by number .* folder 'airplane' is not a number", "attack",
+            "--model", f"{tmp_path}/oracle.py:build", "--data", tmp_path / "named", "--classes", "10",
+            "--attack", "fgsm", "--eps", "0.01")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import parse_eps_list
+from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
 from . import names
@@ -78,6 +79,7 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
                           f"{tuple(card['dataset']['input_shape'])} ({card['dataset']['name']}) but "
                           f"the model takes {data.input_shape} ({data.name}); use an embedding of the same dataset")
     x, y = data.test_subset(n)
+    x = rows(x, progress)  # images read on demand are decoded now: an attack holds its n points
     budgets, per_class = resolve_budgets(y, data.num_classes, getattr(getattr(attack, "norm", None), "name", None),
                                          eps, eps_per_class)
     log(f"{attack.name} ({getattr(attack, 'threat_name', None) or 'spatial'}) on {len(y)} {data.name} test points, "

@@ -17,6 +17,7 @@ from typing import Any
 from ..certify.ibp import certify_ibp
 from ..certify.result import Certificate
 from ..certify.smoothing import certify_smoothing
+from ..data import rows
 from ..errors import AdvlabError
 from ..io import write_csv, write_json
 from . import names
@@ -50,6 +51,7 @@ def certify_run(subject, method: str, *, sigma: float | None = None, eps: float 
     check_method(method, sigma, eps)
     data = subject.data
     x, y = data.test_subset(n)
+    x = rows(x, progress)  # images read on demand are decoded now
     out = Path(out) if out is not None else names.certify_dir(subject.run_dir, method, sigma, eps)
     if method == "smoothing":
         state = out / names.STATE_FILE

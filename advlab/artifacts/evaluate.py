@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import distributed
+from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
@@ -31,8 +32,9 @@ from .attack import describe_budgets, resolve_budgets
 Log = Callable[[str], None]
 
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
-COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "classes", "bounds",
-                 "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size")
+COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "classes", "labels",
+                 "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed",
+                 "batch_size", "chunk_size")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
 
 
@@ -40,13 +42,15 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  norm: str = "linf", suite: str = "standard", suite_file: str | os.PathLike | None = None,
                  n: int | None = None, seed: int = 0, batch_size: int | None = None,
                  out: str | os.PathLike | None = None, fresh: bool = False, ignore_recorded: bool = False,
-                 checks: bool = True, check_n: int = 200, certify: bool = False, sigma: float | None = None,
+                 checks: bool = True, check_n: int = 200, chunk_size: int | None = None, certify: bool = False,
+                 sigma: float | None = None,
                  samples: int = 1000, samples0: int = 100, alpha: float = 0.001, command: str | None = None,
                  started: float | None = None, progress: bool = True, log: Log | None = None) -> dict[str, Any] | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
     the record (None on the other processes under torchrun: the first one records). `command`: the command
     line that reproduces it, for the summary (default: built from these arguments); `started`: when the
-    step began (time.perf_counter()), for its seconds."""
+    step began (time.perf_counter()), for its seconds. Data read on demand (an image folder with a preprocessing,
+    imagenet) is evaluated `chunk_size` points at a time (advlab.evaluate.chunked); other data ignores it."""
     started = time.perf_counter() if started is None else started
     log = log or (lambda message: None)
     entries = get_suite(suite, suite_file, norm=norm)
@@ -67,24 +71,31 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     log(f"evaluating {subject.model_record['spec']} on {len(y)} {data.name} test points ({describe(subject.device)}"
         f"{f', {distributed.world_size()} processes' if distributed.is_distributed() else ''}): suite {suite} "
         f"({', '.join(s.label for s in entries)}), {norm} eps {describe_budgets(eps, eps_per_class)}")
-    ev = evaluate_robustness(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
-                             seed=seed, batch_size=batch_size, state_dir=out, progress=progress,
-                             identity=subject.identity())
+    if data.lazy:
+        from ..evaluate.chunked import DEFAULT_CHUNK_SIZE, evaluate_in_chunks
+        ev = evaluate_in_chunks(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
+                                seed=seed, batch_size=batch_size, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                                state_dir=out, progress=progress, identity=subject.identity())
+    else:
+        ev = evaluate_robustness(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
+                                 seed=seed, batch_size=batch_size, state_dir=out, progress=progress,
+                                 identity=subject.identity())
     if not distributed.is_main():
         return None
-    found = _checks(subject, x, y, budgets, per_class, ev, norm, seed, check_n, log) if checks else []
+    found = _checks(subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) if checks else []
     record = _record(subject, suite, norm, ev, found, per_class, time.perf_counter() - started)
     if certify:
         log(f"certifying the same {len(y)} points ({'IBP' if norm == 'linf' else f'smoothing, sigma {sigma:g}'})")
         from ..certify.bracket import certified_rows
-        record["certify"] = certified_rows(subject, x, y, budgets, norm, record["results"], robust=ev.robust,
+        record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], robust=ev.robust,
                                            sigma=sigma, samples=samples, samples0=samples0, alpha=alpha, seed=seed,
                                            state_dir=out / names.CERTIFY_DIR, progress=progress)
     if command is None:
         command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
                                               batch_size), ignore_recorded=ignore_recorded)
     record["summary"] = summary(record, command)
-    save_examples(out, x, ev, budgets)
+    if ev.x_adv is not None:  # evaluated in chunks: each chunk's folder holds its examples
+        save_examples(out, x, ev, budgets)
     write_json(out / names.RESULT_FILE, record)
     write_csvs(out, record)
     return record
@@ -129,6 +140,7 @@ def check_certify(subject, norm: str, certify: bool, sigma: float | None) -> Non
 
 
 def _checks(subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> list:
+    """x: the first check_n points (or all, when there are fewer)."""
     log(f"gradient-masking checks on {min(check_n, len(y))} points ...")
     check_eps = budgets if per_class is None else sorted(set(per_class))
     # The convergence check compares a stronger attack with what this evaluation reported.

@@ -10,8 +10,9 @@
     #    submission/NAME_log.txt   the per-attack log: which attack broke how many points, robust accuracy after each
 
 The evaluation (RUN/eval/SUITE-NORM, from `advlab evaluate`) must follow the leaderboard's protocol:
-CIFAR-10 Linf 8/255 or L2 0.5, CIFAR-100 Linf 8/255, ImageNet Linf 4/255, on the first 10,000 CIFAR /
-5,000 ImageNet test points, at the threat of the model's leaderboard. Otherwise the export is refused,
+CIFAR-10 Linf 8/255 or L2 0.5, CIFAR-100 Linf 8/255, ImageNet Linf 4/255, on the first 10,000 CIFAR test
+points / RobustBench's 5,000 ImageNet images (its subset, with the zoo model's preprocessing), at the
+threat of the model's leaderboard. Otherwise the export is refused,
 unless `allow_partial`, which writes it with the entry's footnote saying how it departs.
 """
 
@@ -133,7 +134,14 @@ def _protocol(result: dict[str, Any], card: dict[str, Any], eps_required: float,
         departures.append("one budget per class, not one for every point")
     if result["n"] != n_required:
         departures.append(f"{result['n']:,} test points, not the first {n_required:,}")
+    data = result["data"]
+    if data["name"] == "imagenet" and data.get("subset") != "robustbench":
+        departures.append("not RobustBench's 5,000 ImageNet evaluation images (dataset imagenet with subset "
+                          "robustbench)")
     zoo = card.get("model", {}).get("zoo") or {}
+    if zoo.get("preprocess") and data.get("preprocess") != zoo["preprocess"]:
+        departures.append(f"images preprocessed with {data.get('preprocess')}, RobustBench evaluates this model with "
+                          f"{zoo['preprocess']}")
     if zoo and (zoo.get("dataset"), zoo.get("norm")) != (result["data"]["name"], result["norm"]):
         departures.append(f"the model is from RobustBench's {zoo.get('dataset')} {zoo.get('threat')} leaderboard, the "
                           f"evaluation is {result['data']['name']} {THREAT_NAMES.get(result['norm'], result['norm'])}")
@@ -142,23 +150,34 @@ def _protocol(result: dict[str, Any], card: dict[str, Any], eps_required: float,
 
 def _examples(eval_dir: Path, result: dict[str, Any], index: int, norm: str) -> torch.Tensor:
     """(N, C, H, W): the example that broke each point at the exported eps, the clean image where none did;
-    checked against the record (robust points) and the budget before anything is written."""
-    path = eval_dir / names.EXAMPLES_FILE
-    if not path.is_file():
+    checked against the record (robust points) and the budget before anything is written. An evaluation in
+    chunks (images read on demand) holds its examples chunk by chunk, in order."""
+    from ..evaluate.chunked import CHUNKS_DIR
+    files = [eval_dir / names.EXAMPLES_FILE] if (eval_dir / names.EXAMPLES_FILE).is_file() else \
+        sorted((eval_dir / CHUNKS_DIR).glob(f"*/{names.EXAMPLES_FILE}"))
+    if not files:
         raise AdvlabError(f"{eval_dir} holds no {names.EXAMPLES_FILE} (an evaluation by an older advlab?); evaluate "
                           "again to save the examples")
-    t = load_tensors(path)
-    x, x_adv, broken_by = t["x"], t["x_adv"][index], t["broken_by"][index]
-    robust = int((broken_by < 0).sum())
     row = result["results"][index]
-    if len(x) != result["n"] or robust != round(row["robust_accuracy"] * result["n"]):
-        raise AdvlabError(f"{path} does not match {eval_dir / names.RESULT_FILE} ({robust} robust points of {len(x)}, "
-                          f"the record says {row['robust_accuracy']:.4f} of {result['n']}); evaluate again")
-    delta = (x_adv - x).flatten(1).double()
-    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1) if norm == "l2" else delta.abs().sum(1)
-    if (size > row["eps"] + 1e-5).any():
-        raise AdvlabError(f"{path}: {int((size > row['eps'] + 1e-5).sum())} example(s) lie outside the {norm} ball "
-                          f"of {row['eps']:g} (largest {size.max().item():.6g}); this is a bug, please report it")
+    parts, robust, outside, largest = [], 0, 0, 0.0
+    for path in files:
+        t = load_tensors(path)
+        x, x_adv, broken_by = t["x"], t["x_adv"][index], t["broken_by"][index]
+        robust += int((broken_by < 0).sum())
+        delta = (x_adv - x).flatten(1).double()
+        size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1) if norm == "l2" else delta.abs().sum(1)
+        outside += int((size > row["eps"] + 1e-5).sum())
+        largest = max(largest, size.max().item() if len(size) else 0.0)
+        parts.append(x_adv)
+        del t, x, delta
+    x_adv = torch.cat(parts)
+    if len(x_adv) != result["n"] or robust != round(row["robust_accuracy"] * result["n"]):
+        raise AdvlabError(f"the examples in {eval_dir} do not match its {names.RESULT_FILE} ({robust} robust points "
+                          f"of {len(x_adv)}, the record says {row['robust_accuracy']:.4f} of {result['n']}); evaluate "
+                          "again")
+    if outside:
+        raise AdvlabError(f"{eval_dir}: {outside} example(s) lie outside the {norm} ball of {row['eps']:g} (largest "
+                          f"{largest:.6g}); this is a bug, please report it")
     return x_adv
 
 

@@ -6,10 +6,11 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from ..data import DATASET_NAMES
+from ..data import TEST_DATASET_NAMES
 from ..errors import AdvlabError
 from ..io import dumps
 from ..progress import write
+from ..data.preprocessing import PREPROCESSINGS
 from . import types as T
 
 
@@ -143,14 +144,25 @@ def add_subject(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=T.number_list, default=None, help="per-channel mean to normalise with inside the model, e.g. 0.4914,0.4822,0.4465")
     g.add_argument("--std", type=T.number_list, default=None, help="per-channel std, with --mean; epsilon stays in raw input units")
     d = parser.add_argument_group("the data (default: the run's dataset)")
-    d.add_argument("--dataset", default=None, choices=DATASET_NAMES, help="a named dataset")
+    d.add_argument("--dataset", default=None, choices=TEST_DATASET_NAMES,
+                   help="a named dataset (imagenet: --data-dir DIR with DIR/val/WNID/*.JPEG, read lazily)")
     d.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE", help="option of a generated dataset")
     d.add_argument("--data", type=T.existing_path, default=None, metavar="FILE_OR_DIR",
                    help="your own test data: .npz or .safetensors with x and y, or a folder with one sub-folder of "
                         "images per class (docs/data.md)")
     d.add_argument("--classes", default=None, help="--data: number of classes or their names, e.g. 10 or cat,dog")
+    d.add_argument("--labels", default=None, choices=["folder", "filename"],
+                   help="--data image folder: folder (one sub-folder per class, matched to --classes by name, or by "
+                        "number when the folders are numbered; the default) or filename (a flat folder of NAME_LABEL.png "
+                        "files, as foolbox's samples)")
     d.add_argument("--bounds", default=None, help="--data: valid input range LO,HI, or none for unbounded features "
                                                   "(default: [0, 1] for images)")
+    d.add_argument("--preprocess", type=T.preprocessing, default=None, metavar="|".join(PREPROCESSINGS),
+                   help="--data image folder or --dataset imagenet: read the images lazily (memory does not grow with "
+                        "their number), each through this RobustBench preprocessing, so sizes may differ; none keeps "
+                        "the size (default for imagenet: res256crop224; for a folder: read into memory as they are)")
+    d.add_argument("--workers", type=T.positive_int, default=None,
+                   help="with --preprocess: processes that decode images (default: up to 8 of the CPUs)")
     add_data_dir(parser)
     add_device(parser)
 
@@ -167,13 +179,15 @@ def open_subject(args: argparse.Namespace, device=None):
         classes = parse_classes(args.classes) if args.classes is not None else None
         if args.bounds is not None:
             bounds = parse_bounds(args.bounds)
-    elif args.classes is not None or args.bounds is not None:
-        raise AdvlabError("--classes and --bounds describe a --data file or folder; a named dataset knows its own")
+    elif args.classes is not None or args.bounds is not None or args.labels is not None:
+        raise AdvlabError("--classes, --bounds and --labels describe a --data file or folder; a named dataset knows "
+                          "its own")
     return _open(run=args.run, model=args.model, weights=args.weights,
                  model_args=parse_key_values(args.model_arg, "--model-arg") if args.model_arg else None,
                  mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), dataset=args.dataset,
                  dataset_args=parse_key_values(args.dataset_arg, "--dataset-arg") if args.dataset_arg else None,
-                 data=args.data, classes=classes, bounds=bounds, data_dir=args.data_dir,
+                 data=args.data, classes=classes, bounds=bounds, labels=args.labels or "folder", preprocess=args.preprocess,
+                 workers=args.workers, data_dir=args.data_dir,
                  device=device if device is not None else args.device,
                  run_dir=args.out if args.model is not None else None, norm=getattr(args, "norm", None),
                  model_dir=args.model_dir)

@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
     add_points(p, "evaluate")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--check-n", type=T.positive_int, default=200, help="points used by the gradient-masking checks")
+    p.add_argument("--chunk-size", type=T.positive_int, default=None,
+                   help="images read on demand (--preprocess, --dataset imagenet): points decoded and evaluated at a "
+                        "time, so memory does not grow with --n (default 1000)")
     p.add_argument("--fresh", action="store_true", help="ignore saved state and start the evaluation over")
     p.add_argument("--ignore-recorded", action="store_true",
                    help="only the suite: leave out the adversarial examples the run directory already holds "
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             subject, eps=args.eps, eps_per_class=args.eps_per_class, norm=args.norm, suite=args.suite,
             suite_file=args.suite_file, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,
             fresh=args.fresh, ignore_recorded=args.ignore_recorded, checks=not args.no_checks, check_n=args.check_n,
+            chunk_size=args.chunk_size,
             certify=args.certify, sigma=args.sigma, samples=args.samples, samples0=args.samples0, alpha=args.alpha,
             command=evaluate_command({k: getattr(args, k) for k in COMMAND_FLAGS},
                                      {k: getattr(args, k) for k in COMMAND_REPEATED}, args.ignore_recorded),

@@ -145,9 +145,18 @@ def device(text: str) -> str:
     return text
 
 
+def preprocessing(text: str) -> str:
+    """One of RobustBench's preprocessings (res256crop224, ...), any case; the canonical name is kept."""
+    from ..data.preprocessing import check_preprocess
+    try:
+        return check_preprocess(text)
+    except AdvlabError as e:
+        raise argparse.ArgumentTypeError(str(e).split(" is ", 1)[-1].replace("not one of", "must be one of", 1)) from None
+
+
 VALIDATED = (positive_int, non_negative_int, positive_float, non_negative_float, probability, fraction,
              percentile, eps_list, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
-             existing_dir, existing_path, output_dir, output_file, device)
+             existing_dir, existing_path, output_dir, output_file, device, preprocessing)
 """Every type above: the parser walk in the tests checks each numeric or path option uses one."""
 
 __all__ = [f.__name__ for f in VALIDATED] + ["VALIDATED"]

@@ -8,6 +8,7 @@ clip to it, never to a literal [0, 1].
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import AdvlabError, CorruptFileError
+from ..errors import AdvlabError, CorruptFileError, DataNotFoundError
 from .cifar import read_cifar10, read_cifar100
 from .idx import read_idx
 from .locate import RemoteFile, candidate_dirs, locate
@@ -26,7 +27,7 @@ class Dataset:
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: torch.Tensor  # or, for image folders read on demand, a LazyImages (advlab.data.lazy): x_test[:n].load()
     y_test: torch.Tensor
     classes: tuple[str, ...]
     bounds: tuple[float, float] | None
@@ -48,11 +49,19 @@ class Dataset:
             raise AdvlabError(f"`n` must be a positive number of test points, got {n}")
         return self.x_test[:n], self.y_test[:n]
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the test inputs are read on demand (x_test is a LazyImages, not a tensor)."""
+        return not isinstance(self.x_test, torch.Tensor)
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training inputs (per-feature for (N, D) data).
 
         A dataset with no training rows (a user's `--data` file is all test split) uses its test inputs.
         """
+        if self.lazy and not len(self.x_train):
+            raise AdvlabError(f"{self.name} is read image by image and has no training split to compute channel "
+                              "statistics from; give the model's normalisation (`mean` and `std`)")
         x = self.x_train if len(self.x_train) else self.x_test
         if len(x) == 0:
             raise AdvlabError(f"dataset {self.name!r} has no inputs to compute channel statistics from")
@@ -227,6 +236,81 @@ def cifar100(data_dir=None) -> Dataset:
                        {"source": str(location)})
 
 
+IMAGENET_WNIDS_FILE = Path(__file__).with_name("imagenet_wnids.txt")
+IMAGENET_SUBSETS = ("all", "robustbench")
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k's 1,000 class ids (WNIDs) in the standard order: label i is the i-th sorted WNID."""
+    return [line for line in IMAGENET_WNIDS_FILE.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def imagenet(data_dir=None, preprocess: str = "res256crop224", subset: str = "all", workers: int | None = None
+             ) -> Dataset:
+    """ImageNet's validation images, read lazily through a RobustBench preprocessing (test split only).
+
+    The folder is DIR/val/WNID/*.JPEG (or DIR/WNID/*.JPEG), the layout of the ILSVRC2012 validation set
+    sorted into class folders; a folder is labelled by its WNID among the standard 1,000 classes, so a
+    subset of classes keeps the right labels. subset='robustbench': RobustBench's 5,000 evaluation
+    images, in its order (the list comes with the robustbench package); 'all': every image, class by class.
+    """
+    from .image_folder import list_image_folder
+
+    if subset not in IMAGENET_SUBSETS:
+        raise AdvlabError(f"imagenet `subset` must be one of {', '.join(IMAGENET_SUBSETS)}, got {subset!r}")
+    folder = _find_imagenet(data_dir)
+    listing = list_image_folder(folder, str(folder), classes=imagenet_classes())
+    if subset == "robustbench":
+        listing = _robustbench_subset(listing)
+    return lazy_dataset("imagenet", listing, (0.0, 1.0), preprocess, workers, source=str(folder), subset=subset)
+
+
+def lazy_dataset(name: str, listing, bounds, preprocess: str, workers: int | None = None, **params: Any) -> Dataset:
+    """The images of `listing` (an ImageList) as a test-only Dataset whose x_test is a LazyImages: nothing is
+    decoded until x_test[a:b].load()."""
+    from .lazy import LazyImages
+
+    images = LazyImages.open(listing, preprocess, workers)
+    return Dataset(name=name, x_train=torch.zeros((0, *images.row_shape)), y_train=torch.zeros(0, dtype=torch.int64),
+                   x_test=images, y_test=torch.from_numpy(listing.y), classes=tuple(listing.classes), bounds=bounds,
+                   params={"path": str(listing.root), "format": "folder", "sha256": images.digest(),
+                           "labels": listing.labels, "preprocess": images.preprocess, **params})
+
+
+def _find_imagenet(data_dir) -> Path:
+    looked = candidate_dirs("imagenet", data_dir)
+    for folder in looked:
+        for val in (folder / "val", folder):
+            if val.is_dir() and any(p.is_dir() and re.fullmatch(r"n[0-9]{8}", p.name) for p in val.iterdir()):
+                return val
+    raise DataNotFoundError(
+        "ImageNet's validation set was not found (it cannot be downloaded without an image-net.org account): put "
+        "it as DIR/val/WNID/*.JPEG (the ILSVRC2012 validation images sorted into their 1,000 class folders) and "
+        f"pass --data-dir DIR; looked in {', '.join(str(d) for d in looked)}")
+
+
+def _robustbench_subset(listing):
+    """RobustBench's 5,000 ImageNet evaluation images, in its order, from the list its package ships."""
+    import importlib.util
+
+    from .image_folder import ImageList
+
+    spec = importlib.util.find_spec("robustbench")  # found without importing it (and torchvision)
+    ids = Path(spec.origin).parent / "helper_files" / "imagenet_test_image_ids.txt" if spec and spec.origin else None
+    if ids is None or not ids.is_file():
+        raise AdvlabError("imagenet `subset=robustbench` reads the list of RobustBench's 5,000 evaluation images from "
+                          "the robustbench package: pip install 'advlab[robustbench]'")
+    wanted = [line.strip() for line in ids.read_text().splitlines() if line.strip()]
+    label = {p.relative_to(listing.root).as_posix(): int(y) for p, y in zip(listing.files, listing.y)}
+    missing = [w for w in wanted if w not in label]
+    if missing:
+        raise DataNotFoundError(f"{listing.where}: {len(missing)} of RobustBench's {len(wanted)} ImageNet evaluation "
+                                f"images are missing (first: {missing[0]}); the folder must hold the whole validation "
+                                f"set, or use `subset=all`")
+    return ImageList(listing.root, listing.where, [listing.root / w for w in wanted],
+                     np.array([label[w] for w in wanted], dtype=np.int64), listing.classes, listing.labels)
+
+
 def _check_positive(**values) -> None:
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -243,12 +327,22 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "cifar100": cifar100,
 }
 FILE_BASED = {"fashion-mnist", "mnist", "cifar10", "cifar100"}
+# Test-only datasets read from files: for attack, evaluate and certify, not for training or the analyses.
+TEST_ONLY: dict[str, Callable[..., Dataset]] = {"imagenet": imagenet}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, **params: Any) -> Dataset:
-    """Load a dataset by its CLI name. `params` go to generated datasets (blobs, gaussian, digits)."""
+    """Load a dataset by its CLI name. `params` go to generated datasets (blobs, gaussian, digits) and to the
+    test-only ones (imagenet: preprocess, subset, workers)."""
+    if name in TEST_ONLY:
+        try:
+            return TEST_ONLY[name](data_dir=data_dir, **params)
+        except TypeError as e:
+            import inspect
+            allowed = ", ".join(k for k in inspect.signature(TEST_ONLY[name]).parameters if k != "data_dir")
+            raise AdvlabError(f"bad parameters for dataset {name!r}: {e}; allowed: {allowed}") from e
     if name not in LOADERS:
-        raise AdvlabError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}")
+        raise AdvlabError(f"unknown dataset {name!r}; choose one of {', '.join([*LOADERS, *TEST_ONLY])}")
     loader = LOADERS[name]
     if name in FILE_BASED:
         if params:

@@ -25,8 +25,8 @@ import torch
 from ..config import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError, DataNotFoundError
 from ..io import load_tensors
-from .datasets import Dataset
-from .image_folder import read_image_folder
+from .datasets import Dataset, lazy_dataset
+from .image_folder import LABEL_SOURCES, list_image_folder, read_image_folder
 
 FORMATS_HELP = ("a .npz file with arrays x and y, a .safetensors file with tensors x and y, or a folder "
                 "with one sub-folder of images per class (folder/cat/1.png, folder/dog/2.jpg)")
@@ -118,25 +118,47 @@ def _check_classes_arg(classes: Any) -> int | list[str] | None:
 # ---------------------------------------------------------------- the entry point
 
 def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | None = None,
-                   bounds: tuple[float, float] | None | str = "auto") -> Dataset:
+                   bounds: tuple[float, float] | None | str = "auto", labels: str = "folder",
+                   model_classes: Sequence[str] | None = None, preprocess: str | None = None,
+                   workers: int | None = None) -> Dataset:
     """A user's .npz / .safetensors file or image folder as a test-only Dataset.
 
     classes: None (from the file's `classes`, the folder names, or '0'..str(max(y))), a number K
     (names '0'..'K-1') or a list of names. bounds: 'auto' ((0, 1) for uint8 pixels and for floats
     already in [0, 1], an error otherwise), (lo, hi) that must contain the data, or None (unbounded).
+    labels (image folders): 'folder' (a class is its sub-folder's name, or its number: docs/data.md) or
+    'filename' (a flat folder of NAME_LABEL.png files). model_classes: the class names of the model the data
+    is for (a trained run's); without `classes`, an image folder's sub-folders are matched to them.
+    preprocess (image folders): read the images lazily, each through one of RobustBench's preprocessings
+    ('res256crop224', ..., or 'none' to keep the size), so they may differ in size and memory does not grow
+    with their number (the Dataset's x_test is then a LazyImages: advlab.data.lazy); `workers`: decoding
+    processes (default: up to 8 of the CPUs).
     """
     bounds = _check_bounds_arg(bounds)
     classes = _check_classes_arg(classes)
+    if labels not in LABEL_SOURCES:
+        raise ConfigError(f"`labels` must be one of {', '.join(LABEL_SOURCES)}, got {labels!r}")
     where = str(path)
     p = Path(path).expanduser()
     if not p.exists():
         raise DataNotFoundError(f"`data={where}`: no such file or folder ({p.resolve()}); give {FORMATS_HELP}")
     p = p.resolve()
+    extra: dict[str, Any] = {}
+    if preprocess is not None and not p.is_dir():
+        raise AdvlabError(f"`data={where}`: `preprocess` resizes the images of an image folder; a file's arrays are "
+                          f"used as they are")
+    if p.is_dir() and preprocess is not None:
+        return lazy_dataset(p.name, list_image_folder(p, where, classes, labels, model_classes),
+                            _pixel_bounds(bounds, where), preprocess, workers)
     if p.is_dir():
-        x, y, file_classes, digest = read_image_folder(p, where)
+        listing = list_image_folder(p, where, classes, labels, model_classes)
+        x, digest = read_image_folder(listing)
         x, bounds = _scale_pixels(x, bounds, where) if x.dtype == np.uint8 else (x, _pixel_bounds(bounds, where))
-        fmt = "folder"
+        y, names, fmt = listing.y, listing.classes, "folder"
+        extra["labels"] = listing.labels
     else:
+        if labels != "folder":
+            raise AdvlabError(f"`data={where}`: `labels={labels}` is for image folders; a file holds its labels in y")
         suffix = p.suffix.lower()
         if suffix == ".npz":
             arrays, file_classes, fmt = _read_npz(p, where), None, "npz"
@@ -149,15 +171,14 @@ def load_data_path(path: str | Path, *, classes: int | Sequence[str] | str | Non
         x = _layout(arrays["x"], where)
         _check_rows(x, arrays["y"], where)
         x, bounds = _inputs(x, bounds, where)
-        y = arrays["y"]
+        y = _labels(arrays["y"], where)
+        names = _class_names(classes, file_classes, y, where)
         digest = _sha256_file(p)
-    y = _labels(y, where)
-    names = _class_names(classes, file_classes, y, where)
     x_test = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     return Dataset(name=p.name, x_train=x_test.new_zeros((0, *x_test.shape[1:])),
                    y_train=torch.zeros(0, dtype=torch.int64), x_test=x_test,
                    y_test=torch.from_numpy(y), classes=tuple(names), bounds=bounds,
-                   params={"path": str(p), "format": fmt, "sha256": digest})
+                   params={"path": str(p), "format": fmt, "sha256": digest, **extra})
 
 
 # ---------------------------------------------------------------- arrays: layout, values, labels

@@ -47,7 +47,8 @@ class Evaluation:
     y: torch.Tensor                  # (N,)
     clean_logits: torch.Tensor       # (N, K)
     broken_by: torch.Tensor          # (E, N) -1 robust, 0 clean mistake, i+1 attack i
-    x_adv: torch.Tensor              # (E, N, ...) the breaking example (the clean input if robust)
+    x_adv: torch.Tensor | None       # (E, N, ...) the breaking example (the clean input if robust); None when
+                                     # evaluated in chunks (advlab.evaluate.chunked: each chunk's file holds them)
     logits: torch.Tensor             # (E, N, K) model output on x_adv
     seconds: float = 0.0
     attack_seconds: dict[str, float] = field(default_factory=dict)
