@@ -20,6 +20,8 @@ from advlab.errors import AdvlabError
 # Subcommands that run no model and do no heavy tensor work, so they have no --device.
 NO_MODEL = {
     ("report",): "reads a run directory's JSON, PNG and safetensors files and writes one HTML page",
+    ("export", "robustbench"): "reads an evaluation's record and saved examples and writes them in RobustBench's "
+                               "format; no model runs",
 }
 # Values that pass a subcommand's own argument checks (these may run before the device is resolved),
 # and arguments that are required without argparse knowing it (--run or --model).

@@ -12,7 +12,7 @@ EXAMPLE = ("advlab export robustbench runs/my-wrn --out submission\n"
 
 
 def add_parser(subparsers) -> None:
-    p = add_subcommand(subparsers, "export", "Write results in another tool's format. Sub-commands: robustbench.",
+    p = add_subcommand(subparsers, "export", "Write results in another tool's format. Sub-commands: robustbench (each has --help and --json).",
                        EXAMPLE)
     sub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     r = add_subcommand(sub, "robustbench",
