@@ -258,6 +258,44 @@ def test_robustbench_cifar100_model_runs_on_cifar100(tmp_path, capsys):
     assert rec["data"]["name"] == "cifar100"
 
 
+def test_robustbench_imagenet_model_reads_the_images_through_its_own_preprocessing(tmp_path, capsys):
+    from PIL import Image
+    from advlab.attacks import FGSM
+    from advlab.data.datasets import imagenet_classes
+    from advlab.data.preprocessing import get_preprocess
+    net = _reference("Wong2020Fast", "imagenet", "linf")  # a ResNet-50 behind RobustBench's normaliser; Crop288
+    checkpoint = tmp_path / "models" / "imagenet" / "Linf" / "Wong2020Fast.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(net.model.state_dict(), checkpoint)  # as published: the bare network (RobustBench adds "model.")
+    sources = []
+    for i, (h, w) in enumerate([(300, 340), (330, 300)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
+        sources.append(path)
+    x = torch.stack([torch.from_numpy(np.array(get_preprocess("crop288")(Image.open(p)))).permute(2, 0, 1)
+                     for p in sources])
+    x = x.float() / 255
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    wnids = imagenet_classes()
+    y = torch.tensor([int(pred[0]), (int(pred[1]) + 1) % 1000])  # the first as the model sees it, the second not
+    for i, (path, label) in enumerate(zip(sources, y)):
+        folder = tmp_path / "imagenet" / "val" / wnids[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path.rename(folder / f"ILSVRC2012_val_{i:08d}.JPEG")
+    args = ["attack", "--model", "robustbench:Wong2020Fast", "--dataset", "imagenet", "--data-dir", tmp_path / "imagenet",
+            "--norm", "linf", "--model-dir", tmp_path / "models", "--attack", "fgsm", "--eps", "4/255", "--workers", 1]
+    rec = _json(capsys, *args, "--out", tmp_path / "run")
+    expected = FGSM(norm="linf")(net, x, y, [4 / 255], bounds=(0.0, 1.0))
+    assert rec["data"]["preprocess"] == "crop288" and rec["model"]["zoo"]["preprocessing"] == "Crop288"
+    assert rec["data"]["input_shape"] == [3, 288, 288]
+    assert rec["clean_accuracy"] == 0.5 == expected.clean_accuracy()
+    assert rec["results"][0]["robust_accuracy"] == expected.robust_accuracy()[0]
+    # another preprocessing, asked for, is used (and recorded)
+    rec = _json(capsys, *args, "--preprocess", "res224", "--n", 1, "--out", tmp_path / "run224")
+    assert rec["data"]["preprocess"] == "res224" and rec["data"]["input_shape"] == [3, 224, 224]
+
+
 def test_imagenet_preprocessing_is_robustbenchs_for_every_model():
     from robustbench.data import PREPROCESSINGS, get_preprocessing
     from robustbench.model_zoo import model_dicts
