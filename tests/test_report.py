@@ -2,12 +2,15 @@
 
 import base64
 import json
+import os
 import re
 import shutil
+import stat
 
 import pytest
 
 from advlab.cli import main
+from advlab.cli.common import file_size
 from advlab.evaluate.stats import clopper_pearson
 from advlab.report.html import build_report, collect, sections, write_report
 
@@ -44,6 +47,35 @@ def test_report_has_every_section_and_is_self_contained(run_root, capsys):
     for name in ("monotone", "unbounded", "single_step"):  # the checklist, with the doc pages
         assert f"docs/checks/{name}.md" in html
     assert "@media print" in html
+
+
+def test_the_report_is_written_with_the_umask_and_its_size_printed_in_a_fitting_unit(run_root, tmp_path, capsys):
+    """Issue 25: report.html was 0600 (tempfile.mkstemp) and an 84 KB file was printed as "(0.1 MB)"."""
+    small = tmp_path / "only-a-model"  # a report of some KB
+    small.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        shutil.copy(run_root / "adversarial" / name, small / name)
+    for root in (run_root, small):
+        old = os.umask(0o022)
+        try:
+            assert main(["report", str(root)]) == 0
+        finally:
+            os.umask(old)
+        path = root / "report.html"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        size = path.stat().st_size
+        printed = re.search(r"report written to .* \(([0-9.]+) (B|KB|MB|GB)\):", capsys.readouterr().out)
+        assert printed, "no size printed"
+        value, unit = float(printed[1]), printed[2]
+        scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+        assert 1 <= value < 1000 and abs(value * scale - size) <= 0.05 * size, (printed[0], size)
+    assert size < 1e5
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (84_321, "84 KB"),
+                                     (999_600, "1.0 MB"), (1_234_567, "1.2 MB"), (12_345_678, "12 MB")])
+def test_file_sizes_read_in_a_fitting_unit(n, text):
+    assert file_size(n) == text
 
 
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
