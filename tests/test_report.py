@@ -78,6 +78,36 @@ def test_file_sizes_read_in_a_fitting_unit(n, text):
     assert file_size(n) == text
 
 
+def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path):
+    """Issue 25: the evaluation's seconds mixed the attacks with the checks. The report shows both, their passes,
+    and, when the checks take longer than the attacks, what they cost and how to bound them."""
+    from advlab.report.entries import fmt
+    html = build_report(run_root).read_text()
+    rec = json.loads((run_root / "standard" / "eval" / "fast-linf" / "result.json").read_text())
+    assert rec["checks"] and rec["check_n"] > 0
+    assert (f"({fmt(rec['seconds'], 3)} s: attacks {fmt(rec['suite_seconds'], 3)} s,\n    gradient-masking checks "
+            f"{fmt(rec['checks_seconds'], 3)} s)") in html
+    assert (f"checks {rec['checks_passes']['forward']} forward and\n    {rec['checks_passes']['backward']} backward on "
+            f"{rec['check_n']} points") in html
+    config = next(c for c in collect(run_root)["configs"] if c["run"] == "standard")
+    timings = dict(config["timings"])
+    assert timings["evaluate fast suite (linf): attacks"] == rec["suite_seconds"]
+    assert timings[f"evaluate fast suite (linf): gradient-masking checks on {rec['check_n']} points"] == \
+        rec["checks_seconds"]
+    # A copy of the run whose checks took 60x the attacks, and one whose checks were quick.
+    for checks_seconds, noted in ((60 * rec["suite_seconds"], True), (rec["suite_seconds"] / 2, False)):
+        copy = tmp_path / f"checks-{noted}"
+        shutil.copytree(run_root / "standard", copy, ignore=shutil.ignore_patterns("attacks", "transfer", "*.html"))
+        path = copy / "eval" / "fast-linf" / "result.json"
+        path.write_text(json.dumps({**rec, "checks_seconds": checks_seconds}))
+        html = build_report(copy).read_text()
+        note = re.search(r'<p class="checks-cost">(.*?)</p>', html, re.S)
+        assert bool(note) == noted
+        if noted:
+            assert f"took {fmt(checks_seconds, 3)} s on {rec['check_n']} points" in note[1]
+            assert "--check-n" in note[1] and "--no-checks" in note[1]
+
+
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
     ctx = collect(run_root)
     saved = json.loads((run_root / "standard" / "attacks" / "pgd-linf" / "result.json").read_text())

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..artifacts import names
+from ..artifacts.evaluate import checks_dominate
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
 from ..io import load_tensors
@@ -187,6 +188,18 @@ def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
                 body = path.read_text()
         rows.append({**c, "doc": doc, "href": href, "body": body})
     return rows
+
+
+def checks_cost_note(rec: dict[str, Any]) -> str | None:
+    """When an evaluation's gradient-masking checks took longer than its attacks: what they cost and how to
+    bound them (None otherwise, and for records from before the two were timed apart)."""
+    if not rec.get("checks") or "suite_seconds" not in rec or not checks_dominate(rec):
+        return None
+    p = rec.get("checks_passes") or {}
+    return (f"The gradient-masking checks took {fmt(rec['checks_seconds'], 3)} s on {rec.get('check_n')} points "
+            f"({p.get('forward', 0)} forward and {p.get('backward', 0)} backward passes), longer than the attacks "
+            f"({fmt(rec['suite_seconds'], 3)} s). Bound them with --check-n K (fewer points) or leave them out with "
+            "--no-checks; the attacks' numbers do not depend on them.")
 
 
 # -- analyses found anywhere under the root -------------------------------------------------------

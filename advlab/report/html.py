@@ -92,6 +92,7 @@ class _Runs:
             rec = ev["record"] = fold_record(run_dir, ev["dir"], ev["record"])
             self.curves.append(entries.series_from_eval(name, rec) | {"dataset": dataset})
             self.evals.append({"run": name, "record": rec, "checks": entries.checks(rec, self.out_dir),
+                               "checks_note": entries.checks_cost_note(rec),
                                "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
                                          "broken_by": r.get("broken_by", {}),
                                          "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
@@ -119,8 +120,14 @@ def _config(name: str, card: dict[str, Any], attacks, evaluations, certs) -> dic
     timings = [("training", metrics.get("train_seconds"))]
     timings += [(f"attack {a['record']['attack']} ({a['record']['n']} points)", a["record"].get("seconds"))
                 for a in attacks]
-    timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
-                for e in evaluations]
+    for e in evaluations:
+        rec = e["record"]
+        timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}), the whole step", rec.get("seconds")))
+        if "suite_seconds" in rec:  # recorded apart since issue 25
+            timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}): attacks", rec["suite_seconds"]))
+            if rec.get("checks"):
+                timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}): gradient-masking checks "
+                                f"on {rec.get('check_n')} points", rec.get("checks_seconds")))
     timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
     shown = {k: v for k, v in card.items() if k != "metrics"}
     shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
