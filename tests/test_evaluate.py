@@ -234,6 +234,46 @@ def test_the_text_says_what_dominating_checks_cost_and_how_to_bound_them(tmp_pat
     assert "note:" not in _text({**rec, "checks_seconds": 4.0, "seconds": 9.0}, tmp_path)
 
 
+NETS = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+def test_the_recorded_command_reproduces_from_its_flags(tmp_path, monkeypatch, capsys):
+    """Issue 25: the summary's command kept a relative --weights and dropped --device and --out."""
+    import shlex
+
+    from advlab.artifacts.evaluate import evaluate_run
+    from advlab.cli import main
+    from advlab.subject import open_subject
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(NETS)
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), "w.pt")
+    weights = shlex.quote(str((tmp_path / "w.pt").resolve()))
+    args = ["evaluate", "--model", "nets.py:build", "--weights", "w.pt", "--dataset", "digits", "--eps", "0.1",
+            "--suite", "fast", "--n", "40", "--no-checks", "--no-progress", "--json"]
+    assert main([*args, "--device", "cpu", "--out", "mine"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    command = rec["summary"]["command"]
+    assert f" --weights {weights} " in command and " --device cpu" in command and " --out mine" in command, command
+    argv = shlex.split(command)
+    assert argv[:2] == ["advlab", "evaluate"]
+    assert main([*argv[1:], "--fresh", "--no-checks", "--no-progress", "--json"]) == 0  # the command runs as recorded
+    again = json.loads(capsys.readouterr().out)
+    assert again["results"] == rec["results"] and again["summary"]["command"] == command
+    assert main([*args, "--out", "other"]) == 0  # --device auto (the default) is not written out
+    assert " --device" not in json.loads(capsys.readouterr().out)["summary"]["command"]
+    # from Python: the external model's run directory is its --out
+    subject = open_subject(model="nets.py:build", weights="w.pt", dataset="digits", run_dir="py-run", device="cpu")
+    command = evaluate_run(subject, eps=[0.1], suite="fast", n=40, checks=False, progress=False)["summary"]["command"]
+    assert f" --weights {weights} " in command and " --out py-run" in command and " --device" not in command
+
+
 def test_evaluate_cli_contract(tmp_path):
     from test_cli import run_cli
     run = tmp_path / "run"

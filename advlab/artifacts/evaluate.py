@@ -32,7 +32,7 @@ Log = Callable[[str], None]
 
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
 COMMAND_FLAGS = ("run", "model", "weights", "mean", "std", "dataset", "data", "classes", "bounds", "eps",
-                 "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size")
+                 "eps_per_class", "norm", "suite", "suite_file", "n", "seed", "batch_size", "device", "out")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
 
 
@@ -49,6 +49,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     step began (time.perf_counter()), for its seconds."""
     started = time.perf_counter() if started is None else started
     log = log or (lambda message: None)
+    given_out = out
     entries = get_suite(suite, suite_file, norm=norm)
     check_certify(subject, norm, certify, sigma)
     data = subject.data
@@ -82,7 +83,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                                            state_dir=out / names.CERTIFY_DIR, progress=progress)
     if command is None:
         command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
-                                              batch_size), ignore_recorded=ignore_recorded)
+                                              batch_size, given_out), ignore_recorded=ignore_recorded)
     record["seconds"] = time.perf_counter() - started  # the whole step: suite, checks and certificates
     record["summary"] = summary(record, command)
     save_examples(out, x, ev, budgets)
@@ -162,12 +163,17 @@ def checks_dominate(record: dict[str, Any]) -> bool:
 def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] | None = None,
                      ignore_recorded: bool = False) -> str:
     """The `advlab evaluate` command line for these settings (resolved defaults included): `flags` maps each
-    of COMMAND_FLAGS to its value as typed (None: left out), `repeated` each of COMMAND_REPEATED to its
-    KEY=VALUE items."""
+    of COMMAND_FLAGS to its value as typed (None: left out; `device` as asked, e.g. "cuda", left out when
+    "auto"), `repeated` each of COMMAND_REPEATED to its KEY=VALUE items. The weights file is given by its
+    absolute path, as the card records it, so the command finds it from any folder."""
     parts = ["advlab", "evaluate"]
     for key in COMMAND_FLAGS:
-        if flags.get(key) is not None:
-            parts += [f"--{key.replace('_', '-')}", shlex.quote(str(flags[key]))]
+        value = flags.get(key)
+        if value is None or (key == "device" and str(value).strip().lower() == "auto"):
+            continue
+        if key == "weights":
+            value = Path(value).resolve()
+        parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
     for key in COMMAND_REPEATED:
         for value in (repeated or {}).get(key) or []:
             parts += [f"--{key.replace('_', '-')}", shlex.quote(value)]
@@ -176,14 +182,17 @@ def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] |
     return " ".join(parts)
 
 
-def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size) -> dict[str, Any]:
-    """evaluate_command's flags for an evaluation called from Python (the demo, reproduce)."""
+def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size, out) -> dict[str, Any]:
+    """evaluate_command's flags for an evaluation called from Python (the demo, reproduce). `--out`: with a run
+    directory, the evaluation's folder the caller gave (None: the default); with an external model, its run
+    directory (where `--out` puts it). No `--device`: a Subject holds it resolved, and auto finds it."""
     external = subject.card.get("kind") == "external"
     return {"run": None if external else str(subject.run_dir),
             "model": subject.model_record.get("spec") if external else None,
             "weights": subject.model_record.get("weights") if external else None,
             "eps": None if eps is None else describe_budgets(eps, None), "eps_per_class": eps_per_class,
-            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size}
+            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size,
+            "out": str(subject.run_dir) if external else None if out is None else str(out)}
 
 
 def write_csvs(out: str | os.PathLike, record: dict[str, Any]) -> None:
