@@ -108,6 +108,37 @@ def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path
             assert "--check-n" in note[1] and "--no-checks" in note[1]
 
 
+def test_one_epsilon_is_points_and_two_suites_are_told_apart(run_root, tmp_path):
+    """Issue 25: one eps was a straight line from (0, clean) to (eps, robust), and two suites on one model got the
+    same colour on top of each other."""
+    from advlab import plotting
+    run = tmp_path / "run"
+    shutil.copytree(run_root / "standard", run, ignore=shutil.ignore_patterns("transfer", "*.html"))
+    rec = json.loads((run / "eval" / "fast-linf" / "result.json").read_text())
+    assert len(rec["results"]) == 1  # the quick demo evaluates at one budget
+    (run / "eval" / "standard-linf").mkdir()
+    (run / "eval" / "standard-linf" / "result.json").write_text(json.dumps({**rec, "suite": "standard"}))
+    (curve,) = collect(run)["curves"]
+    suites = [s for s in curve["series"] if "suite" in s["label"]]
+    attacks = [s for s in curve["series"] if s not in suites]
+    assert len(suites) == 2 and attacks and all(len(s["eps"]) > 2 for s in attacks)
+    ax = plotting.robustness_figure(curve["series"]).axes[0]
+    points = {c.get_label(): c for c in ax.containers}  # markers with error bars
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(points) == {s["label"] for s in suites} and set(lines) == {s["label"] for s in attacks}
+    drawn = [points[s["label"]].lines[0] for s in suites]
+    for s, line in zip(suites, drawn):
+        assert line.get_linestyle() == "None" and line.get_marker() not in (None, "None", "")
+        assert list(line.get_ydata()) == pytest.approx(s["acc"])
+        assert list(line.get_xdata()) == pytest.approx(s["eps"], abs=0.02 * max(s["eps"]))
+    assert drawn[0].get_color() != drawn[1].get_color() and drawn[0].get_marker() != drawn[1].get_marker()
+    assert drawn[0].get_xdata()[1] != drawn[1].get_xdata()[1]  # set apart, not on top of each other
+    for s in attacks:  # several budgets: still a line through them
+        assert lines[s["label"]].get_linestyle() != "None"
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {s["label"] for s in curve["series"]}
+    assert "no line between them" in build_report(run).read_text()
+
+
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
     ctx = collect(run_root)
     saved = json.loads((run_root / "standard" / "attacks" / "pgd-linf" / "result.json").read_text())
