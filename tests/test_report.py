@@ -139,6 +139,51 @@ def test_one_epsilon_is_points_and_two_suites_are_told_apart(run_root, tmp_path)
     assert "no line between them" in build_report(run).read_text()
 
 
+NETS = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+@pytest.fixture(scope="module")
+def external_run(tmp_path_factory):
+    """`advlab evaluate --model nets.py:build --weights w.pt` (a trained linear model on digits) and its run."""
+    import torch
+    from advlab.data import load_dataset
+    root = tmp_path_factory.mktemp("external")
+    (root / "nets.py").write_text(NETS)
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(digits.x_train), digits.y_train).backward()
+        opt.step()
+    torch.save(net.state_dict(), root / "w.pt")
+    run = root / "mine"
+    assert main(["evaluate", "--model", f"{root}/nets.py:build", "--weights", str(root / "w.pt"), "--dataset", "digits",
+                 "--eps", "0.1", "--suite", "fast", "--n", "40", "--no-checks", "--no-progress", "--out", str(run)]) == 0
+    return run
+
+
+def test_an_external_model_is_named_by_its_spec_and_weights(external_run, capsys):
+    """Issue 25: the Models table said `defense unknown` and n/a for `--model SPEC --weights W`."""
+    card = json.loads((external_run / "card.json").read_text())
+    sha = card["model"]["weights_sha256"]
+    ctx = collect(external_run)
+    (row,) = ctx["runs"]
+    assert row["external"] == {"spec": card["model"]["spec"], "weights": "w.pt", "sha256": sha[:12]}
+    assert row["defense"]["name"] == "external"
+    html = build_report(external_run).read_text()
+    table = html[html.index('<section id="runs">'):html.index("</section>", html.index('<section id="runs">'))]
+    assert "nets.py:build</code>" in table and "weights w.pt" in table and f"<code>{sha[:12]}</code>" in table
+    assert "external" in table and "unknown" not in table
+
+
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
     ctx = collect(run_root)
     saved = json.loads((run_root / "standard" / "attacks" / "pgd-linf" / "result.json").read_text())

@@ -64,8 +64,9 @@ class _Runs:
     def add(self, run_dir: Path, card: dict[str, Any]) -> None:
         name = find.run_name(self.root, run_dir, card)
         metrics = card.get("metrics", {})
-        self.runs.append({"name": name, "model": card["model"].get("name"),
-                          "dataset": card.get("dataset", {}).get("name"), "defense": card.get("defense", {}),
+        self.runs.append({"name": name, "model": card["model"].get("name"), "external": _external(card),
+                          "dataset": card.get("dataset", {}).get("name"),
+                          "defense": {**card.get("defense", {}), "name": find.defense_name(card)},
                           "test_accuracy": metrics.get("test_accuracy"), "epochs": card.get("epochs"),
                           "seed": card.get("seed"), "train_seconds": metrics.get("train_seconds")})
         dataset = self.runs[-1]["dataset"]
@@ -114,6 +115,17 @@ class _Runs:
         return figures
 
 
+def _external(card: dict[str, Any]) -> dict[str, Any] | None:
+    """For the models table: an external model's spec, weights file name and short SHA-256 (None for a run
+    advlab trained)."""
+    if not find.is_external(card):
+        return None
+    model = card["model"]
+    weights, sha = model.get("weights"), model.get("weights_sha256")
+    return {"spec": model.get("spec") or model.get("name"), "weights": Path(weights).name if weights else None,
+            "sha256": sha[:12] if sha else None}
+
+
 def _config(name: str, card: dict[str, Any], attacks, evaluations, certs) -> dict[str, Any]:
     """The run's card (without the training history) and the time each step took."""
     metrics = card.get("metrics", {})
@@ -144,7 +156,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
     # Undefended models first, then by name: the baseline reads before the defense.
-    cards.sort(key=lambda dc: (dc[1].get("defense", {}).get("name", "none") != "none", find.rel(root, dc[0])))
+    cards.sort(key=lambda dc: (find.defense_name(dc[1]) != "none", find.rel(root, dc[0])))
     r = _Runs(root, out_dir or root)
     for run_dir_, card in cards:
         r.add(run_dir_, card)
