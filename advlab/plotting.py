@@ -105,10 +105,15 @@ def no_ticks(*axes) -> None:
 
 # -- grids of images --------------------------------------------------------------------------------
 
-def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
-                     confidence: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
-                     title: str = "", magnify: float | None = None) -> None:
-    """Rows: original, perturbation (magnified to the full gray range), adversarial; with labels."""
+def fooled_first(fooled: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of at most k points for an example grid: the fooled ones first (what the grid is for), in order."""
+    return torch.cat([fooled.nonzero().flatten(), (~fooled).nonzero().flatten()])[:k]
+
+
+def adversarial_grid_png(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                         confidence: torch.Tensor, classes: Sequence[str], title: str = "",
+                         magnify: float | None = None) -> bytes:
+    """Rows: original, perturbation (magnified to the full gray range), adversarial; with labels. PNG bytes."""
     n = len(x)
     fig = new_figure(1.3 * n + 0.6, 4.3, layout=None)
     axes = fig.subplots(3, n, squeeze=False)
@@ -129,7 +134,14 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred
     axes[2, 0].set_ylabel("adversarial", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    save_png(fig, path, tight=True)
+    return png_bytes(fig, dpi=110, tight=True)
+
+
+def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                     confidence: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
+                     title: str = "", magnify: float | None = None) -> None:
+    """`adversarial_grid_png` written to `path`."""
+    atomic_write(path, adversarial_grid_png(x, x_adv, y, pred, confidence, classes, title, magnify))
 
 
 def image_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str,

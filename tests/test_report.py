@@ -184,6 +184,35 @@ def test_an_external_model_is_named_by_its_spec_and_weights(external_run, capsys
     assert "external" in table and "unknown" not in table
 
 
+def test_an_evaluation_shows_a_grid_of_its_saved_examples(run_root, external_run):
+    """Issue 25: no image grid was shown for an evaluation's saved examples (eval/SUITE-NORM/adversarial.safetensors)."""
+    from advlab import plotting
+    from advlab.io import load_tensors
+    for root, run, key in ((run_root, "standard", "standard"), (external_run, external_run, None)):
+        ctx = collect(root)
+        name = key or ctx["runs"][0]["name"]
+        (grid,) = [g for g in ctx["grids"] if g["run"] == name and g["attack"] == "suite fast (worst case)"]
+        ev_dir = (root / run if key else external_run) / "eval" / "fast-linf"
+        rec = json.loads((ev_dir / "result.json").read_text())
+        t = load_tensors(ev_dir / "adversarial.safetensors")
+        assert [g["eps"] for g in grid["grids"]] == [r["eps"] for r in rec["results"]]
+        for e, g in enumerate(grid["grids"]):
+            fooled = t["broken_by"][e] > 0
+            assert fooled.any()
+            idx = plotting.fooled_first(fooled, 8)
+            probs = t["logits"][e][idx].softmax(1)
+            expected = plotting.adversarial_grid_png(t["x"][idx], t["x_adv"][e][idx], t["y"][idx], probs.argmax(1),
+                                                     probs.amax(1), rec["classes"],
+                                                     title=f"suite fast linf eps={r_eps(rec, e)}: the worst case per point")
+            assert g["src"] == plotting.data_uri(expected)
+        html = build_report(root).read_text()
+        assert f"{name} · suite fast (worst case) (linf)" in html and grid["grids"][0]["src"] in html
+
+
+def r_eps(rec, e):
+    return f"{rec['results'][e]['eps']:.4g}"
+
+
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):
     ctx = collect(run_root)
     saved = json.loads((run_root / "standard" / "attacks" / "pgd-linf" / "result.json").read_text())

@@ -145,6 +145,51 @@ def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dic
     return None
 
 
+def eval_grids(ev_dir: Path, rec: dict[str, Any], classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
+    """One example grid per budget from an evaluation's saved worst-case examples (eval/SUITE-NORM/
+    adversarial.safetensors), drawn as `advlab attack --save` draws its grids: rows clean, perturbation,
+    adversarial, the points an attack broke first. Only the rows shown are read from the file. [] when the
+    file is missing or unreadable, or its inputs are not images."""
+    from safetensors import safe_open
+
+    path = ev_dir / names.EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            if not {"x", "x_adv", "logits", "y"} <= keys:
+                return []
+            x_rows, adv_rows = f.get_slice("x"), f.get_slice("x_adv")
+            shape = adv_rows.get_shape()  # (E, N, ...)
+            if len(shape) < 4 or len(shape) != len(x_rows.get_shape()) + 1 or shape[0] != len(rec["results"]):
+                return []  # (E, N, C, H, W) or (E, N, H, W): images only
+            y, logits = f.get_tensor("y").long(), f.get_tensor("logits")
+            broken_by = f.get_tensor("broken_by") if "broken_by" in keys else None
+            clean = f.get_tensor("clean_logits") if "clean_logits" in keys else None
+            classes = list(classes or [str(i) for i in range(logits.shape[-1])])
+            grids = []
+            for e, row in enumerate(rec["results"]):
+                if broken_by is not None:
+                    fooled = broken_by[e] > 0  # broken by an attack (0: a clean mistake, -1: robust)
+                else:
+                    fooled = (logits[e].argmax(1) != y) & (clean.argmax(1) == y if clean is not None else True)
+                idx = F.fooled_first(fooled, per_grid).tolist()
+                if not idx:
+                    continue
+                x = torch.cat([x_rows[i:i + 1] for i in idx])
+                x_adv = torch.cat([adv_rows[e:e + 1, i:i + 1] for i in idx], dim=1)[0]
+                probs = logits[e, idx].softmax(1)
+                eps = fmt(row["eps"]) if isinstance(row["eps"], (int, float)) else "per class"
+                png = F.adversarial_grid_png(x, x_adv, y[idx], probs.argmax(1), probs.amax(1), classes,
+                                             title=f"suite {rec['suite']} {rec.get('norm', 'linf')} eps={eps}: "
+                                                   "the worst case per point")
+                grids.append({"eps": row["eps"], "src": F.data_uri(png)})
+            return grids
+    except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # a file the report cannot use is left out
+        return []
+
+
 def _tile(x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor | None, classes) -> dict[str, Any]:
     true = classes[int(y)]
     if probs is None:

@@ -100,6 +100,10 @@ class _Runs:
             b = entries.bracket(name, rec)
             if b:
                 self.brackets.append(b | {"dataset": dataset})
+            grids = entries.eval_grids(ev["dir"], rec, rec.get("classes"))
+            if grids:
+                self.grids.append({"run": name, "attack": f"suite {rec['suite']} (worst case)",
+                                   "norm": rec.get("norm"), "grids": grids})
             pc = entries.per_class(rec)
             if pc["rows"]:
                 self.per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
