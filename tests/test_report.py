@@ -209,6 +209,19 @@ def test_an_evaluation_shows_a_grid_of_its_saved_examples(run_root, external_run
         assert f"{name} · suite fast (worst case) (linf)" in html and grid["grids"][0]["src"] in html
 
 
+def test_a_certificate_that_says_little_comes_with_its_hint(run_root, tmp_path, capsys):
+    """Issue 25: smoothing a model never trained with noise abstains everywhere; the report says why."""
+    run = tmp_path / "run"
+    shutil.copytree(run_root / "standard", run, ignore=shutil.ignore_patterns("attacks", "transfer", "eval", "*.html"))
+    assert main(["certify", "--run", str(run), "--method", "smoothing", "--sigma", "1", "--samples", "100",
+                 "--samples0", "20", "--n", "20", "--no-progress", "--json"]) == 0
+    hint = json.loads(capsys.readouterr().out)["hint"]
+    assert "not with Gaussian noise of sigma 1" in hint
+    html = build_report(run).read_text()
+    section = html[html.index('<section id="certified">'):]
+    assert "<strong>Hint:</strong> " + hint.replace("'", "&#39;") in section
+
+
 def r_eps(rec, e):
     return f"{rec['results'][e]['eps']:.4g}"
 

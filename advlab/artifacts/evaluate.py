@@ -81,6 +81,13 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
         record["certify"] = certified_rows(subject, x, y, budgets, norm, record["results"], robust=ev.robust,
                                            sigma=sigma, samples=samples, samples0=samples0, alpha=alpha, seed=seed,
                                            state_dir=out / names.CERTIFY_DIR, progress=progress)
+        if record["certify"]["method"] == "smoothing":
+            from ..certify.smoothing import noise_hint
+            c = record["certify"]
+            hint = noise_hint(sigma, len(y), c["abstained"], c["smoothed_accuracy"], record["clean_accuracy"],
+                              subject.card)
+            if hint:
+                c["hint"] = hint
     if command is None:
         command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
                                               batch_size, given_out), ignore_recorded=ignore_recorded)

@@ -67,7 +67,8 @@ def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
                 series[key].insert(0, 0.0 if key == "eps" else clean)
     return {"run": name, "suite": rec["suite"], "norm": rec.get("norm", "linf"), "n": rec.get("n"),
             "method": c.get("method"), "certifies": c.get("certifies", ""), "sigma": c.get("sigma"),
-            "contradictions": c.get("contradictions"), "same_model": same, "rows": table, "series": series}
+            "contradictions": c.get("contradictions"), "same_model": same, "rows": table, "series": series,
+            "hint": c.get("hint")}
 
 
 def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +346,7 @@ def certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:
     return {"run": name, "label": label, "method": rec["method"], "what": what, "n": rec["n"],
             "norm": rec.get("norm", "l2" if rec["method"] == "smoothing" else "linf"),
             "certifies": rec.get("certifies", ""), "seconds": rec.get("seconds"),
-            "clean_accuracy": rec.get("clean_accuracy"), "rows": curve,
+            "clean_accuracy": rec.get("clean_accuracy"), "rows": curve, "hint": rec.get("hint"),
             "series": {"label": label, "radius": [float(r["radius"]) for r in curve],
                        "acc": [float(r["accuracy"]) for r in curve],
                        "lo": [float(r.get("ci95", [r["accuracy"]] * 2)[0]) for r in curve],
