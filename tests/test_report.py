@@ -87,8 +87,9 @@ def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path
     assert rec["checks"] and rec["check_n"] > 0
     assert (f"({fmt(rec['seconds'], 3)} s: attacks {fmt(rec['suite_seconds'], 3)} s,\n    gradient-masking checks "
             f"{fmt(rec['checks_seconds'], 3)} s)") in html
-    assert (f"checks {rec['checks_passes']['forward']} forward and\n    {rec['checks_passes']['backward']} backward on "
-            f"{rec['check_n']} points") in html
+    assert (f"{rec['passes']['forward']} forward and {rec['passes']['backward']}\n    backward passes (image rows) for "
+            f"the attacks,\n    {rec['checks_passes']['forward']} forward and {rec['checks_passes']['backward']} backward "
+            f"for the checks on {rec['check_n']} points") in html
     config = next(c for c in collect(run_root)["configs"] if c["run"] == "standard")
     timings = dict(config["timings"])
     assert timings["evaluate fast suite (linf): attacks"] == rec["suite_seconds"]

@@ -87,7 +87,8 @@ def _text(record: dict, out: Path) -> str:
     lines.append(f"verdict: {record['verdict']}")
     if record["checks"] and checks_dominate(record):
         ratio = record["checks_seconds"] / max(record["suite_seconds"], 1e-9)
-        lines.append(f"note: the gradient-masking checks took {record['checks_seconds']:.1f} s, {ratio:.{0 if ratio >= 10 else 1}f}x the "
+        times = f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+        lines.append(f"note: the gradient-masking checks took {record['checks_seconds']:.1f} s, {times} the "
                      f"attacks' {record['suite_seconds']:.1f} s; bound them with --check-n K (now "
                      f"{record['check_n']} points) or skip them with --no-checks")
     lines.append(f"results in {out}")

@@ -138,12 +138,12 @@ def _config(name: str, card: dict[str, Any], attacks, evaluations, certs) -> dic
                 for a in attacks]
     for e in evaluations:
         rec = e["record"]
-        timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}), the whole step", rec.get("seconds")))
+        step = f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')})"
+        timings.append((f"{step}, the whole step", rec.get("seconds")))
         if "suite_seconds" in rec:  # recorded apart since issue 25
-            timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}): attacks", rec["suite_seconds"]))
+            timings.append((f"{step}: attacks", rec["suite_seconds"]))
             if rec.get("checks"):
-                timings.append((f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')}): gradient-masking checks "
-                                f"on {rec.get('check_n')} points", rec.get("checks_seconds")))
+                timings.append((f"{step}: gradient-masking checks on {rec.get('check_n')} points", rec.get("checks_seconds")))
     timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
     shown = {k: v for k, v in card.items() if k != "metrics"}
     shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
