@@ -82,7 +82,8 @@ def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path
     """Issue 25: the evaluation's seconds mixed the attacks with the checks. The report shows both, their passes,
     and, when the checks take longer than the attacks, what they cost and how to bound them."""
     from advlab.report.entries import fmt
-    html = build_report(run_root).read_text()
+    path, ctx = write_report(run_root)
+    html = path.read_text()
     rec = json.loads((run_root / "standard" / "eval" / "fast-linf" / "result.json").read_text())
     assert rec["checks"] and rec["check_n"] > 0
     assert (f"({fmt(rec['seconds'], 3)} s: attacks {fmt(rec['suite_seconds'], 3)} s,\n    gradient-masking checks "
@@ -90,7 +91,7 @@ def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path
     assert (f"{rec['passes']['forward']} forward and {rec['passes']['backward']}\n    backward passes (image rows) for "
             f"the attacks,\n    {rec['checks_passes']['forward']} forward and {rec['checks_passes']['backward']} backward "
             f"for the checks on {rec['check_n']} points") in html
-    config = next(c for c in collect(run_root)["configs"] if c["run"] == "standard")
+    config = next(c for c in ctx["configs"] if c["run"] == "standard")
     timings = dict(config["timings"])
     assert timings["evaluate fast suite (linf): attacks"] == rec["suite_seconds"]
     assert timings[f"evaluate fast suite (linf): gradient-masking checks on {rec['check_n']} points"] == \
@@ -190,7 +191,7 @@ def test_an_evaluation_shows_a_grid_of_its_saved_examples(run_root, external_run
     from advlab import plotting
     from advlab.io import load_tensors
     for root, run, key in ((run_root, "standard", "standard"), (external_run, external_run, None)):
-        ctx = collect(root)
+        path, ctx = write_report(root)
         name = key or ctx["runs"][0]["name"]
         (grid,) = [g for g in ctx["grids"] if g["run"] == name and g["attack"] == "suite fast (worst case)"]
         ev_dir = (root / run if key else external_run) / "eval" / "fast-linf"
@@ -206,7 +207,7 @@ def test_an_evaluation_shows_a_grid_of_its_saved_examples(run_root, external_run
                                                      probs.amax(1), rec["classes"],
                                                      title=f"suite fast linf eps={r_eps(rec, e)}: the worst case per point")
             assert g["src"] == plotting.data_uri(expected)
-        html = build_report(root).read_text()
+        html = path.read_text()
         assert f"{name} · suite fast (worst case) (linf)" in html and grid["grids"][0]["src"] in html
 
 
