@@ -1,7 +1,9 @@
 """Atomic file writes, safetensors state dicts, and JSON helpers.
 
 Every file advlab writes goes through `atomic_write`: a temporary file in the same directory,
-fsync, then rename, so a crash never leaves a half-written file under the final name.
+fsync, then rename, so a crash never leaves a half-written file under the final name. The file gets
+the permissions any new file gets (0666 less the umask: 0644 with the usual umask 022), not the
+0600 of `tempfile.mkstemp`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
 
@@ -26,7 +28,7 @@ from .errors import ConfigError, CorruptFileError
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -39,6 +41,20 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside `path` (.NAME.RANDOM.tmp), open for writing. Created with mode 0666, so the
+    kernel applies the umask as for any new file (tempfile.mkstemp would make it 0600, private to the user)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def relative_path(value: str, key: str) -> str:

@@ -28,9 +28,10 @@ from matplotlib.figure import Figure
 
 from .io import atomic_write
 
-# A palette that stays readable in grayscale print: colour per model, line style per attack.
+# A palette that stays readable in grayscale print; line style and marker per attack (or suite).
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 WRONG = "#b00020"  # caption colour of a wrong (fooled) prediction
 
 
@@ -104,10 +105,15 @@ def no_ticks(*axes) -> None:
 
 # -- grids of images --------------------------------------------------------------------------------
 
-def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
-                     confidence: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
-                     title: str = "", magnify: float | None = None) -> None:
-    """Rows: original, perturbation (magnified to the full gray range), adversarial; with labels."""
+def fooled_first(fooled: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of at most k points for an example grid: the fooled ones first (what the grid is for), in order."""
+    return torch.cat([fooled.nonzero().flatten(), (~fooled).nonzero().flatten()])[:k]
+
+
+def adversarial_grid_png(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                         confidence: torch.Tensor, classes: Sequence[str], title: str = "",
+                         magnify: float | None = None) -> bytes:
+    """Rows: original, perturbation (magnified to the full gray range), adversarial; with labels. PNG bytes."""
     n = len(x)
     fig = new_figure(1.3 * n + 0.6, 4.3, layout=None)
     axes = fig.subplots(3, n, squeeze=False)
@@ -128,7 +134,14 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred
     axes[2, 0].set_ylabel("adversarial", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    save_png(fig, path, tight=True)
+    return png_bytes(fig, dpi=110, tight=True)
+
+
+def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                     confidence: torch.Tensor, classes: Sequence[str], path: str | os.PathLike,
+                     title: str = "", magnify: float | None = None) -> None:
+    """`adversarial_grid_png` written to `path`."""
+    atomic_write(path, adversarial_grid_png(x, x_adv, y, pred, confidence, classes, title, magnify))
 
 
 def image_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
@@ -163,20 +176,39 @@ def _accuracy_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: float)
     ax.legend(fontsize=legend_size, loc="upper right", frameon=False)
 
 
-def robustness_curves(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> bytes:
-    """series: [{"label", "group", "style", "eps": [..], "acc": [..], "lo": [..], "hi": [..]}]; a shaded
-    band per line is its 95% Clopper-Pearson interval. `group` picks the colour, `style` the dash."""
+def robustness_figure(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> Figure:
+    """The figure of `robustness_curves`, for tests and callers that save it themselves."""
     fig = new_figure(7.0, 4.2, layout=None)
     ax = fig.subplots()
-    groups = list(dict.fromkeys(s.get("group", s["label"]) for s in series))
     styles = list(dict.fromkeys(s.get("style", "") for s in series))
-    for s in series:
-        color = COLORS[groups.index(s.get("group", s["label"])) % len(COLORS)]
-        ls = STYLES[styles.index(s.get("style", "")) % len(STYLES)]
-        ax.plot(s["eps"], s["acc"], ls, marker="o", ms=3.5, color=color, label=s["label"])
-        ax.fill_between(s["eps"], s["lo"], s["hi"], color=color, alpha=0.12, linewidth=0)
+    # A series measured at one budget (plus its clean accuracy at 0) is two points: a line between them
+    # would claim knowledge between 0 and eps. Such series are markers with error bars, set slightly apart
+    # so that equal numbers of different series do not hide each other.
+    single = [i for i, s in enumerate(series) if sum(1 for e in s["eps"] if e > 0) <= 1]
+    widest = max((float(e) for s in series for e in s["eps"]), default=0.0) or 1.0
+    apart = 0.012 * widest
+    for i, s in enumerate(series):
+        color = COLORS[i % len(COLORS)]  # one colour per line: two suites on one model are told apart
+        k = styles.index(s.get("style", ""))
+        ls, marker = STYLES[k % len(STYLES)], MARKERS[k % len(MARKERS)]
+        if i in single:
+            shift = (single.index(i) - (len(single) - 1) / 2) * apart
+            x = np.asarray(s["eps"], dtype=float) + shift
+            acc, lo, hi = (np.asarray(s[key], dtype=float) for key in ("acc", "lo", "hi"))
+            ax.errorbar(x, acc, yerr=np.stack([acc - lo, hi - acc]).clip(min=0), fmt=marker, linestyle="none",
+                        ms=6, capsize=3, color=color, label=s["label"])
+        else:
+            ax.plot(s["eps"], s["acc"], ls, marker=marker, ms=4, color=color, label=s["label"])
+            ax.fill_between(s["eps"], s["lo"], s["hi"], color=color, alpha=0.12, linewidth=0)
     _accuracy_axes(ax, xlabel, "robust accuracy", title, 7.5)
-    return png_bytes(fig)
+    return fig
+
+
+def robustness_curves(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> bytes:
+    """series: [{"label", "style", "eps": [..], "acc": [..], "lo": [..], "hi": [..]}]; one colour per series,
+    `style` (the attack or suite) picks the marker and the dash; the shaded band is the 95% Clopper-Pearson
+    interval. A series with one budget is two points (clean, robust) with error bars, no line."""
+    return png_bytes(robustness_figure(series, title, xlabel))
 
 
 def bracket_curves(series: Sequence[dict], title: str = "", xlabel: str = "epsilon") -> bytes:

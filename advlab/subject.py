@@ -91,8 +91,10 @@ def open_subject(*, run: str | Path | None = None, model: str | None = None, wei
     if dataset is None and data is None:
         raise AdvlabError(f"`model={model}` needs data: `dataset=NAME` (e.g. cifar10) or `data=FILE_OR_DIR` "
                           "(.npz, .safetensors or an image folder)")
-    from .models.external import ROBUSTBENCH_PREFIX, check_classifier, load_external_model
+    from .models.external import ROBUSTBENCH_PREFIX, absolute_spec, check_classifier, load_external_model
     zoo = isinstance(model, str) and model.strip().startswith(ROBUSTBENCH_PREFIX)
+    if isinstance(model, str) and not zoo:
+        model = absolute_spec(model)  # the card and the recorded command find the file from any folder
     if zoo and dataset is None:
         raise AdvlabError(f"`model={model}` needs `dataset` cifar10, cifar100 or imagenet (its leaderboard's data), "
                           "not `data`")
@@ -143,7 +145,9 @@ def _write_card(run_dir: Path, card: dict[str, Any]) -> None:
     if path.is_file():
         old = read_card(run_dir)
         same = ("spec", "model_args", "weights_sha256", "normalize")
-        if old.get("kind") != "external" or any(old["model"].get(k) != card["model"][k] for k in same):
+        from .models.external import absolute_spec
+        previous = {**old.get("model", {}), "spec": absolute_spec(old.get("model", {}).get("spec", ""))}
+        if old.get("kind") != "external" or any(previous.get(k) != card["model"][k] for k in same):
             raise AdvlabError(f"{run_dir} already holds another model's run ({old.get('model', {}).get('name')}); "
                               "choose another `run_dir` or remove it")
         if old.get("dataset") == card["dataset"]:

@@ -103,6 +103,52 @@ def test_report_shows_the_bracket_and_the_certified_curves(run_dir, tmp_path, ca
     assert 'id="certified"' in html and "certified (lower)" in html and 'href="#certified"' in html
 
 
+def test_noise_hint_says_why_smoothing_abstains_and_what_trains_a_model_for_it():
+    from advlab.certify.smoothing import noise_hint
+    run = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+    assert noise_hint(0.25, 20, 5, 0.8, 0.9, {**run, "defense": {"name": "none"}}) is None  # it works: no hint
+    few = noise_hint(0.5, 20, 5, 0.3, 0.9, {**run, "defense": {"name": "none"}})  # few abstain, but far below
+    assert few.startswith("the smoothed classifier is right on 30.0% of the points, the model on 90.0%")
+    hint = noise_hint(0.5, 20, 15, 0.1, 0.9, {**run, "defense": {"name": "pgd", "eps": 0.1}})
+    assert hint.startswith("15 of 20 points abstained: the model was trained with the defense 'pgd', not with "
+                           "Gaussian noise of sigma 0.5")
+    assert "advlab train --dataset digits --model mlp --defense gaussian --defense-arg sigma=0.5" in hint
+    other = noise_hint(0.5, 20, 15, 0.1, 0.9, {**run, "defense": {"name": "gaussian", "resolved": {"sigma": 0.25}}})
+    assert "trained with Gaussian noise of sigma 0.25, not 0.5" in other and "--sigma 0.25" in other
+    same = noise_hint(0.25, 20, 15, 0.1, 0.9, {**run, "defense": {"name": "gaussian", "resolved": {"sigma": 0.25}}})
+    assert "although the model was trained with Gaussian noise of this sigma" in same
+    external = noise_hint(0.5, 20, 15, 0.1, 0.9, {"kind": "external", "model": {"name": "nets.py:build"},
+                                                   "defense": {"name": "unknown"}})
+    assert "likely not trained with Gaussian noise of sigma 0.5" in external
+    assert "--dataset D --model M --defense gaussian --defense-arg sigma=0.5" in external
+
+
+def test_smoothing_on_a_model_never_trained_with_noise_says_why(tmp_path, capsys):
+    """Issue 25: randomized smoothing of a model never trained with noise abstained everywhere without a word."""
+    plain = tmp_path / "plain"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=[32]", "--epochs", "4",
+                 "--out", str(plain), "--no-progress"]) == 0
+    capsys.readouterr()
+    argv = ["certify", "--run", str(plain), "--method", "smoothing", "--sigma", "1", "--samples", "100",
+            "--samples0", "20", "--n", "20", "--no-progress"]
+    record = run_json(capsys, *argv)
+    assert record["abstained"] > 10 or record["certified_accuracy"][0]["accuracy"] < 0.5 * record["clean_accuracy"]
+    assert "the model was trained with the defense 'none', not with Gaussian noise of sigma 1" in record["hint"]
+    assert "advlab train --dataset digits --model mlp --defense gaussian --defense-arg sigma=1" in record["hint"]
+    assert main([*argv]) == 0
+    assert f"hint: {record['hint']}" in capsys.readouterr().out
+    ev = run_json(capsys, "evaluate", "--run", str(plain), "--eps", "0.5", "--norm", "l2", "--suite", "fast",
+                  "--n", "20", "--no-checks", "--certify", "--sigma", "1", "--samples", "100")
+    assert "not with Gaussian noise of sigma 1" in ev["certify"]["hint"]
+
+
+def test_smoothing_at_the_sigma_a_model_was_trained_for_gives_no_hint(run_dir, capsys):
+    record = run_json(capsys, "certify", "--run", str(run_dir), "--method", "smoothing", "--sigma", "0.25",
+                      "--samples", "300", "--samples0", "30", "--alpha", "0.01", "--n", "20", "--out",
+                      str(run_dir / "certify" / "hint-check"))
+    assert record["abstained"] <= 10 and "hint" not in record
+
+
 def test_certify_your_own_model(tmp_path, capsys):
     net = tmp_path / "nets.py"
     net.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n"

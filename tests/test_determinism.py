@@ -39,7 +39,8 @@ def test_same_seed_same_bits(tmp_path):
         assert ta.keys() == tb.keys()
         for k in ta:
             assert ta[k].equal(tb[k]), (name, k)
-    drop = {"seconds", "run_dir", "saved", "attack_seconds", "model", "summary"}  # "model" holds the run's path
+    times = {"seconds", "suite_seconds", "checks_seconds"}
+    drop = times | {"run_dir", "saved", "attack_seconds", "model", "summary"}  # "model" holds the run's path
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
     # What was dropped, less the run's path and times: train names the model, attack and evaluate describe it,
@@ -48,7 +49,7 @@ def test_same_seed_same_bits(tmp_path):
     for ra, rb in zip(a[1:], b[1:]):
         assert {k: v for k, v in ra["model"].items() if k != "run"} == \
             {k: v for k, v in rb["model"].items() if k != "run"}
-    summary_a, summary_b = ({k: v for k, v in r[2]["summary"].items() if k not in ("seconds", "command")}
+    summary_a, summary_b = ({k: v for k, v in r[2]["summary"].items() if k not in times | {"command"}}
                             for r in (a, b))
     assert summary_a == summary_b and summary_a
     c = pipeline(tmp_path / "c", 8)

@@ -1,6 +1,7 @@
 """Evaluation: the cascade is the per-example worst case, resumes exactly, and the checks catch masking."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -174,6 +175,108 @@ def test_run_checks_gives_a_verdict(model_and_data):
     assert {"gradients", "gradient_consistency", "unbounded"} <= failed
     assert verdict(bad).startswith("suspicious")
     assert all(c.doc.startswith("docs/checks/") and c.explanation for c in bad)
+
+
+def test_the_checks_count_their_passes_and_attack_only_what_can_count(model_and_data):
+    """Issue 25: the checks cost 60x the suite and their passes were not counted. The stronger attacks run
+    only on points whose result can count: against an evaluation that broke every point they cost nothing."""
+    from advlab.passes import PassCounter
+    model, x, y, bounds = model_and_data
+    x, y = x[:60], y[:60]
+    counted = PassCounter(model)
+    checks = run_checks(counted, x, y, [0.1], bounds=bounds)
+    assert checks.passes == counted.counts() and checks.passes["forward"] > 0 and checks.passes["backward"] > 0
+    assert checks.n == 60 and checks.seconds > 0
+    cheap = run_checks(model, x, y, [0.1], bounds=bounds, thorough=False)
+    nothing_left = run_checks(model, x, y, [0.1], bounds=bounds, reported_robust={0.1: torch.zeros(60, dtype=torch.bool)})
+    assert {c.name for c in nothing_left} == {c.name for c in cheap} | {"convergence", "black_box"}
+    assert nothing_left.passes == cheap.passes  # convergence and Square had no point to attack
+    assert all(c.passed for c in nothing_left if c.name in ("convergence", "black_box"))
+    assert checks.passes["forward"] > cheap.passes["forward"]
+
+
+def test_evaluate_records_the_suite_and_the_checks_apart(tmp_path, capsys):
+    """Issue 25: `seconds` mixed the suite with the checks while `passes` counted only the suite."""
+    from advlab.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "softmax", "--epochs", "2", "--out", str(run),
+                 "--no-progress"]) == 0
+    args = ["evaluate", "--run", str(run), "--eps", "0.1", "--suite", "fast", "--n", "50", "--no-progress"]
+    capsys.readouterr()
+    assert main([*args, "--check-n", "30", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["check_n"] == 30 and rec["checks_seconds"] > 0 and rec["suite_seconds"] > 0
+    assert rec["seconds"] >= rec["suite_seconds"] + rec["checks_seconds"]
+    assert rec["checks_passes"]["forward"] > 0 and rec["checks_passes"]["backward"] > 0
+    for key in ("suite_seconds", "checks_seconds", "checks_passes", "passes", "seconds"):
+        assert rec["summary"][key] == rec[key]
+    assert main([*args, "--no-checks", "--fresh", "--json"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert bare["passes"] == rec["passes"]  # the suite's count does not depend on the checks
+    assert bare["checks_passes"] == {"forward": 0, "backward": 0} and bare["checks_seconds"] == 0
+    assert main([*args, "--check-n", "30", "--fresh"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"\d+\.\d s \(attacks \d+\.\d s, gradient-masking checks \d+\.\d s\)", text), text
+    assert re.search(r"checks \(on 30 points, [\d.]+ s, [\d,]+ forward \+ [\d,]+ backward passes; the attacks: ", text)
+
+
+def test_the_text_says_what_dominating_checks_cost_and_how_to_bound_them(tmp_path):
+    from advlab.cli.evaluate import _text
+    rec = {"suite": "fast", "norm": "linf", "n": 20, "clean_accuracy": 1.0, "seconds": 314.0, "suite_seconds": 5.0,
+           "checks_seconds": 309.0, "check_n": 20, "checks_passes": {"forward": 24983, "backward": 4613},
+           "passes": {"forward": 1664, "backward": 1680}, "results": [], "verdict": "ok",
+           "checks": [{"name": "monotone", "passed": True, "detail": "fine"}]}
+    text = _text(rec, tmp_path)
+    assert "314.0 s (attacks 5.0 s, gradient-masking checks 309.0 s)" in text
+    assert "24,983 forward + 4,613 backward passes; the attacks: 1,664 forward + 1,680 backward passes" in text
+    assert "note: the gradient-masking checks took 309.0 s, 62x the attacks' 5.0 s; bound them with --check-n K " \
+           "(now 20 points) or skip them with --no-checks" in text
+    assert "note:" not in _text({**rec, "checks_seconds": 4.0, "seconds": 9.0}, tmp_path)
+
+
+NETS = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+def test_the_recorded_command_reproduces_from_its_flags(tmp_path, monkeypatch, capsys):
+    """Issue 25: the summary's command kept a relative --weights and dropped --device and --out."""
+    import shlex
+
+    from advlab.artifacts.evaluate import evaluate_run
+    from advlab.cli import main
+    from advlab.subject import open_subject
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(NETS)
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), "w.pt")
+    weights = shlex.quote(str((tmp_path / "w.pt").resolve()))
+    args = ["evaluate", "--model", "nets.py:build", "--weights", "w.pt", "--dataset", "digits", "--eps", "0.1",
+            "--suite", "fast", "--n", "40", "--no-checks", "--no-progress", "--json"]
+    assert main([*args, "--device", "cpu", "--out", "mine"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    command = rec["summary"]["command"]
+    mine, nets = (shlex.quote(str((tmp_path / name).resolve())) for name in ("mine", "nets.py"))
+    assert f" --weights {weights} " in command and " --device cpu" in command and f" --out {mine}" in command, command
+    assert f" --model {nets}:build " in command  # every path absolute: the command runs from any folder
+    argv = shlex.split(command)
+    assert argv[:2] == ["advlab", "evaluate"]
+    monkeypatch.chdir(tmp_path.parent)  # from another folder
+    assert main([*argv[1:], "--fresh", "--no-checks", "--no-progress", "--json"]) == 0  # the command runs as recorded
+    again = json.loads(capsys.readouterr().out)
+    assert again["results"] == rec["results"] and again["summary"]["command"] == command
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--out", "other"]) == 0  # --device auto (the default) is not written out
+    assert " --device" not in json.loads(capsys.readouterr().out)["summary"]["command"]
+    # from Python: the external model's run directory is its --out
+    subject = open_subject(model="nets.py:build", weights="w.pt", dataset="digits", run_dir="py-run", device="cpu")
+    command = evaluate_run(subject, eps=[0.1], suite="fast", n=40, checks=False, progress=False)["summary"]["command"]
+    py_run = shlex.quote(str((tmp_path / "py-run").resolve()))
+    assert f" --weights {weights} " in command and f" --out {py_run}" in command and " --device" not in command
 
 
 def test_evaluate_cli_contract(tmp_path):

@@ -2,12 +2,15 @@
 
 import base64
 import json
+import os
 import re
 import shutil
+import stat
 
 import pytest
 
 from advlab.cli import main
+from advlab.cli.common import file_size
 from advlab.evaluate.stats import clopper_pearson
 from advlab.report.html import build_report, collect, sections, write_report
 
@@ -44,6 +47,185 @@ def test_report_has_every_section_and_is_self_contained(run_root, capsys):
     for name in ("monotone", "unbounded", "single_step"):  # the checklist, with the doc pages
         assert f"docs/checks/{name}.md" in html
     assert "@media print" in html
+
+
+def test_the_report_is_written_with_the_umask_and_its_size_printed_in_a_fitting_unit(run_root, tmp_path, capsys):
+    """Issue 25: report.html was 0600 (tempfile.mkstemp) and an 84 KB file was printed as "(0.1 MB)"."""
+    small = tmp_path / "only-a-model"  # a report of some KB
+    small.mkdir()
+    for name in ("card.json", "model.safetensors"):
+        shutil.copy(run_root / "adversarial" / name, small / name)
+    for root in (run_root, small):
+        old = os.umask(0o022)
+        try:
+            assert main(["report", str(root)]) == 0
+        finally:
+            os.umask(old)
+        path = root / "report.html"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        size = path.stat().st_size
+        printed = re.search(r"report written to .* \(([0-9.]+) (B|KB|MB|GB)\):", capsys.readouterr().out)
+        assert printed, "no size printed"
+        value, unit = float(printed[1]), printed[2]
+        scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+        assert 1 <= value < 1000 and abs(value * scale - size) <= 0.05 * size, (printed[0], size)
+    assert size < 1e5
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (84_321, "84 KB"),
+                                     (999_600, "1.0 MB"), (1_234_567, "1.2 MB"), (12_345_678, "12 MB")])
+def test_file_sizes_read_in_a_fitting_unit(n, text):
+    assert file_size(n) == text
+
+
+def test_an_evaluation_shows_its_attacks_and_its_checks_apart(run_root, tmp_path):
+    """Issue 25: the evaluation's seconds mixed the attacks with the checks. The report shows both, their passes,
+    and, when the checks take longer than the attacks, what they cost and how to bound them."""
+    from advlab.report.entries import fmt
+    path, ctx = write_report(run_root)
+    html = path.read_text()
+    rec = json.loads((run_root / "standard" / "eval" / "fast-linf" / "result.json").read_text())
+    assert rec["checks"] and rec["check_n"] > 0
+    assert (f"({fmt(rec['seconds'], 3)} s: attacks {fmt(rec['suite_seconds'], 3)} s,\n    gradient-masking checks "
+            f"{fmt(rec['checks_seconds'], 3)} s)") in html
+    assert (f"{rec['passes']['forward']} forward and {rec['passes']['backward']}\n    backward passes (image rows) for "
+            f"the attacks,\n    {rec['checks_passes']['forward']} forward and {rec['checks_passes']['backward']} backward "
+            f"for the checks on {rec['check_n']} points") in html
+    config = next(c for c in ctx["configs"] if c["run"] == "standard")
+    timings = dict(config["timings"])
+    assert timings["evaluate fast suite (linf): attacks"] == rec["suite_seconds"]
+    assert timings[f"evaluate fast suite (linf): gradient-masking checks on {rec['check_n']} points"] == \
+        rec["checks_seconds"]
+    # A copy of the run whose checks took 60x the attacks, and one whose checks were quick.
+    for checks_seconds, noted in ((60 * rec["suite_seconds"], True), (rec["suite_seconds"] / 2, False)):
+        copy = tmp_path / f"checks-{noted}"
+        shutil.copytree(run_root / "standard", copy, ignore=shutil.ignore_patterns("attacks", "transfer", "*.html"))
+        path = copy / "eval" / "fast-linf" / "result.json"
+        path.write_text(json.dumps({**rec, "checks_seconds": checks_seconds}))
+        html = build_report(copy).read_text()
+        note = re.search(r'<p class="checks-cost">(.*?)</p>', html, re.S)
+        assert bool(note) == noted
+        if noted:
+            assert f"took {fmt(checks_seconds, 3)} s on {rec['check_n']} points" in note[1]
+            assert "--check-n" in note[1] and "--no-checks" in note[1]
+
+
+def test_one_epsilon_is_points_and_two_suites_are_told_apart(run_root, tmp_path):
+    """Issue 25: one eps was a straight line from (0, clean) to (eps, robust), and two suites on one model got the
+    same colour on top of each other."""
+    from advlab import plotting
+    run = tmp_path / "run"
+    shutil.copytree(run_root / "standard", run, ignore=shutil.ignore_patterns("transfer", "*.html"))
+    rec = json.loads((run / "eval" / "fast-linf" / "result.json").read_text())
+    assert len(rec["results"]) == 1  # the quick demo evaluates at one budget
+    (run / "eval" / "standard-linf").mkdir()
+    (run / "eval" / "standard-linf" / "result.json").write_text(json.dumps({**rec, "suite": "standard"}))
+    (curve,) = collect(run)["curves"]
+    suites = [s for s in curve["series"] if "suite" in s["label"]]
+    attacks = [s for s in curve["series"] if s not in suites]
+    assert len(suites) == 2 and attacks and all(len(s["eps"]) > 2 for s in attacks)
+    ax = plotting.robustness_figure(curve["series"]).axes[0]
+    points = {c.get_label(): c for c in ax.containers}  # markers with error bars
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(points) == {s["label"] for s in suites} and set(lines) == {s["label"] for s in attacks}
+    drawn = [points[s["label"]].lines[0] for s in suites]
+    for s, line in zip(suites, drawn):
+        assert line.get_linestyle() == "None" and line.get_marker() not in (None, "None", "")
+        assert list(line.get_ydata()) == pytest.approx(s["acc"])
+        assert list(line.get_xdata()) == pytest.approx(s["eps"], abs=0.02 * max(s["eps"]))
+    assert drawn[0].get_color() != drawn[1].get_color() and drawn[0].get_marker() != drawn[1].get_marker()
+    assert drawn[0].get_xdata()[1] != drawn[1].get_xdata()[1]  # set apart, not on top of each other
+    for s in attacks:  # several budgets: still a line through them
+        assert lines[s["label"]].get_linestyle() != "None"
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {s["label"] for s in curve["series"]}
+    assert "no line between them" in build_report(run).read_text()
+
+
+NETS = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+"""
+
+
+@pytest.fixture(scope="module")
+def external_run(tmp_path_factory):
+    """`advlab evaluate --model nets.py:build --weights w.pt` (a trained linear model on digits) and its run."""
+    import torch
+    from advlab.data import load_dataset
+    root = tmp_path_factory.mktemp("external")
+    (root / "nets.py").write_text(NETS)
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(digits.x_train), digits.y_train).backward()
+        opt.step()
+    torch.save(net.state_dict(), root / "w.pt")
+    run = root / "mine"
+    assert main(["evaluate", "--model", f"{root}/nets.py:build", "--weights", str(root / "w.pt"), "--dataset", "digits",
+                 "--eps", "0.1", "--suite", "fast", "--n", "40", "--no-checks", "--no-progress", "--out", str(run)]) == 0
+    return run
+
+
+def test_an_external_model_is_named_by_its_spec_and_weights(external_run, capsys):
+    """Issue 25: the Models table said `defense unknown` and n/a for `--model SPEC --weights W`."""
+    card = json.loads((external_run / "card.json").read_text())
+    sha = card["model"]["weights_sha256"]
+    ctx = collect(external_run)
+    (row,) = ctx["runs"]
+    assert row["external"] == {"spec": card["model"]["spec"], "weights": "w.pt", "sha256": sha[:12]}
+    assert row["defense"]["name"] == "external"
+    html = build_report(external_run).read_text()
+    table = html[html.index('<section id="runs">'):html.index("</section>", html.index('<section id="runs">'))]
+    assert "nets.py:build</code>" in table and "weights w.pt" in table and f"<code>{sha[:12]}</code>" in table
+    assert "external" in table and "unknown" not in table
+
+
+def test_an_evaluation_shows_a_grid_of_its_saved_examples(run_root, external_run):
+    """Issue 25: no image grid was shown for an evaluation's saved examples (eval/SUITE-NORM/adversarial.safetensors)."""
+    from advlab import plotting
+    from advlab.io import load_tensors
+    for root, run, key in ((run_root, "standard", "standard"), (external_run, external_run, None)):
+        path, ctx = write_report(root)
+        name = key or ctx["runs"][0]["name"]
+        (grid,) = [g for g in ctx["grids"] if g["run"] == name and g["attack"] == "suite fast (worst case)"]
+        ev_dir = (root / run if key else external_run) / "eval" / "fast-linf"
+        rec = json.loads((ev_dir / "result.json").read_text())
+        t = load_tensors(ev_dir / "adversarial.safetensors")
+        assert [g["eps"] for g in grid["grids"]] == [r["eps"] for r in rec["results"]]
+        for e, g in enumerate(grid["grids"]):
+            fooled = t["broken_by"][e] > 0
+            assert fooled.any()
+            idx = plotting.fooled_first(fooled, 8)
+            probs = t["logits"][e][idx].softmax(1)
+            expected = plotting.adversarial_grid_png(t["x"][idx], t["x_adv"][e][idx], t["y"][idx], probs.argmax(1),
+                                                     probs.amax(1), rec["classes"],
+                                                     title=f"suite fast linf eps={r_eps(rec, e)}: the worst case per point")
+            assert g["src"] == plotting.data_uri(expected)
+        html = path.read_text()
+        assert f"{name} · suite fast (worst case) (linf)" in html and grid["grids"][0]["src"] in html
+
+
+def test_a_certificate_that_says_little_comes_with_its_hint(run_root, tmp_path, capsys):
+    """Issue 25: smoothing a model never trained with noise abstains everywhere; the report says why."""
+    run = tmp_path / "run"
+    shutil.copytree(run_root / "standard", run, ignore=shutil.ignore_patterns("attacks", "transfer", "eval", "*.html"))
+    assert main(["certify", "--run", str(run), "--method", "smoothing", "--sigma", "1", "--samples", "100",
+                 "--samples0", "20", "--n", "20", "--no-progress", "--json"]) == 0
+    hint = json.loads(capsys.readouterr().out)["hint"]
+    assert "not with Gaussian noise of sigma 1" in hint
+    html = build_report(run).read_text()
+    section = html[html.index('<section id="certified">'):]
+    assert "<strong>Hint:</strong> " + hint.replace("'", "&#39;") in section
+
+
+def r_eps(rec, e):
+    return f"{rec['results'][e]['eps']:.4g}"
 
 
 def test_curve_bands_are_the_clopper_pearson_intervals_of_the_saved_numbers(run_root):

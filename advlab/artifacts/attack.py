@@ -115,7 +115,7 @@ def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
 def save_attack(out: str | os.PathLike, x: torch.Tensor, result, classes, record: dict[str, Any],
                 per_grid: int = 8) -> Path:
     """Adversarial examples and logits as safetensors, the record as JSON, one PNG grid per epsilon."""
-    from ..plotting import adversarial_grid
+    from ..plotting import adversarial_grid, fooled_first
 
     out = Path(out)
     x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
@@ -126,8 +126,7 @@ def save_attack(out: str | os.PathLike, x: torch.Tensor, result, classes, record
     probs = result.logits.softmax(2)  # (E, N, K)
     for e, eps in enumerate(result.eps):
         # Fooled points first: they are what the grid is for.
-        fooled = result.success[e] & result.clean_correct
-        idx = torch.cat([fooled.nonzero().flatten(), (~fooled).nonzero().flatten()])[:per_grid]
+        idx = fooled_first(result.success[e] & result.clean_correct, per_grid)
         adversarial_grid(x[idx], result.x_adv[e][idx], result.y[idx], probs[e][idx].argmax(1),
                          probs[e][idx].amax(1), classes, out / names.grid_png(eps),
                          title=f"{result.attack} {result.norm} eps={eps:g}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..certify.ibp import certify_ibp
 from ..certify.result import Certificate
-from ..certify.smoothing import certify_smoothing
+from ..certify.smoothing import certify_smoothing, noise_hint
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import write_csv, write_json
@@ -69,6 +69,11 @@ def certify_run(subject, method: str, *, sigma: float | None = None, eps: float 
     record["certify_seconds"] = cert.seconds
     record["certifies"] = ("the smoothed classifier g (majority vote of the model under Gaussian noise), "
                            "not the model itself" if method == "smoothing" else "the model itself")
+    if method == "smoothing":
+        hint = noise_hint(sigma, cert.n, cert.abstained(), float(cert.certified(0.0).float().mean()) if cert.n else 0.0,
+                          record["clean_accuracy"], subject.card)
+        if hint:
+            record["hint"] = hint
     write_json(out / names.RESULT_FILE, record)
     _write_csvs(out, record, cert)
     return record

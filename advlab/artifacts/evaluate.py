@@ -23,7 +23,7 @@ from .. import distributed
 from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
-from ..evaluate import evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
 from . import names
@@ -32,10 +32,12 @@ from .attack import describe_budgets, resolve_budgets
 Log = Callable[[str], None]
 
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
-COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "classes", "labels",
-                 "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed",
-                 "batch_size", "chunk_size")
+COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "data_dir", "classes",
+                 "labels", "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed",
+                 "batch_size", "chunk_size", "device", "out")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
+# Written by their absolute paths, so the recorded command finds its files from any folder.
+PATH_FLAGS = {"run", "weights", "model_dir", "data", "data_dir", "suite_file", "eps_per_class", "out"}
 
 
 def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_class: str | os.PathLike | None = None,
@@ -53,6 +55,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     imagenet) is evaluated `chunk_size` points at a time (advlab.evaluate.chunked); other data ignores it."""
     started = time.perf_counter() if started is None else started
     log = log or (lambda message: None)
+    given_out = out
     entries = get_suite(suite, suite_file, norm=norm)
     check_certify(subject, norm, certify, sigma)
     data = subject.data
@@ -82,7 +85,8 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                                  identity=subject.identity())
     if not distributed.is_main():
         return None
-    found = _checks(subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) if checks else []
+    found = _checks(subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) if checks \
+        else Checks()
     record = _record(subject, suite, norm, ev, found, per_class, time.perf_counter() - started)
     if certify:
         log(f"certifying the same {len(y)} points ({'IBP' if norm == 'linf' else f'smoothing, sigma {sigma:g}'})")
@@ -90,9 +94,17 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
         record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], robust=ev.robust,
                                            sigma=sigma, samples=samples, samples0=samples0, alpha=alpha, seed=seed,
                                            state_dir=out / names.CERTIFY_DIR, progress=progress)
+        if record["certify"]["method"] == "smoothing":
+            from ..certify.smoothing import noise_hint
+            c = record["certify"]
+            hint = noise_hint(sigma, len(y), c["abstained"], c["smoothed_accuracy"], record["clean_accuracy"],
+                              subject.card)
+            if hint:
+                c["hint"] = hint
     if command is None:
         command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
-                                              batch_size), ignore_recorded=ignore_recorded)
+                                              batch_size, given_out), ignore_recorded=ignore_recorded)
+    record["seconds"] = time.perf_counter() - started  # the whole step: suite, checks and certificates
     record["summary"] = summary(record, command)
     if ev.x_adv is not None:  # evaluated in chunks: each chunk's folder holds its examples
         save_examples(out, x, ev, budgets)
@@ -101,15 +113,19 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     return record
 
 
-def _record(subject, suite: str, norm: str, ev, checks: list, per_class, seconds: float) -> dict[str, Any]:
-    """The `advlab evaluate --json` object, before the certified rows and the summary."""
+def _record(subject, suite: str, norm: str, ev, checks: Checks, per_class, seconds: float) -> dict[str, Any]:
+    """The `advlab evaluate --json` object, before the certified rows and the summary.
+
+    `seconds` is the whole step's wall time; `suite_seconds` and `passes` the suite's attacks alone (comparable
+    with AutoAttack), `checks_seconds` and `checks_passes` the gradient-masking checks on `check_n` points."""
     record = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
-              "seconds": seconds, "attack_seconds": ev.attack_seconds,
+              "seconds": seconds, "suite_seconds": ev.seconds, "checks_seconds": checks.seconds,
+              "check_n": checks.n, "attack_seconds": ev.attack_seconds,
               "verdict": verdict(checks) if checks else "not checked",
               "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
               "adversarial_confusion": ev.adversarial_confusion(), "classes": list(subject.data.classes),
               "checks": [c.as_dict() for c in checks], **subject.record(), "passes": ev.passes,
-              "world_size": distributed.world_size()}
+              "checks_passes": checks.passes, "world_size": distributed.world_size()}
     if ev.oom_batch_sizes:
         record["batch_size_after_oom"] = ev.oom_batch_sizes
     if per_class is not None:
@@ -139,7 +155,7 @@ def check_certify(subject, norm: str, certify: bool, sigma: float | None) -> Non
                           "`norm='l2'` (randomized smoothing with `sigma`)")
 
 
-def _checks(subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> list:
+def _checks(subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> Checks:
     """x: the first check_n points (or all, when there are fewer)."""
     log(f"gradient-masking checks on {min(check_n, len(y))} points ...")
     check_eps = budgets if per_class is None else sorted(set(per_class))
@@ -155,19 +171,36 @@ def summary(record: dict[str, Any], command: str) -> dict[str, Any]:
             "eps": [r["eps"] for r in record["results"]],
             "robust_accuracy": [r["robust_accuracy"] for r in record["results"]],
             "ci95": [r["ci95"] for r in record["results"]], "n": record["n"], "suite": record["suite"],
-            "passes": record["passes"], "seconds": record["seconds"], "device": record["device"],
-            "command": command}
+            "passes": record["passes"], "seconds": record["seconds"], "suite_seconds": record["suite_seconds"],
+            "checks_seconds": record["checks_seconds"], "checks_passes": record["checks_passes"],
+            "device": record["device"], "command": command}
+
+
+def checks_dominate(record: dict[str, Any]) -> bool:
+    """Whether the gradient-masking checks took longer than the suite's attacks (then the output says what
+    they cost and how to bound them)."""
+    return float(record.get("checks_seconds") or 0) > float(record.get("suite_seconds") or 0)
 
 
 def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] | None = None,
                      ignore_recorded: bool = False) -> str:
     """The `advlab evaluate` command line for these settings (resolved defaults included): `flags` maps each
-    of COMMAND_FLAGS to its value as typed (None: left out), `repeated` each of COMMAND_REPEATED to its
-    KEY=VALUE items."""
+    of COMMAND_FLAGS to its value as typed (None: left out; `device` as asked, e.g. "cuda", left out when
+    "auto"), `repeated` each of COMMAND_REPEATED to its KEY=VALUE items. Files and folders (PATH_FLAGS, and the
+    file of a FILE.py:FUNCTION model) are given by their absolute paths, as the card records the weights, so the
+    command runs from any folder."""
     parts = ["advlab", "evaluate"]
     for key in COMMAND_FLAGS:
-        if flags.get(key) is not None:
-            parts += [f"--{key.replace('_', '-')}", shlex.quote(str(flags[key]))]
+        value = flags.get(key)
+        if value is None or (key == "device" and str(value).strip().lower() == "auto"):
+            continue
+        if key in PATH_FLAGS:
+            value = Path(value).expanduser().resolve()
+        elif key == "model":
+            source, sep, name = str(value).rpartition(":")
+            if sep and source.endswith(".py"):
+                value = f"{Path(source).expanduser().resolve()}:{name}"
+        parts += [f"--{key.replace('_', '-')}", shlex.quote(str(value))]
     for key in COMMAND_REPEATED:
         for value in (repeated or {}).get(key) or []:
             parts += [f"--{key.replace('_', '-')}", shlex.quote(value)]
@@ -176,15 +209,18 @@ def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] |
     return " ".join(parts)
 
 
-def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size) -> dict[str, Any]:
-    """evaluate_command's flags for an evaluation called from Python (the demo, reproduce)."""
+def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size, out) -> dict[str, Any]:
+    """evaluate_command's flags for an evaluation called from Python (the demo, reproduce). `--out`: with a run
+    directory, the evaluation's folder the caller gave (None: the default); with an external model, its run
+    directory (where `--out` puts it). No `--device`: a Subject holds it resolved, and auto finds it."""
     external = subject.card.get("kind") == "external"
     return {"run": None if external else str(subject.run_dir),
             "model": subject.model_record.get("spec") if external else None,
             "weights": subject.model_record.get("weights") if external else None,
             "model_dir": (subject.card["model"].get("zoo") or {}).get("model_dir") if external else None,
             "eps": None if eps is None else describe_budgets(eps, None), "eps_per_class": eps_per_class,
-            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size}
+            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size,
+            "out": str(subject.run_dir) if external else None if out is None else str(out)}
 
 
 def write_csvs(out: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ def certified_rows(subject, x: torch.Tensor, y: torch.Tensor, eps: list, norm: s
         masks = [cert.certified(0.0) & (cert.radius >= _eps_points(e, n)) for e in eps]
         info = {"method": "smoothing", "norm": "l2", "sigma": sigma, "samples": samples, "samples0": samples0,
                 "alpha": alpha, "abstained": cert.abstained(),
+                "smoothed_accuracy": float(cert.certified(0.0).float().mean()) if n else float("nan"),
                 "certifies": "the smoothed classifier g, not the attacked model: not a bound on its robust accuracy"}
     else:
         raise AdvlabError(f"no certificate for norm {norm}; linf (IBP) and l2 (randomized smoothing) have one")

@@ -65,6 +65,54 @@ def radius_from_p(p_lower: float, sigma: float) -> float:
     return sigma * float(norm.ppf(p_lower)) if p_lower >= 0.5 else 0.0
 
 
+# When randomized smoothing says little: most points abstain, or the smoothed classifier is right on fewer than
+# half as many points as the model itself. The usual cause is a base model never trained under that noise.
+ABSTAIN_SHARE, FAR_BELOW = 0.5, 0.5
+
+
+def noise_hint(sigma: float, n: int, abstained: int, smoothed_accuracy: float, clean_accuracy: float | None,
+               card: dict[str, Any] | None = None) -> str | None:
+    """Why a smoothing certificate says little, and what to do, or None when it does not.
+
+    `smoothed_accuracy`: the share of points the smoothed classifier certifies correctly at radius 0;
+    `card`: the run's card, whose defense says how the model was trained (None or an external model: unknown)."""
+    if n <= 0:
+        return None
+    many = abstained > ABSTAIN_SHARE * n
+    far = clean_accuracy is not None and smoothed_accuracy < FAR_BELOW * clean_accuracy
+    if not (many or far):
+        return None
+    what = (f"{abstained} of {n} points abstained" if many else
+            f"the smoothed classifier is right on {smoothed_accuracy:.1%} of the points, the model on "
+            f"{clean_accuracy:.1%}")
+    card = card or {}
+    defense = card.get("defense") or {}
+    name = defense.get("name")
+    train = _noise_training(card, sigma)
+    if name == "gaussian":
+        trained = (defense.get("resolved") or {}).get("sigma", defense.get("sigma"))
+        if trained is not None and not math.isclose(float(trained), sigma, rel_tol=1e-6):
+            return (f"{what}: the model was trained with Gaussian noise of sigma {float(trained):g}, not {sigma:g}; "
+                    f"certify at the sigma it was trained for (--sigma {float(trained):g}) or train one for this "
+                    f"sigma: {train}")
+        return (f"{what}, although the model was trained with Gaussian noise of this sigma: it may need more "
+                "training, or a smaller sigma")
+    if name in (None, "unknown") or card.get("kind") == "external":
+        return (f"{what}: the model was likely not trained with Gaussian noise of sigma {sigma:g}, and randomized "
+                "smoothing needs a base model that classifies inputs under that noise; train it with Gaussian "
+                f"noise augmentation of that sigma (in advlab: {train})")
+    return (f"{what}: the model was trained with the defense {name!r}, not with Gaussian noise of sigma {sigma:g}, "
+            f"which randomized smoothing needs of its base model; train one with {train}")
+
+
+def _noise_training(card: dict[str, Any], sigma: float) -> str:
+    """The `advlab train` command for a model like the card's, trained under Gaussian noise of `sigma`."""
+    model, dataset = card.get("model") or {}, card.get("dataset") or {}
+    known = card.get("kind") != "external" and model.get("name") and dataset.get("name")
+    args = f"--dataset {dataset['name']} --model {model['name']}" if known else "--dataset D --model M"
+    return f"advlab train {args} --defense gaussian --defense-arg sigma={sigma:g} --out RUN"
+
+
 class _Sampler:
     """Counts of f's answers on noisy copies of points; rows of several points share a batch."""
 

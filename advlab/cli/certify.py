@@ -84,6 +84,8 @@ def text(record: dict, out: Path | None = None) -> str:
     for r in record["certified_accuracy"]:
         lo, hi = r["ci95"]
         lines.append(f"{r['radius']:>8.4g}  {r['accuracy']:>13.4f}  [{lo:.4f}, {hi:.4f}]")
+    if record.get("hint"):
+        lines.append(f"hint: {record['hint']}")
     if out is not None:
         lines.append(f"results in {out}")
     return "\n".join(lines)
@@ -112,4 +114,6 @@ def certified_text(record: dict) -> list[str]:
     if c.get("contradictions"):
         lines.append(f"WARNING: {c['contradictions']} point(s) certified but broken by an attack: a bug "
                      "(please report it)")
+    if c.get("hint"):
+        lines.append(f"hint: {c['hint']}")
     return lines

@@ -67,6 +67,17 @@ def log(message: str) -> None:
     write(message)
 
 
+def file_size(n_bytes: int) -> str:
+    """A file size for people, in decimal units: 512 B, 84 KB, 3.1 MB, 12 MB, 1.5 GB (one decimal below 10)."""
+    units = ("B", "KB", "MB", "GB", "TB")
+    value, i = float(n_bytes), 0
+    while value >= 999.5 and i < len(units) - 1:  # what would print as 1000 goes up a unit
+        value, i = value / 1000, i + 1
+    if i == 0:
+        return f"{int(n_bytes)} B"
+    return f"{value:.1f} {units[i]}" if value < 9.95 else f"{value:.0f} {units[i]}"
+
+
 def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
     if args.json:
         print(dumps(record))

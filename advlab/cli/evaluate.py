@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from ..artifacts.evaluate import COMMAND_FLAGS, COMMAND_REPEATED
+from ..artifacts.evaluate import COMMAND_FLAGS, COMMAND_REPEATED, checks_dominate
 from ..device import resolve_device
 from ..evaluate import get_suite
 from ..evaluate.suites import SUITES
@@ -66,20 +66,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passes(p: dict) -> str:
+    return f"{p.get('forward', 0):,} forward + {p.get('backward', 0):,} backward passes"
+
+
 def _text(record: dict, out: Path) -> str:
+    split = f"attacks {record['suite_seconds']:.1f} s"
+    if record["checks"]:
+        split += f", gradient-masking checks {record['checks_seconds']:.1f} s"
     lines = [f"suite {record['suite']} ({record['norm']}), n={record['n']}, clean accuracy "
-             f"{record['clean_accuracy']:.4f}, {record['seconds']:.1f} s",
+             f"{record['clean_accuracy']:.4f}, {record['seconds']:.1f} s ({split})",
              f"{'eps':>8}  {'robust acc':>10}  {'95% interval':>17}"]
     for r in record["results"]:
         lo, hi = r["ci95"]
         lines.append(f"{r['eps']:>8.4g}  {r['robust_accuracy']:>10.4f}  [{lo:.4f}, {hi:.4f}]")
     lines += certified_text(record)
     if record["checks"]:
-        lines.append("checks:")
+        lines.append(f"checks (on {record['check_n']} points, {record['checks_seconds']:.1f} s, "
+                     f"{_passes(record['checks_passes'])}; the attacks: {_passes(record['passes'])}):")
         for c in record["checks"]:
             lines.append(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
             if not c["passed"]:
                 lines.append(f"         {c['explanation']} (see {c['doc']})")
     lines.append(f"verdict: {record['verdict']}")
+    if record["checks"] and checks_dominate(record):
+        ratio = record["checks_seconds"] / max(record["suite_seconds"], 1e-9)
+        times = f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+        lines.append(f"note: the gradient-masking checks took {record['checks_seconds']:.1f} s, {times} the "
+                     f"attacks' {record['suite_seconds']:.1f} s; bound them with --check-n K (now "
+                     f"{record['check_n']} points) or skip them with --no-checks")
     lines.append(f"results in {out}")
     return "\n".join(lines)

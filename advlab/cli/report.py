@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_subcommand, emit
+from .common import add_subcommand, emit, file_size
 from . import types as T
 
 
@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
 
     path, context = write_report(args.run_dir, args.out)
     record = {"report": str(path), "bytes": Path(path).stat().st_size, "sections": sections(context)}
-    emit(args, record, f"report written to {path} ({record['bytes'] / 1e6:.1f} MB): {', '.join(record['sections'])}")
+    emit(args, record, f"report written to {path} ({file_size(record['bytes'])}): {', '.join(record['sections'])}")
     return 0

@@ -75,6 +75,15 @@ def load_external_model(spec: str, *, weights: str | Path | None = None, model_a
     return net.eval(), info
 
 
+def absolute_spec(spec: str) -> str:
+    """path/to/file.py:FUNCTION with the file's absolute path (what cards and recorded commands keep); any other
+    spec as it is."""
+    source, sep, name = str(spec).strip().rpartition(":")
+    if sep and (source.endswith(".py") or "/" in source or "\\" in source):
+        return f"{Path(source).expanduser().resolve()}:{name}"
+    return str(spec).strip()
+
+
 # -- building -------------------------------------------------------------------------------------
 def build_external(spec: str, model_args: dict[str, Any], input_shape=None, num_classes=None) -> nn.Module:
     if not isinstance(spec, str) or not spec.strip():

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..artifacts import names
+from ..artifacts.evaluate import checks_dominate
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
 from ..io import load_tensors
@@ -66,7 +67,8 @@ def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
                 series[key].insert(0, 0.0 if key == "eps" else clean)
     return {"run": name, "suite": rec["suite"], "norm": rec.get("norm", "linf"), "n": rec.get("n"),
             "method": c.get("method"), "certifies": c.get("certifies", ""), "sigma": c.get("sigma"),
-            "contradictions": c.get("contradictions"), "same_model": same, "rows": table, "series": series}
+            "contradictions": c.get("contradictions"), "same_model": same, "rows": table, "series": series,
+            "hint": c.get("hint")}
 
 
 def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +146,51 @@ def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dic
     return None
 
 
+def eval_grids(ev_dir: Path, rec: dict[str, Any], classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
+    """One example grid per budget from an evaluation's saved worst-case examples (eval/SUITE-NORM/
+    adversarial.safetensors), drawn as `advlab attack --save` draws its grids: rows clean, perturbation,
+    adversarial, the points an attack broke first. Only the rows shown are read from the file. [] when the
+    file is missing or unreadable, or its inputs are not images."""
+    from safetensors import safe_open
+
+    path = ev_dir / names.EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            if not {"x", "x_adv", "logits", "y"} <= keys:
+                return []
+            x_rows, adv_rows = f.get_slice("x"), f.get_slice("x_adv")
+            shape = adv_rows.get_shape()  # (E, N, ...)
+            if len(shape) < 4 or len(shape) != len(x_rows.get_shape()) + 1 or shape[0] != len(rec["results"]):
+                return []  # (E, N, C, H, W) or (E, N, H, W): images only
+            y, logits = f.get_tensor("y").long(), f.get_tensor("logits")
+            broken_by = f.get_tensor("broken_by") if "broken_by" in keys else None
+            clean = f.get_tensor("clean_logits") if "clean_logits" in keys else None
+            classes = list(classes or [str(i) for i in range(logits.shape[-1])])
+            grids = []
+            for e, row in enumerate(rec["results"]):
+                if broken_by is not None:
+                    fooled = broken_by[e] > 0  # broken by an attack (0: a clean mistake, -1: robust)
+                else:
+                    fooled = (logits[e].argmax(1) != y) & (clean.argmax(1) == y if clean is not None else True)
+                idx = F.fooled_first(fooled, per_grid).tolist()
+                if not idx:
+                    continue
+                x = torch.cat([x_rows[i:i + 1] for i in idx])
+                x_adv = torch.cat([adv_rows[e:e + 1, i:i + 1] for i in idx], dim=1)[0]
+                probs = logits[e, idx].softmax(1)
+                eps = fmt(row["eps"]) if isinstance(row["eps"], (int, float)) else "per class"
+                png = F.adversarial_grid_png(x, x_adv, y[idx], probs.argmax(1), probs.amax(1), classes,
+                                             title=f"suite {rec['suite']} {rec.get('norm', 'linf')} eps={eps}: "
+                                                   "the worst case per point")
+                grids.append({"eps": row["eps"], "src": F.data_uri(png)})
+            return grids
+    except (OSError, RuntimeError, ValueError, KeyError, IndexError):  # a file the report cannot use is left out
+        return []
+
+
 def _tile(x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor | None, classes) -> dict[str, Any]:
     true = classes[int(y)]
     if probs is None:
@@ -187,6 +234,18 @@ def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
                 body = path.read_text()
         rows.append({**c, "doc": doc, "href": href, "body": body})
     return rows
+
+
+def checks_cost_note(rec: dict[str, Any]) -> str | None:
+    """When an evaluation's gradient-masking checks took longer than its attacks: what they cost and how to
+    bound them (None otherwise, and for records from before the two were timed apart)."""
+    if not rec.get("checks") or "suite_seconds" not in rec or not checks_dominate(rec):
+        return None
+    p = rec.get("checks_passes") or {}
+    return (f"The gradient-masking checks took {fmt(rec['checks_seconds'], 3)} s on {rec.get('check_n')} points "
+            f"({p.get('forward', 0)} forward and {p.get('backward', 0)} backward passes), longer than the attacks "
+            f"({fmt(rec['suite_seconds'], 3)} s). Bound them with --check-n K (fewer points) or leave them out with "
+            "--no-checks; the attacks' numbers do not depend on them.")
 
 
 # -- analyses found anywhere under the root -------------------------------------------------------
@@ -287,7 +346,7 @@ def certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:
     return {"run": name, "label": label, "method": rec["method"], "what": what, "n": rec["n"],
             "norm": rec.get("norm", "l2" if rec["method"] == "smoothing" else "linf"),
             "certifies": rec.get("certifies", ""), "seconds": rec.get("seconds"),
-            "clean_accuracy": rec.get("clean_accuracy"), "rows": curve,
+            "clean_accuracy": rec.get("clean_accuracy"), "rows": curve, "hint": rec.get("hint"),
             "series": {"label": label, "radius": [float(r["radius"]) for r in curve],
                        "acc": [float(r["accuracy"]) for r in curve],
                        "lo": [float(r.get("ci95", [r["accuracy"]] * 2)[0]) for r in curve],

@@ -55,9 +55,20 @@ def rel(root: Path, path: Path) -> str:
 # -- one trained run ------------------------------------------------------------------------------
 def run_name(root: Path, run_dir: Path, card: dict[str, Any]) -> str:
     if run_dir == root:
-        defense = card.get("defense", {}).get("name", "none")
+        defense = defense_name(card)
         return f"{card['model']['name']}" + ("" if defense == "none" else f" ({defense})")
     return rel(root, run_dir)
+
+
+def is_external(card: dict[str, Any]) -> bool:
+    """A model the user pointed at (`--model SPEC --weights W`), not one advlab trained."""
+    return card.get("kind") == "external" or bool(card.get("model", {}).get("external"))
+
+
+def defense_name(card: dict[str, Any]) -> str:
+    """The card's defense; "external" for a user's model whose training advlab does not know."""
+    name = (card.get("defense") or {}).get("name") or "none"
+    return "external" if is_external(card) and name == "unknown" else name
 
 
 def attacks(run_dir: Path) -> list[dict[str, Any]]:

@@ -64,8 +64,9 @@ class _Runs:
     def add(self, run_dir: Path, card: dict[str, Any]) -> None:
         name = find.run_name(self.root, run_dir, card)
         metrics = card.get("metrics", {})
-        self.runs.append({"name": name, "model": card["model"].get("name"),
-                          "dataset": card.get("dataset", {}).get("name"), "defense": card.get("defense", {}),
+        self.runs.append({"name": name, "model": card["model"].get("name"), "external": _external(card),
+                          "dataset": card.get("dataset", {}).get("name"),
+                          "defense": {**card.get("defense", {}), "name": find.defense_name(card)},
                           "test_accuracy": metrics.get("test_accuracy"), "epochs": card.get("epochs"),
                           "seed": card.get("seed"), "train_seconds": metrics.get("train_seconds")})
         dataset = self.runs[-1]["dataset"]
@@ -92,12 +93,17 @@ class _Runs:
             rec = ev["record"] = fold_record(run_dir, ev["dir"], ev["record"])
             self.curves.append(entries.series_from_eval(name, rec) | {"dataset": dataset})
             self.evals.append({"run": name, "record": rec, "checks": entries.checks(rec, self.out_dir),
+                               "checks_note": entries.checks_cost_note(rec),
                                "rows": [{"eps": r["eps"], "acc": r["robust_accuracy"], "ci": r["ci95"],
                                          "broken_by": r.get("broken_by", {}),
                                          "conf": r.get("mean_wrong_confidence")} for r in rec["results"]]})
             b = entries.bracket(name, rec)
             if b:
                 self.brackets.append(b | {"dataset": dataset})
+            grids = entries.eval_grids(ev["dir"], rec, rec.get("classes"))
+            if grids:
+                self.grids.append({"run": name, "attack": f"suite {rec['suite']} (worst case)",
+                                   "norm": rec.get("norm"), "grids": grids})
             pc = entries.per_class(rec)
             if pc["rows"]:
                 self.per_class.append({"run": name, "suite": rec["suite"], "norm": rec.get("norm"), **pc})
@@ -113,14 +119,31 @@ class _Runs:
         return figures
 
 
+def _external(card: dict[str, Any]) -> dict[str, Any] | None:
+    """For the models table: an external model's spec, weights file name and short SHA-256 (None for a run
+    advlab trained)."""
+    if not find.is_external(card):
+        return None
+    model = card["model"]
+    weights, sha = model.get("weights"), model.get("weights_sha256")
+    return {"spec": model.get("spec") or model.get("name"), "weights": Path(weights).name if weights else None,
+            "sha256": sha[:12] if sha else None}
+
+
 def _config(name: str, card: dict[str, Any], attacks, evaluations, certs) -> dict[str, Any]:
     """The run's card (without the training history) and the time each step took."""
     metrics = card.get("metrics", {})
     timings = [("training", metrics.get("train_seconds"))]
     timings += [(f"attack {a['record']['attack']} ({a['record']['n']} points)", a["record"].get("seconds"))
                 for a in attacks]
-    timings += [(f"evaluate {e['record']['suite']} suite incl. checks", e["record"].get("seconds"))
-                for e in evaluations]
+    for e in evaluations:
+        rec = e["record"]
+        step = f"evaluate {rec['suite']} suite ({rec.get('norm', 'linf')})"
+        timings.append((f"{step}, the whole step", rec.get("seconds")))
+        if "suite_seconds" in rec:  # recorded apart since issue 25
+            timings.append((f"{step}: attacks", rec["suite_seconds"]))
+            if rec.get("checks"):
+                timings.append((f"{step}: gradient-masking checks on {rec.get('check_n')} points", rec.get("checks_seconds")))
     timings += [(f"certify: {c['label']} ({c['n']} points)", c["seconds"]) for c in certs]
     shown = {k: v for k, v in card.items() if k != "metrics"}
     shown["metrics"] = {k: v for k, v in metrics.items() if k != "history"}
@@ -137,7 +160,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
     # Undefended models first, then by name: the baseline reads before the defense.
-    cards.sort(key=lambda dc: (dc[1].get("defense", {}).get("name", "none") != "none", find.rel(root, dc[0])))
+    cards.sort(key=lambda dc: (find.defense_name(dc[1]) != "none", find.rel(root, dc[0])))
     r = _Runs(root, out_dir or root)
     for run_dir_, card in cards:
         r.add(run_dir_, card)
