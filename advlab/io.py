@@ -15,25 +15,45 @@ import math
 import os
 import secrets
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import save_file as st_save_file
 
 from .errors import ConfigError, CorruptFileError
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    def fill(f) -> None:
+        f.write(data)
+
+    atomic_file(path, fill)
+
+
+def atomic_file(path: str | os.PathLike, fill: Callable[[Any], None], by_name: bool = False) -> None:
+    """Write `path` all or nothing: `fill` writes a new temporary file beside it (given the open binary file,
+    or its path when `by_name`), which then replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _new_temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        if by_name:
+            mode = os.fstat(fd).st_mode & 0o777  # the umask's mode: the writer may replace the file with its own
+            os.close(fd)
+            fill(tmp)
+            os.chmod(tmp, mode)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -147,9 +167,19 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    # safetensors refuses shared or non-contiguous storage; clone to be safe and explicit.
-    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, st_save(flat, metadata=metadata))
+    """A safetensors file, written atomically and straight from the tensors' memory (no copy of the whole file in
+    memory: the evaluation of ImageNet-size images writes hundreds of MB at a time)."""
+    flat: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for k, v in tensors.items():
+        t = v.detach().cpu().contiguous()
+        base = t.untyped_storage().data_ptr()
+        if base in storages:  # safetensors refuses tensors that share memory: copy the second one
+            t = t.clone()
+            base = t.untyped_storage().data_ptr()
+        storages.add(base)
+        flat[k] = t
+    atomic_file(path, lambda tmp: st_save_file(flat, str(tmp), metadata=metadata), by_name=True)
 
 
 def load_tensors(path: str | os.PathLike, keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -326,21 +326,23 @@ def _disk_full(tmp_path, capsys, run_dir):
         shutil.copytree(run_dir, tmp_path / name)
     assert cli(*args, "--run", str(tmp_path / "clean")) == 0
     reference = json.loads(capsys.readouterr().out)["results"]
-    real, writes = io.atomic_write, []
+    real, writes = io.atomic_file, []
 
-    def full_disk(path, data):
+    def full_disk(path, fill, by_name=False):
         if str(path).endswith("state.safetensors"):
             writes.append(path)
             if len(writes) == 3:  # two saves went through; the third finds the disk full
-                raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, data)
+                def fill(target):  # noqa: F811 - half a file written, then the disk is full
+                    Path(target).write_bytes(b"\0" * 100)
+                    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, fill, by_name)
 
-    io.atomic_write = full_disk
+    io.atomic_file = full_disk
     try:
         expect_exit_2(capsys, "cannot write .*: No space left on device; the last saved state is intact",
                       *args, "--run", str(tmp_path / "full"))
     finally:
-        io.atomic_write = real
+        io.atomic_file = real
     state = tmp_path / "full" / "eval" / "fast-linf" / "state.safetensors"
     assert load_tensors(state)  # the second save, whole
     assert cli(*args, "--run", str(tmp_path / "full")) == 0
