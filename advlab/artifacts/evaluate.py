@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,7 @@ from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate.chunked import CHUNKS_DIR
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
 from . import names
@@ -63,8 +65,9 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
     out = Path(out) if out is not None else names.eval_dir(subject.run_dir, suite, norm)
     state = out / names.STATE_FILE
-    if fresh and state.exists() and distributed.is_main():
-        state.unlink()
+    if fresh and distributed.is_main():
+        state.unlink(missing_ok=True)
+        shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
     distributed.barrier()
     # The worst case over everything the run already holds at this threat: those examples go first.
     recorded = [] if ignore_recorded else recorded_sources(subject.run_dir, norm, exclude=[out])
