@@ -55,7 +55,7 @@ from .result import Certificate
 
 METHODS = ("crown", "alpha-crown")
 NORMS = ("linf", "l2")
-ALPHA_STEPS, ALPHA_LR = 30, 0.1
+ALPHA_STEPS, ALPHA_LR = 20, 0.1
 _BUDGET = 2 ** 24          # float64 entries of one backward pass's largest coefficient tensor (128 MB)
 _GOLDEN_STEPS = 60         # golden-section steps of the L2 dual search
 
@@ -293,9 +293,16 @@ class Bounder:
     linear specifications of the output. `alphas[(target, relu)]`: the lower slopes used when bounding
     `target` (a node index, or -1 for the output specification); None: CROWN's default."""
 
-    def __init__(self, nodes: list[Node], xset: InputSet, intermediate: str = "crown"):
+    def __init__(self, nodes: list[Node], xset: InputSet, intermediate: str = "crown",
+                 splits: dict[int, torch.Tensor] | None = None):
         self.nodes, self.xset, self.intermediate = nodes, xset, intermediate
         self.n = len(xset.x)
+        # Branch and bound: splits[i] (N, numel) in {-1, 0, +1} restricts node i (a ReLU input) to <= 0 or
+        # >= 0; betas[i] (S or 1, N, numel) >= 0 are the Lagrange multipliers of those constraints.
+        self.splits = splits or {}
+        self.betas: dict[int, torch.Tensor] = {}
+        self.scores: dict[int, torch.Tensor] = {}      # ReLU input -> (N, numel) what its relaxation costs
+        self.input_lam: torch.Tensor | None = None       # the last backward pass's coefficients on the input
         self.boxes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.selection: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # target -> (index (N, S), valid)
         self.alphas: dict[tuple[int, int], torch.Tensor] = {}
@@ -329,11 +336,18 @@ class Bounder:
             want = torch.ones_like(want)
         return want.flatten(1)
 
-    def compute(self, fixed_selection: bool = False) -> None:
-        """Every node's box, in forward order (CROWN refinement where it matters)."""
+    def compute(self, fixed_selection: bool = False, inherit: list | None = None) -> None:
+        """Every node's box, in forward order (CROWN refinement where it matters). `inherit`: boxes known to
+        hold on this domain (a branch-and-bound parent's): IBP through them and the splits, no refinement."""
         self.boxes = [self.xset.box]
         for i, node in enumerate(self.nodes[1:], 1):
             lower, upper = _ibp_node(node, self.boxes)
+            if inherit is not None:
+                lower, upper = torch.maximum(lower, inherit[i][0]), torch.minimum(upper, inherit[i][1])
+                lower, upper = self._split(i, lower, torch.maximum(upper, lower))
+                self.boxes.append((lower, upper))
+                continue
+            lower, upper = self._split(i, lower, upper)
             if fixed_selection:
                 sel = self.selection.get(i)
             else:
@@ -347,8 +361,17 @@ class Bounder:
                     sel = (order, valid)
                     self.selection[i] = sel
             if sel is not None:
-                lower, upper = self._refine(i, lower, upper, *sel)
+                lower, upper = self._split(i, *self._refine(i, lower, upper, *sel))
             self.boxes.append((lower, upper))
+
+    def _split(self, i: int, lower: torch.Tensor, upper: torch.Tensor):
+        s = self.splits.get(i)
+        if s is None:
+            return lower, upper
+        s = s.view_as(lower)
+        lower = torch.where(s > 0, lower.clamp_min(0), lower)
+        upper = torch.where(s < 0, upper.clamp_max(0), upper)
+        return lower, torch.maximum(upper, lower)   # an empty domain keeps a degenerate box (its bound is still sound)
 
     def _refine(self, i: int, lower, upper, index: torch.Tensor, valid: torch.Tensor):
         shape = self.nodes[i].shape
@@ -387,15 +410,23 @@ class Bounder:
         return out
 
     def backward(self, start: int, lam: torch.Tensor, bias: torch.Tensor,
-                 alphas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """(S, N) lower bounds of lam . node_start + bias over the input set."""
-        alphas = alphas or {}
+                 alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
+                 record: bool = False) -> torch.Tensor:
+        """(S, N) lower bounds of lam . node_start + bias over the input set. `betas`: for split nodes, the
+        bound is of lam . out - sum beta * split * node_i (<= lam . out on the split domain, beta >= 0).
+        `record`: keep each ReLU's relaxation cost (self.scores) and the input coefficients (self.input_lam)."""
+        alphas, betas = alphas or {}, betas or {}
         lams = {start: lam}
         for i in range(start, 0, -1):
             if i not in lams:
                 continue
             lam_i = lams.pop(i)
             node = self.nodes[i]
+            if i in betas:
+                lam_i = lam_i - betas[i].clamp(min=0) * self.splits[i].view(1, self.n, *node.shape).to(lam_i)
+            if record and node.kind == "relu":
+                _, _, _, icpt = _relu_relaxation(*self.boxes[node.inputs[0]])
+                self.scores[node.inputs[0]] = (-lam_i.clamp(max=0) * icpt).sum(0).flatten(1).detach()
             if node.kind == "add":
                 parts = [(j, lam_i) for j in node.inputs]
             else:
@@ -405,15 +436,18 @@ class Bounder:
                 parts = [(j, lam_j)]
             for j, part in parts:
                 lams[j] = lams[j] + part if j in lams else part
-        return self.xset.minimize(lams.pop(0), bias)
+        lam0 = lams.pop(0)
+        if record:
+            self.input_lam = lam0.detach()
+        return self.xset.minimize(lam0, bias)
 
-    def output_bounds(self, spec: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def output_bounds(self, spec: torch.Tensor, bias: torch.Tensor | None = None, record: bool = False) -> torch.Tensor:
         """(N, S): lower bounds of spec[n, s] . output + bias[n, s], for spec (N, S, K)."""
         last = len(self.nodes) - 1
         lam = spec.transpose(0, 1)                                                # (S, N, K)
         b = lam.new_zeros(lam.shape[:2]) if bias is None else bias.transpose(0, 1)
         alphas = {r: a for (t, r), a in self.alphas.items() if t == -1}
-        return self.backward(last, lam, b, alphas).T
+        return self.backward(last, lam, b, alphas, self.betas, record).T
 
     # -- alpha-CROWN ------------------------------------------------------------------------------
     def init_alphas(self, spec_rows: int) -> list[torch.Tensor]:
@@ -445,9 +479,13 @@ def _spec_margins(y: torch.Tensor, k: int, dtype, device) -> torch.Tensor:
     return eye[y].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def _prepare(model: nn.Module, dtype: torch.dtype, method_name: str = "CROWN"):
-    net = copy.deepcopy(model).to(dtype).eval()
-    ops = compile_ops(net)
+def _prepare(model: nn.Module, dtype: torch.dtype | None, method_name: str = "CROWN"):
+    """An eval-mode copy of the model in `dtype` (None: the model itself, to check it), its ops and graph."""
+    net = model if dtype is None else copy.deepcopy(model).to(dtype).eval()
+    try:
+        ops = compile_ops(net)
+    except AdvlabError as e:  # IBP's words for a layer nobody can bound
+        raise AdvlabError(str(e).replace("interval bound propagation", method_name, 1)) from None
     return net, ops, build_graph(ops, method_name)
 
 
@@ -467,35 +505,54 @@ def _check_options(eps, norm: str, method: str, steps: int, intermediate: str) -
 
 
 def _bound_batch(nodes, xset: InputSet, spec: torch.Tensor, bias: torch.Tensor | None, method: str, steps: int,
-                 lr: float, intermediate: str) -> tuple[torch.Tensor, Bounder]:
+                 lr: float, intermediate: str, splits: dict[int, torch.Tensor] | None = None,
+                 stop: torch.Tensor | float | None = None, record: bool = False,
+                 inherit: list | None = None) -> tuple[torch.Tensor, Bounder]:
     """(N, S) lower bounds of the specification (best over the alpha iterates), and the bounder (its
-    boxes: the tightest found)."""
-    bounder = Bounder(nodes, xset, intermediate)
+    boxes: the tightest found). With `splits` (branch and bound), alpha-CROWN optimises the splits'
+    Lagrange multipliers (beta-CROWN's) with the slopes. The optimisation stops early when every bound
+    is above `stop`, or when the bounds' sum gains less than 1e-4 of itself in 5 steps. `inherit`: node
+    boxes that hold on the domain (then only the output's slopes are optimised)."""
+    bounder = Bounder(nodes, xset, intermediate, splits)
     with torch.no_grad():
-        bounder.compute()
-        best = bounder.output_bounds(spec, bias)
-    if method == "alpha-crown":
+        bounder.compute(inherit=inherit)
+        best = bounder.output_bounds(spec, bias, record=record)
+    done = (lambda b: stop is not None and bool((b > stop).all()))
+    if method == "alpha-crown" and not done(best):
         boxes = [(lo.clone(), hi.clone()) for lo, hi in bounder.boxes]
-        params = bounder.init_alphas(spec.shape[1])
+        slopes = bounder.init_alphas(spec.shape[1])
+        for i, sp in (splits or {}).items():
+            if bool((sp != 0).any()):
+                bounder.betas[i] = torch.zeros(spec.shape[1], *sp.shape, dtype=spec.dtype, device=spec.device,
+                                               requires_grad=True)
+        params = slopes + list(bounder.betas.values())
         if params:
             opt = torch.optim.Adam(params, lr=lr)
+            history: list[float] = []
             for _ in range(steps):
                 with torch.enable_grad():
-                    bounder.compute(fixed_selection=True)
+                    if inherit is None:
+                        bounder.compute(fixed_selection=True)
                     out = bounder.output_bounds(spec, bias)
                     loss = -out.sum()
                     opt.zero_grad()
                     loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    for p in params:
+                    for p in slopes:
                         p.clamp_(0, 1)
+                    for p in bounder.betas.values():
+                        p.clamp_(min=0)
                     best = torch.maximum(best, out.detach())
                     boxes = [(torch.maximum(a, lo.detach()), torch.minimum(b, hi.detach()))
                              for (a, b), (lo, hi) in zip(boxes, bounder.boxes)]
+                history.append(float(-loss.detach()))
+                if done(best) or len(history) > 5 and history[-1] - history[-6] < 1e-4 * (1 + abs(history[-1])):
+                    break
             with torch.no_grad():
-                bounder.compute(fixed_selection=True)
-                best = torch.maximum(best, bounder.output_bounds(spec, bias))
+                if inherit is None:
+                    bounder.compute(fixed_selection=True)
+                best = torch.maximum(best, bounder.output_bounds(spec, bias, record=record))
                 boxes = [(torch.maximum(a, lo), torch.minimum(b, hi)) for (a, b), (lo, hi) in zip(boxes, bounder.boxes)]
         bounder.boxes = boxes
     return best, bounder
@@ -506,9 +563,13 @@ def _input_set(x: torch.Tensor, eps: torch.Tensor, norm: str, bounds: Any) -> In
     return InputSet(x, e, norm, bounds)
 
 
-def check_crown_supported(model: nn.Module) -> None:
-    """An AdvlabError naming the first layer CROWN cannot bound; nothing when it can bound them all."""
-    build_graph(compile_ops(model))
+_NAMES = {"crown": "CROWN", "alpha-crown": "alpha-CROWN", "exact": "exact verification"}
+
+
+def check_crown_supported(model: nn.Module, method: str = "crown") -> None:
+    """An AdvlabError naming the first layer CROWN (or `method`: alpha-crown, exact) cannot bound; nothing when
+    it can bound them all."""
+    _prepare(model, None, _NAMES.get(method, method))
 
 
 @torch.no_grad()
