@@ -57,7 +57,6 @@ METHODS = ("crown", "alpha-crown")
 NORMS = ("linf", "l2")
 ALPHA_STEPS, ALPHA_LR = 20, 0.1
 _BUDGET = 2 ** 24          # float64 entries of one backward pass's largest coefficient tensor (128 MB)
-_GOLDEN_STEPS = 60         # golden-section steps of the L2 dual search
 
 
 # -- the network as CROWN sees it: a graph of nodes in forward order --------------------------------
@@ -174,29 +173,32 @@ class InputSet:
 
 def _l2_box_dual(a: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor,
                  hi: torch.Tensor) -> torch.Tensor:
-    """(S, N): max over mu >= 0 of g(mu) = min_{lo <= t <= hi} a . t + mu/2 (|t - x0|^2 - eps^2), a lower
-    bound of min a . t over the L2 ball of eps around x0 intersected with the box (weak duality: every
-    mu gives one). g(0) is the box's own bound; the search is over log mu (g is concave in mu, so
-    unimodal in log mu), then g is recomputed at the best mu with gradients."""
-    def g(mu: torch.Tensor) -> torch.Tensor:
-        t = torch.minimum(torch.maximum(x0 - a / mu.unsqueeze(-1), lo), hi)
-        return (a * t).sum(-1) + mu / 2 * (((t - x0) ** 2).sum(-1) - eps ** 2)
-
+    """(S, N): a lower bound of min a . t over the L2 ball of eps around x0 intersected with the box [lo, hi],
+    by weak duality: for every mu >= 0, g(mu) = min_{lo <= t <= hi} a . t + mu/2 (|t - x0|^2 - eps^2) is one,
+    and its inner minimum is t = clamp(x0 - a / mu, lo, hi). The best mu is found exactly: with s = 1/mu,
+    |t - x0|^2 = sum_i min(|a_i| s, c_i)^2 (c_i the room to the box's face a_i pushes towards) is a
+    non-decreasing piecewise quadratic in s, so sorting its breakpoints c_i / |a_i| gives the s where it
+    reaches eps^2 (none: the box lies inside the ball, mu = 0 and the box's own bound). g is then evaluated
+    at that mu (with gradients); the box's bound g(0) is a floor."""
     box = (a.clamp(min=0) * lo + a.clamp(max=0) * hi).sum(-1)
     with torch.no_grad():
-        centre = (a.norm(dim=-1) / eps.clamp_min(1e-300)).clamp_min(1e-12).log().clamp(-600, 600)
-        left, right = centre - 20, centre + 20
-        ratio = (math.sqrt(5) - 1) / 2
-        c, d = right - ratio * (right - left), left + ratio * (right - left)
-        gc, gd = g(c.exp()), g(d.exp())
-        for _ in range(_GOLDEN_STEPS):
-            move = gc < gd                     # the maximum lies right of c
-            left = torch.where(move, c, left)
-            right = torch.where(move, right, d)
-            c, d = right - ratio * (right - left), left + ratio * (right - left)
-            gc, gd = g(c.exp()), g(d.exp())
-        best = torch.where(gc > gd, c, d).exp()
-    return torch.maximum(g(best), box)
+        size = a.abs()
+        room = torch.where(a > 0, x0 - lo, hi - x0).clamp_min(0).expand_as(a)
+        brk = torch.where(size > 0, room / size.clamp_min(1e-300), torch.full_like(size, math.inf))
+        brk, order = brk.sort(-1)
+        a2, c2 = (size ** 2).gather(-1, order), (room ** 2).gather(-1, order)
+        saturated = c2.cumsum(-1) - c2                                   # sum of c_j^2 over j before k
+        free = a2.flip(-1).cumsum(-1).flip(-1)                           # sum of a_j^2 over j from k on
+        f = saturated + torch.where(free > 0, brk.clamp(max=1e150) ** 2 * free, torch.zeros_like(free))
+        e2 = (eps ** 2).unsqueeze(-1)
+        reach = f >= e2
+        inside = ~reach.any(-1)                                          # the whole box is in the ball
+        k = reach.to(torch.int8).argmax(-1, keepdim=True)                # first breakpoint where |t - x0| >= eps
+        s_star = ((e2 - saturated.gather(-1, k)).clamp_min(0) / free.gather(-1, k).clamp_min(1e-300)).sqrt()
+        mu = 1 / s_star.squeeze(-1).clamp_min(1e-150)
+    t = torch.minimum(torch.maximum(x0 - a / mu.unsqueeze(-1), lo), hi)
+    g = (a * t).sum(-1) + mu / 2 * (((t - x0) ** 2).sum(-1) - eps ** 2)
+    return torch.where(inside, box, torch.maximum(g, box))
 
 
 # -- one step backwards ---------------------------------------------------------------------------
