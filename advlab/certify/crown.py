@@ -637,8 +637,8 @@ def certify_crown(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         e = (eps_t[i:i + batch_size] if eps_t.ndim else eps_t).to(device)
         with torch.no_grad():
             clean = net(xb)
-        lower = _margins(net, ops, nodes, xb, yb, e, norm, bounds, method, steps, lr, intermediate).amin(1)
         tol = MARGIN_TOLERANCE * clean.abs().amax(1).clamp_min(1.0)
+        lower = _margins(net, ops, nodes, xb, yb, e, norm, bounds, method, steps, lr, intermediate, tol).amin(1)
         preds.append(clean.argmax(1).cpu())
         certified.append((lower > tol).cpu())
         margins.append(lower.float().cpu())
@@ -655,11 +655,13 @@ def certify_crown(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
 
 @torch.no_grad()
-def _margins(net, ops, nodes, xb, yb, e, norm, bounds, method, steps, lr, intermediate) -> torch.Tensor:
+def _margins(net, ops, nodes, xb, yb, e, norm, bounds, method, steps, lr, intermediate, tol=None) -> torch.Tensor:
     _forward(nodes, xb[:1])
     k = nodes[-1].shape[0]
     xset = _input_set(xb, e, norm, bounds)
+    label = F.one_hot(yb, k).bool()
+    stop = None if tol is None else tol.unsqueeze(1).expand(-1, k).masked_fill(label, -math.inf)
     lower, _ = _bound_batch(nodes, xset, _spec_margins(yb, k, xb.dtype, xb.device), None, method, steps, lr,
-                            intermediate)
+                            intermediate, stop=stop)
     ibp = margin_lower_bounds(net, Box(*xset.box), yb, ops)
     return torch.maximum(lower, ibp).masked_fill(F.one_hot(yb, k).bool(), float("inf"))

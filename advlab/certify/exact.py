@@ -391,8 +391,9 @@ def _decide_batch(model, net, ops, nodes, xb, yb, ib, eps, bounds, timeout, alph
     k = nodes[-1].shape[0]
     xset = _input_set(xd, torch.tensor(eps, dtype=torch.float64, device=device), "linf", bounds)
     with torch.no_grad():
+        stop = tol.to(device).unsqueeze(1).expand(-1, k).masked_fill(F.one_hot(yd, k).bool(), -math.inf)
         lower, bounder = _bound_batch(nodes, xset, _spec_margins(yd, k, xd.dtype, device), None, "alpha-crown",
-                                      alpha_steps, 0.1, "crown")
+                                      alpha_steps, 0.1, "crown", stop=stop)
         ibp = margin_lower_bounds(net, Box(*xset.box), yd, ops)
         lower = torch.maximum(lower, ibp).masked_fill(F.one_hot(yd, k).bool(), float("inf")).cpu()
     boxes = [(lo.flatten(1).cpu().numpy(), hi.flatten(1).cpu().numpy()) for lo, hi in bounder.boxes]
