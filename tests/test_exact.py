@@ -271,3 +271,17 @@ def test_evaluate_certify_method_errors(argv, match, mlp_run, capsys):
     code = main(["evaluate", "--run", str(mlp_run), "--eps", "0.1", "--n", "5", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and re.search(match, err), err
+
+
+def test_the_report_says_exact_where_every_point_is_decided(mlp_run, capsys):
+    from advlab.report.html import collect
+
+    record = run_json(capsys, "evaluate", "--run", str(mlp_run), "--eps", "0.02", "--suite", "fast", "--n", "15",
+                      "--no-checks", "--certify", "exact", "--timeout", "20")
+    row = record["results"][0]
+    assert row["unknown"] == 0 and row["robust_accuracy_exact"] is not None, row
+    (bracket,) = [b for b in collect(mlp_run)["certified"]["brackets"] if b["method"] == "exact"]
+    assert bracket["same_model"] and bracket["rows"][0]["exact"] == row["robust_accuracy_exact"]
+    assert main(["report", str(mlp_run)]) == 0
+    html = (mlp_run / "report.html").read_text()
+    assert f"robust accuracy = {100 * row['robust_accuracy_exact']:.2f}% (exact" in html

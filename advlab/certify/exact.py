@@ -9,23 +9,28 @@ Each point goes through three stages, cheapest first:
 
 1. **attack** (PGD with the margin loss, restarts): an example it finds is a counterexample;
 2. **alpha-CROWN** (advlab.certify.crown): a positive bound on every margin verifies the point;
-3. **a mixed-integer linear program** (HiGHS through `scipy.optimize.milp`), per class j whose margin
-   alpha-CROWN could not prove positive: minimise z_y - z_j over the ball intersected with the data's
-   bounds, with one binary variable per ReLU whose bounds straddle 0 (the big-M encoding of
-   Tjeng et al. 2019 with alpha-CROWN's pre-activation bounds as the Ms) and one per candidate of a
-   max-pool window, under the constraint z_y - z_j <= tol. Infeasible: that class cannot win anywhere in
-   the ball. A solution: a candidate counterexample.
+3. for each class j whose margin alpha-CROWN could not prove positive, **branch and bound** over the
+   unstable ReLUs (`strategy="bab"`, the default): domains fix ReLUs on or off; each is bounded by
+   CROWN through its parent's node boxes with the output's slopes and the splits' Lagrange multipliers
+   optimised (beta-CROWN's idea), closed when the bound clears tol, else its bound's minimiser is tried
+   as a counterexample and it is split on the ReLU whose relaxation costs most; a domain with nothing
+   left to split is decided by its linear program (HiGHS). Or (`strategy="milp"`) **a mixed-integer
+   linear program** (HiGHS through `scipy.optimize.milp`): minimise z_y - z_j over the ball with one
+   binary per unstable ReLU (the big-M encoding of Tjeng et al. 2019, alpha-CROWN's pre-activation
+   bounds as the Ms) and one per candidate of a max-pool window, under z_y - z_j <= tol: infeasible
+   means that class cannot win anywhere in the ball. docs/certify.md has the measurement that made
+   branch and bound the default.
 
-Every counterexample (from the attack or the MILP) is re-checked before it counts: moved inside the
-ball and the bounds in float32 (as every attack's output is) and shown to the fp32 model on its own
-device; it is saved only when that model gets it wrong. A point whose MILP runs past `timeout`
-seconds (per point, all its classes together), or whose optimum lies in [0, tol] without an fp32
-counterexample, is `unknown`. `tol` is IBP's margin tolerance (1e-4 of the largest clean logit, at
-least 1e-4), which covers the solver's feasibility tolerance (1e-7) as well as float32 rounding.
+Every counterexample (from the attack, the search or the program) is re-checked before it counts:
+moved inside the ball and the bounds in float32 (as every attack's output is) and shown to the fp32
+model on its own device; it is saved only when that model gets it wrong. A point still open after
+`timeout` seconds (per point, all its classes together) is `unknown`. `tol` is IBP's margin tolerance
+(1e-4 of the largest clean logit, at least 1e-4), which covers the linear programs' feasibility
+tolerance (1e-7) as well as float32 rounding.
 
 Resumable: each decided point is saved (`state_dir`/state.safetensors, counterexamples included), keyed by
 its test index; running again skips the points done, and retries `unknown` points when given a longer
-timeout. Linf only (an L2 ball would make the program quadratic).
+timeout. Linf only (an L2 ball would make the programs quadratic).
 """
 
 from __future__ import annotations

@@ -61,13 +61,6 @@ class Certificate:
                 point["status"] = s
         return out
 
-    def decided(self) -> torch.Tensor:
-        """(N,) bool: exact verification decided the point (verified or falsified); certificates that only
-        bound from below decide the certified points."""
-        if self.status is None:
-            return self.certified(0.0) & (self.radius > 0)
-        return torch.tensor([s != "unknown" for s in self.status], dtype=torch.bool)
-
     def abstained(self) -> int:
         return int((self.prediction == ABSTAIN).sum())
 
