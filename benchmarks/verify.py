@@ -192,9 +192,20 @@ def main() -> None:
 
     started, date = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
     log = lambda m: print(m, flush=True)  # noqa: E731
-    sections = []
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "verify.md"
+    before = path.read_text() if path.exists() else "# Ground truth: certified, exact and attacked (benchmarks/verify.py)\n\n"
+
+    def save(sections: list[str], done: bool) -> None:
+        """The dated section, rewritten after every row (an interrupted run keeps the rows it finished)."""
+        load = os.getloadavg()[2] if hasattr(os, "getloadavg") else float("nan")
+        header = (f"## {date}: {machine()}\n\nLinf, first N test images, seed 0; exact timeout {args.timeout:g} s per "
+                  f"point; {time.perf_counter() - started:.0f} s for this run{'' if done else ' so far (running)'}; load "
+                  f"average over the last 15 minutes {load:.1f} (times grow with the other jobs on the machine).\n\n")
+        path.write_text(before.rstrip("\n") + "\n\n" + header + "\n\n".join(sections) + "\n")
+
     if args.strategies:
-        sections.append(strategies(load_dataset("digits"), args.strategy_n, 0.05, args.timeout, log))
+        save([strategies(load_dataset("digits"), args.strategy_n, 0.05, args.timeout, log)], True)
     else:
         names = [n for n in args.only.split(",") if n] or list(MODELS)
         rows = []
@@ -208,15 +219,8 @@ def main() -> None:
             for eps in eps_list:
                 rows.append(one_row(name, model, data, eps, args.n or n, args.timeout, log))
                 print(tables(rows), flush=True)
-        sections.append(tables(rows))
-    load = os.getloadavg()[2] if hasattr(os, "getloadavg") else float("nan")
-    header = (f"## {date}: {machine()}\n\nLinf, first N test images, seed 0; exact timeout {args.timeout:g} s per point; "
-              f"{time.perf_counter() - started:.0f} s for this run; load average over the last 15 minutes at the end "
-              f"{load:.1f} (times grow with the other jobs on the machine).\n\n")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "verify.md"
-    old = path.read_text() if path.exists() else "# Ground truth: certified, exact and attacked (benchmarks/verify.py)\n\n"
-    path.write_text(old.rstrip("\n") + "\n\n" + header + "\n\n".join(sections) + "\n")
+                save([tables(rows)], False)
+        save([tables(rows)], True)
     print(f"appended to {path}")
 
 

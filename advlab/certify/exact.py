@@ -54,7 +54,7 @@ from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Linf, enforce
-from .crown import ALPHA_STEPS, Node, _check_options, _forward, _input_set, _pair, _prepare, build_graph
+from .crown import ALPHA_STEPS, Node, _check_options, _forward, _input_set, _pair, _prepare
 from .ibp import MARGIN_TOLERANCE, Box, ChannelAffineOp, ConvOp, LinearOp, margin_lower_bounds
 from .result import Certificate
 
