@@ -166,3 +166,22 @@ def broadcast_flag(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_collective_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def stage_batches(n: int, batch_size: int, shares: int = 1) -> list[slice]:
+    """The batches an evaluation cuts one attack's n still-robust points into; batch b goes to rank
+    b % world_size().
+
+    shares == 1 (one process): full batches of batch_size, then the rest. shares > 1 (default under
+    torchrun: the number of processes): shares * ceil(n / (shares * batch_size)) batches whose sizes
+    differ by at most one, so every rank gets the same number of batches and, within one point per
+    batch, the same number of points, however few are left. The numbers depend on this layout (each
+    batch draws its own random stream), not on how many processes run it: a one-process evaluation
+    with shares=K gives exactly the numbers of a K-process one.
+    """
+    if n == 0:
+        return []
+    if shares <= 1:
+        return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    m = shares * -(-n // (shares * batch_size))
+    return [shard_slice(n, b, m) for b in range(m)]

@@ -16,6 +16,7 @@ LAYERS = {
     "advlab.version": 0, "advlab.errors": 0, "advlab.config": 0, "advlab.io": 0, "advlab.rng": 0,
     "advlab.progress": 0, "advlab.heap": 0, "advlab.device": 0, "advlab.passes": 0, "advlab.oom": 0,
     "advlab.profiling": 0, "advlab.predict": 0, "advlab.distributed": 0, "advlab.threat": 0,
+    "advlab.precision": 0, "advlab.graphs": 0,
     "advlab.plotting": 0, "advlab.artifacts.names": 0,
     "advlab.data": 1, "advlab.models": 1,
     "advlab.attacks": 2, "advlab.runs": 2,

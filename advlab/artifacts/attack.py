@@ -96,7 +96,8 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
 
 def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
     record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
-              "seconds": result.seconds, "results": result.summary(), **subject.record()}
+              "seconds": result.seconds, "results": result.summary(), **subject.record(),
+              "precision": getattr(attack, "precision", "fp32")}  # the search's; every number is fp32
     if result.passes is not None:
         record["passes"] = result.passes
     if "batch_size_after_oom" in result.info:

@@ -36,7 +36,7 @@ Log = Callable[[str], None]
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
 COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "data_dir", "classes",
                  "labels", "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed",
-                 "batch_size", "chunk_size", "device", "out")
+                 "batch_size", "chunk_size", "device", "precision", "graphs", "shares", "out")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
 # Written by their absolute paths, so the recorded command finds its files from any folder.
 PATH_FLAGS = {"run", "weights", "model_dir", "data", "data_dir", "suite_file", "eps_per_class", "out"}
@@ -50,7 +50,8 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  certify: bool | str = False, sigma: float | None = None,
                  samples: int = 1000, samples0: int = 100, alpha: float = 0.001, timeout: float | None = None,
                  command: str | None = None, started: float | None = None, progress: bool = True,
-                 log: Log | None = None) -> dict[str, Any] | None:
+                 log: Log | None = None, precision: str = "fp32", graphs: bool = False,
+                 shares: int | None = None) -> dict[str, Any] | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
     the record (None on the other processes under torchrun: the first one records). `certify`: a method
     (ibp, crown, alpha-crown, exact, smoothing) for the certified lower bound beside it, or True / "auto"
@@ -58,7 +59,9 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     point. `command`: the command line that reproduces it, for the summary (default: built from these
     arguments); `started`: when the step began (time.perf_counter()), for its seconds. Data read on demand
     (an image folder with a preprocessing, imagenet) is evaluated `chunk_size` points at a time
-    (advlab.evaluate.chunked); other data ignores it."""
+    (advlab.evaluate.chunked); other data ignores it. `precision` (fp32, bf16, fp16) is what the attacks
+    search in, every break verified in fp32; `graphs`: the search through CUDA graphs (advlab.precision);
+    `shares`: the batch layout of each attack (default: the number of processes; distributed.stage_batches)."""
     started = time.perf_counter() if started is None else started
     log = log or (lambda message: None)
     given_out = out
@@ -85,11 +88,13 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
         from ..evaluate.chunked import DEFAULT_CHUNK_SIZE, evaluate_in_chunks
         ev = evaluate_in_chunks(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
                                 seed=seed, batch_size=batch_size, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
-                                state_dir=out, progress=progress, identity=subject.identity())
+                                state_dir=out, progress=progress, identity=subject.identity(), precision=precision,
+                                graphs=graphs, shares=shares)
     else:
         ev = evaluate_robustness(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
                                  seed=seed, batch_size=batch_size, state_dir=out, progress=progress,
-                                 identity=subject.identity())
+                                 identity=subject.identity(), precision=precision, graphs=graphs,
+                                 shares=shares)
     if not distributed.is_main():
         return None
     found = _checks(subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) if checks \
@@ -133,7 +138,7 @@ def _record(subject, suite: str, norm: str, ev, checks: Checks, per_class, secon
               "results": ev.results(), "confidence_clean_mistakes": ev.confidence()["clean_mistakes"],
               "adversarial_confusion": ev.adversarial_confusion(), "classes": list(subject.data.classes),
               "checks": [c.as_dict() for c in checks], **subject.record(), "passes": ev.passes,
-              "checks_passes": checks.passes, "world_size": distributed.world_size()}
+              "checks_passes": checks.passes, "world_size": distributed.world_size(), "precision": ev.precision}
     if ev.oom_batch_sizes:
         record["batch_size_after_oom"] = ev.oom_batch_sizes
     if per_class is not None:
@@ -228,7 +233,11 @@ def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] |
     parts = ["advlab", "evaluate"]
     for key in COMMAND_FLAGS:
         value = flags.get(key)
-        if value is None or (key == "device" and str(value).strip().lower() == "auto"):
+        if value is None or (key == "device" and str(value).strip().lower() == "auto") or \
+                (key == "precision" and value == "fp32") or (key == "graphs" and not value):
+            continue
+        if key == "graphs":
+            parts.append("--graphs")
             continue
         if key in PATH_FLAGS:
             value = Path(value).expanduser().resolve()

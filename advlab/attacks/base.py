@@ -31,6 +31,7 @@ from ..device import default_batch_size
 from ..errors import AdvlabError
 from ..oom import halved, is_out_of_memory
 from ..passes import PassCounter
+from ..precision import verified_search
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -52,6 +53,8 @@ class Attack:
     minimal = False           # minimal-norm attacks implement _minimize instead of _perturb
     needs_gradients = True
     needs_finite_eps = False  # step sizes or proposals scale with eps (see budget.finite_eps)
+    precision = "fp32"        # the search's precision; verdicts are fp32 (advlab.precision.with_precision)
+    graphs = False            # capture the search's steps with CUDA graphs (advlab.graphs)
 
     def __init__(self, norm: str | Norm = "linf", *, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
         self.norm = get_norm(norm)
@@ -167,11 +170,14 @@ class Attack:
         logits = [None] * len(eps_list)
         x_min = min_dist = None
         if self.minimal:
-            gen = rng.generator(self.seed, *key, device=x.device)
-            x_min = enforce(x, self._minimize(model, x, y, targets, bounds, gen).detach(), self.norm, math.inf, bounds)
+            def search(m, i):  # the minimal examples of rows i, found with model m (advlab.precision)
+                gen = rng.generator(self.seed, *key, device=x.device)
+                t = targets[i] if targets is not None else None
+                return enforce(x[i], self._minimize(m, x[i], y[i], t, bounds, gen).detach(), self.norm, math.inf,
+                               bounds)
+            x_min, min_logits = verified_search(self, model, search, torch.arange(n, device=x.device), y, targets)
             min_dist = self.norm.distance(x_min - x)
-            with torch.no_grad():
-                reached = self._goal_met(model(x_min), y, targets)
+            reached = self._goal_met(min_logits, y, targets)
             min_dist = torch.where(reached, min_dist, torch.full_like(min_dist, math.inf))
             min_dist = torch.where(broken, torch.zeros_like(min_dist), min_dist)
         for e in order:
@@ -188,13 +194,17 @@ class Attack:
                 if self.minimal:
                     fits = min_dist[idx] <= eps[idx]
                     new = torch.where(fits.view(-1, *[1] * (x.ndim - 1)), x_min[idx], x[idx])
+                    new = self._enforce(x[idx], new, eps[idx], bounds)
+                    with torch.no_grad():
+                        new_logits = model(new)
                 else:
-                    gen = rng.generator(self.seed, *key, e, device=x.device)
-                    t = targets[idx] if targets is not None else None
-                    new = self._perturb(model, x[idx], y[idx], eps[idx], t, bounds, gen, True).detach()
-                new = self._enforce(x[idx], new, eps[idx], bounds)
-                with torch.no_grad():
-                    new_logits = model(new)
+                    def search(m, i):  # examples for rows i, found with model m (advlab.precision)
+                        gen = rng.generator(self.seed, *key, e, device=x.device)
+                        t = targets[i] if targets is not None else None
+                        return self._enforce(x[i], self._perturb(m, x[i], y[i], eps[i], t, bounds, gen, True).detach(),
+                                             eps[i], bounds)
+                    # Reported logits are fp32 whatever precision the search ran in.
+                    new, new_logits = verified_search(self, model, search, idx, y, targets)
                 x_cur[idx] = new
                 logits_cur[idx] = new_logits
                 broken[idx] = self._goal_met(new_logits, y[idx], targets[idx] if targets is not None else None)

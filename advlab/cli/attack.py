@@ -8,7 +8,7 @@ from ..attacks import ATTACKS, build_attack
 from ..attacks.registry import attack_parameters
 from ..config import parse_key_values, parse_number
 from ..errors import AdvlabError
-from .common import add_budget, add_points, add_subcommand, emit, finish_subject, log, open_subject
+from .common import add_budget, add_points, add_precision, add_subcommand, emit, finish_subject, log, open_subject
 from . import types as T
 
 
@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pixel-eps", type=T.non_negative_float, default=None,
                    help="--threat embedding: also keep the perturbation inside this --norm ball in pixel space")
     add_points(p, "attack")
+    add_precision(p)
     p.add_argument("--save", action="store_true", help="write adversarial examples (safetensors) and a PNG grid")
     finish_subject(p, run, "attacks/ATTACK-NORM", "files of --save")
 
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if args.embedding is not None or args.pixel_eps is not None:
             raise AdvlabError("--embedding and --pixel-eps belong to the embedding threat model: add --threat embedding")
         attack = build_attack(args.attack, **attack_options(args))
+    if args.precision != "fp32" or args.graphs:
+        from ..precision import with_precision
+        attack = with_precision(attack, args.precision, args.graphs)
     subject = open_subject(args)
     out = args.out if args.save and args.out and args.run else None
     record = attack_run(subject, attack, eps=args.eps, eps_per_class=args.eps_per_class, n=args.n, save=args.save,

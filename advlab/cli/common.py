@@ -135,6 +135,16 @@ def add_points(parser: argparse.ArgumentParser, verb: str,
     parser.add_argument("--batch-size", type=T.positive_int, default=None, help=batch_help)
 
 
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """--precision and --graphs: how the attacks search (advlab.precision, advlab.graphs; docs/gpu.md)."""
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="precision of the attacks' forward and backward passes (autocast; fp16 loss-scaled); "
+                             "every break is verified in fp32 and every reported number is fp32 (default fp32)")
+    parser.add_argument("--graphs", action="store_true",
+                        help="run the attacks' steps through CUDA graphs (torch.compile reduce-overhead); falls back "
+                             "to eager if capture fails; no effect without CUDA")
+
+
 def add_subject(parser: argparse.ArgumentParser) -> None:
     """--run, or the user's own --model with its weights, plus the data it runs on and the device."""
     g = parser.add_argument_group("the model: a run directory (--run) or your own (--model)")

@@ -12,7 +12,7 @@ from ..device import resolve_device
 from ..evaluate import get_suite
 from ..evaluate.suites import SUITES
 from .certify import add_certify_options, certified_text
-from .common import add_budget, add_points, add_subcommand, emit, finish_subject, log, open_subject
+from .common import add_budget, add_points, add_precision, add_subcommand, emit, finish_subject, log, open_subject
 from . import types as T
 
 
@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
                         "with full budgets; custom: --suite-file")
     p.add_argument("--suite-file", type=T.existing_file, default=None, help="TOML file with [[attack]] tables (for --suite custom)")
     add_points(p, "evaluate")
+    add_precision(p)
+    p.add_argument("--shares", type=T.positive_int, default=None,
+                   help="cut each attack's still-robust points into a multiple of K equal batches (default: the "
+                        "number of torchrun processes, 1 alone); one process with --shares K gives exactly the "
+                        "numbers of K processes")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--check-n", type=T.positive_int, default=200, help="points used by the gradient-masking checks")
     p.add_argument("--chunk-size", type=T.positive_int, default=None,
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             subject, eps=args.eps, eps_per_class=args.eps_per_class, norm=args.norm, suite=args.suite,
             suite_file=args.suite_file, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,
             fresh=args.fresh, ignore_recorded=args.ignore_recorded, checks=not args.no_checks, check_n=args.check_n,
-            chunk_size=args.chunk_size,
+            chunk_size=args.chunk_size, precision=args.precision, graphs=args.graphs, shares=args.shares,
             certify=args.certify or False, sigma=args.sigma, samples=args.samples, samples0=args.samples0,
             alpha=args.alpha, timeout=args.timeout,
             command=evaluate_command({k: getattr(args, k) for k in COMMAND_FLAGS},

@@ -44,7 +44,8 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
                        suite: Sequence[SuiteEntry], *, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
                        batch_size: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                        state_dir: str | Path | None = None, progress: bool = True,
-                       identity: dict[str, Any] | None = None) -> Evaluation:
+                       identity: dict[str, Any] | None = None, precision: str = "fp32", graphs: bool = False,
+                       shares: int | None = None) -> Evaluation:
     """evaluate_robustness over `x` chunk by chunk (see the module docstring); the same arguments, plus
     `chunk_size` (points decoded and held at once)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -59,6 +60,8 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
     settings = {"eps": eps_values, "budgets": hashlib.sha256(torch.stack(budgets).numpy().tobytes()).hexdigest(),
                 "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite], "seed": seed,
                 "batch_size": batch_size}
+    if precision != "fp32":
+        settings["precision"] = precision
     root = Path(state_dir) / CHUNKS_DIR if state_dir is not None else None
     parts: list[Evaluation] = []
     starts = range(0, n, chunk_size)
@@ -73,13 +76,16 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
             rows = x[start:stop].load(progress)
             done = evaluate_robustness(model, rows, y[start:stop], [b[start:stop] for b in budgets], suite,
                                        norm=norm, bounds=bounds, seed=rng.derive_seed(seed, c), batch_size=batch_size,
-                                       state_dir=where, progress=progress, identity=ident)
+                                       state_dir=where, progress=progress, identity=ident, precision=precision,
+                                       graphs=graphs, shares=shares)
             if where is not None and distributed.is_main():
                 _finish(where, rows, done, [b[start:stop] for b in budgets], ident)
             del rows
             done.x_adv = None  # on disk; only the per-point results stay
         parts.append(done)
-    return _merge(parts, eps_values)
+    merged = _merge(parts, eps_values)
+    merged.precision = precision
+    return merged
 
 
 def _finish(where: Path, rows: torch.Tensor, ev: Evaluation, budgets: list[torch.Tensor], ident: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from ..errors import AdvlabError
 from ..io import load_tensors, save_tensors
 from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
+from ..precision import check_device, check_precision, with_precision
 from ..device import default_batch_size
 from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
@@ -55,6 +56,7 @@ class Evaluation:
     passes: dict[str, int] = field(default_factory=dict)          # model rows, forward and backward
     attack_passes: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, per attack of the suite
     oom_batch_sizes: dict[str, int] = field(default_factory=dict)  # attack -> batch size after running out of memory
+    precision: str = "fp32"          # what the attacks searched in; every number is fp32 (advlab.precision)
 
     @property
     def num_classes(self) -> int:
@@ -110,12 +112,19 @@ class Evaluation:
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float] | Any,
                         suite: Sequence[SuiteEntry], *, norm: str = "linf", bounds: Bounds = None, seed: int = 0,
                         batch_size: int | None = None, state_dir: str | Path | None = None, progress: bool = True,
-                        identity: dict[str, Any] | None = None) -> Evaluation:
+                        identity: dict[str, Any] | None = None, precision: str = "fp32", graphs: bool = False,
+                        shares: int | None = None) -> Evaluation:
     """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given.
 
     Under torchrun (advlab.distributed) every rank calls this with the same arguments: the batches
     of each attack are dealt out round-robin, merged after the attack, and the result is exactly the
     single-process one (each batch draws its randomness from (seed, eps, attack, batch) alone).
+
+    `shares` (default: the number of processes) cuts each attack's still-robust points into batches
+    of equal size, a multiple of `shares` of them (advlab.distributed.stage_batches), so no rank idles
+    while another works through a tail; a one-process run with the same `shares` gives the same numbers.
+    `precision` (fp32, bf16, fp16): what the attacks search in; every break is verified in fp32, and
+    `graphs` runs the search through CUDA graphs (advlab.precision, advlab.graphs).
     """
     check_inputs(x, y, bounds)
     if not suite:
@@ -124,13 +133,24 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     budgets = eps_list(eps, len(x))
     eps_values = describe_eps(eps)
     attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
+    check_device(check_precision(precision), model_device(model))
+    if precision != "fp32" or graphs:
+        attacks = [with_precision(a, precision, graphs) for a in attacks]
+    shares = distributed.world_size() if shares is None else shares
+    if isinstance(shares, bool) or not isinstance(shares, int) or shares < 1:
+        raise AdvlabError(f"shares must be a positive integer (the batches per attack are a multiple of it), "
+                          f"got {shares!r}")
     labels = [entry.label for entry in suite]
     ident = {"eps": eps_values, "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite],
              "n": len(y), "seed": seed, "batch_size": batch_size, **(identity or {})}
+    if precision != "fp32":  # the search's precision and the batch layout change the numbers; fp32 and
+        ident["precision"] = precision  # one share leave the identity as before (states saved earlier resume)
+    if shares != 1:
+        ident["shares"] = shares
     counter = PassCounter(model)
     state = _State.load_or_start(state_dir, ident, counter, x, y, len(budgets))
     run = _Cascade(counter, x, y, budgets, eps_order(budgets), eps_values, attacks, labels, bounds, seed, batch_size,
-                   progress, state, start=time.perf_counter() - state.seconds)
+                   progress, state, start=time.perf_counter() - state.seconds, shares=shares)
     stages = [(e, a) for e in run.order for a in range(len(attacks))]
     try:
         with attack_mode(model, evaluation=True):
@@ -148,7 +168,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         passes = dict(zip(passes, (int(v) for v in distributed.all_reduce_sum(list(passes.values())))))
     return Evaluation(eps_values, norm, labels, y.cpu(), state.clean_logits, state.broken_by, state.x_adv,
                       state.logits, time.perf_counter() - run.start, dict(state.attack_seconds), passes=passes,
-                      attack_passes=dict(state.attack_passes), oom_batch_sizes=dict(state.oom))
+                      attack_passes=dict(state.attack_passes), oom_batch_sizes=dict(state.oom), precision=precision)
 
 
 def _check_batch_size(batch_size: int | None, model: nn.Module) -> int:
@@ -177,6 +197,7 @@ class _Cascade:
     progress: bool
     state: _State
     start: float  # perf_counter() at the start, less the seconds of the sessions before a resume
+    shares: int = 1  # the batch layout of a stage (distributed.stage_batches)
     ranks: int = field(default_factory=distributed.world_size)
     rank: int = field(default_factory=distributed.rank)
 
@@ -186,12 +207,12 @@ class _Cascade:
             _inherit_smaller_eps(state, self.budgets, self.order, e)
             state.subset = (state.broken_by[e] == ROBUST).nonzero().flatten()
         subset = state.subset
-        n_batches = (len(subset) + self.batch_size - 1) // self.batch_size
+        batches = distributed.stage_batches(len(subset), self.batch_size, self.shares)
         mine = torch.zeros(len(subset), dtype=torch.bool)  # rows this process broke in this stage
         desc = f"eps {self.eps_values[e]:g} {self.labels[a]}"
-        todo = [b for b in range(state.batch, n_batches) if b % self.ranks == self.rank]
+        todo = [b for b in range(state.batch, len(batches)) if b % self.ranks == self.rank]
         for b in progress_bar(todo, desc, self.progress and distributed.is_main(), total=len(todo)):
-            self.batch(stage_number, e, a, b, subset, mine)
+            self.batch(stage_number, e, a, b, subset, mine, batches[b])
         if self.ranks > 1:
             hit = _merge_ranks(state, e, subset, mine)
             state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
@@ -200,10 +221,11 @@ class _Cascade:
         state.stage, state.batch, state.subset = stage_number + 1, 0, None
         self.save()
 
-    def batch(self, stage_number: int, e: int, a: int, b: int, subset: torch.Tensor, mine: torch.Tensor) -> None:
-        """Batch b of the stage: attack it, record what broke (`mine` marks those rows of `subset`)."""
+    def batch(self, stage_number: int, e: int, a: int, b: int, subset: torch.Tensor, mine: torch.Tensor,
+              rows: slice) -> None:
+        """Batch b of the stage, `rows` of `subset`: attack it, record what broke (`mine` marks those rows)."""
         state, label = self.state, self.labels[a]
-        idx = subset[b * self.batch_size:(b + 1) * self.batch_size]
+        idx = subset[rows]
         attack = self.attacks[a]
         attack.seed = rng.derive_seed(self.seed, e, a, b)
         t0, before = time.perf_counter(), self.counter.counts()
@@ -213,7 +235,7 @@ class _Cascade:
         state.attack_passes[label] = add_counts(state.attack_passes.get(label), spent)
         newly = ~r.correct[0]
         hit = idx[newly]
-        mine[b * self.batch_size:(b + 1) * self.batch_size] |= newly
+        mine[rows] |= newly
         state.broken_by[e, hit] = a + 1
         state.found_at[e, hit] = e
         state.x_adv[e, hit] = r.x_adv[0][newly].to(state.x_adv.dtype)
