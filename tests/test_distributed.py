@@ -21,6 +21,23 @@ def test_shards_cover_every_item_once_and_differ_by_at_most_one():
             assert max(sizes) - min(sizes) <= 1
 
 
+def test_stage_batches_deal_every_rank_the_same_points_however_few_are_left():
+    # one process: full batches, then the rest (the layout evaluations always had)
+    assert distributed.stage_batches(150, 40) == [slice(0, 40), slice(40, 80), slice(80, 120), slice(120, 150)]
+    assert distributed.stage_batches(0, 40, 4) == []
+    for n in [1, 7, 150, 4097, 10000]:
+        for shares in [2, 3, 8]:
+            for batch in [40, 500, 4096]:
+                batches = distributed.stage_batches(n, batch, shares)
+                assert [i for b in batches for i in range(n)[b]] == list(range(n))
+                assert len(batches) % shares == 0 and max(b.stop - b.start for b in batches) <= batch
+                per_rank = [sum(b.stop - b.start for b in batches[r::shares]) for r in range(shares)]
+                assert max(per_rank) - min(per_rank) <= len(batches) // shares, (n, shares, batch, per_rank)
+    # the case that idled GPUs: 10,000 points at batch 4096 on 8 ranks were 3 batches (5 ranks idle)
+    per_rank = [sum(b.stop - b.start for b in distributed.stage_batches(10000, 4096, 8)[r::8]) for r in range(8)]
+    assert per_rank == [1250] * 8
+
+
 def test_single_process_helpers_are_identities():
     assert not distributed.is_distributed() and distributed.rank() == 0 and distributed.world_size() == 1
     x = torch.arange(10.0)
@@ -78,8 +95,9 @@ def test_two_processes_match_one(tmp_path, defense):
 
 
 def test_two_process_evaluation_is_exactly_the_single_process_one(tmp_path):
-    """torchrun deals the batches of every attack out round-robin and merges after each attack:
-    the per-example results, logits and adversarial examples equal one process's, bit for bit."""
+    """torchrun cuts every attack's still-robust points into equal batches, an even number of them
+    (--shares defaults to the 2 processes), deals them out and merges after each attack: the per-example
+    results, logits and adversarial examples equal one process's with --shares 2, bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = subprocess.run([sys.executable, "-m", "advlab", "train", "--dataset", "digits", "--model", "mlp",
                             "--epochs", "3", "--out", str(tmp_path / "run"), "--no-progress"],
@@ -91,7 +109,7 @@ def test_two_process_evaluation_is_exactly_the_single_process_one(tmp_path):
                           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "-m", "advlab", "--",
                           *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "advlab", *args, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "advlab", *args, "--shares", "2", "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     import json
