@@ -103,6 +103,11 @@ def case(row_id, tmp_path, capsys, run_dir):
     inf = X.clone()
     inf[0, 0] = math.inf
     cases = {
+        "precision-unknown": lambda: (expect_error(lambda: _with_precision("fp8"), "precision must be one of fp32, bf16, "
+                                                                                    "fp16, got 'fp8'"),
+                                      expect_error(lambda: _evaluate(precision="fp8"), "precision must be one of")),
+        "precision-device": lambda: _precision_device(),
+        "shares-invalid": lambda: expect_error(lambda: _evaluate(shares=0), "shares must be a positive integer"),
         "nan-inputs": lambda: expect_error(lambda: attack(x=nan), "NaN or inf"),
         "inf-inputs": lambda: expect_error(lambda: attack(x=inf), "NaN or inf"),
         "integer-inputs": lambda: expect_error(lambda: attack(x=torch.ones(6, 4, dtype=torch.long)), "floating-point"),
@@ -484,6 +489,27 @@ def _export_no_leaderboard(tmp_path, capsys, run_dir):
     capsys.readouterr()
     expect_exit_2(capsys, "evaluates digits at linf: RobustBench has no such leaderboard", "export", "robustbench",
                   str(run), "--allow-partial", "--out", str(tmp_path / "o"))
+
+
+def _with_precision(precision):
+    from advlab.precision import with_precision
+    return with_precision(PGD(steps=2), precision)
+
+
+def _evaluate(**kw):
+    from advlab.evaluate import evaluate_robustness, get_suite
+    return evaluate_robustness(fixed_net(), X, Y, [0.1], get_suite("fast"), progress=False, **kw)
+
+
+def _precision_device():
+    from advlab import precision
+    expect_error(lambda: precision.check_device("bf16", torch.device("mps")), "runs on cpu or cuda, not mps")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+        mp.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+        expect_error(lambda: precision.check_device("bf16", torch.device("cuda", 0)),
+                     "Tesla V100 has no bfloat16 support; use precision fp16")
+    precision.check_device("fp32", torch.device("mps"))  # fp32 runs anywhere
 
 
 ROWS = table_rows()
