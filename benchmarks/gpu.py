@@ -2,6 +2,7 @@
 
     benchmarks/.env-peers/bin/python benchmarks/gpu.py                 (about 5 minutes on one GPU)
     python benchmarks/gpu.py --small --device cpu --out /tmp/gpu.md     (CPU smoke run, ~15 s)
+    benchmarks/.env-peers/bin/python benchmarks/gpu.py --precision fp32,bf16,fp16 --graphs   (+ step 4)
 
 1. Trains `resnet18` (CIFAR stem, 1 channel) on Fashion-MNIST with FGSM + random start (Wong et al.
    2020), eps 0.1, 3 epochs, Adam one-cycle to 3e-3, batch 128, with advlab's Trainer on the device;
@@ -12,6 +13,11 @@
    A warm-up call of each first, then `--repeats` interleaved runs; seconds are medians.
 3. advlab's `standard` suite (APGD-CE, APGD-T, Square) against AutoAttack standard (pyautoattack, or
    the `autoattack` package) on the first 1,000 test images, batch 500, one run each.
+
+4. With `--precision` naming more than fp32, or `--graphs`: advlab's PGD-20 (at the largest batch)
+   and its suite again for every other search setting (bf16 / fp16 search under autocast, every
+   break verified in fp32, advlab.precision; CUDA graphs, advlab.graphs), each beside advlab fp32:
+   robust accuracy (lower = stronger) and seconds (fp32 seconds / these seconds).
 
 Peers come from benchmarks/.env-peers (benchmarks/run_all.py creates it; no network needed after
 that); one that is not importable is skipped with a note in the table. No file is downloaded:
@@ -216,7 +222,7 @@ def bench_pgd(model, x, y, scale: Scale, device: torch.device, rows: list, notes
 
 
 # -- 3. standard suite vs AutoAttack -----------------------------------------------------------------
-def suite_advlab(model, x, y, small: bool):
+def suite_advlab(model, x, y, small: bool, precision: str = "fp32", graphs: bool = False):
     from advlab.evaluate import evaluate_robustness, get_suite
     from advlab.evaluate.suites import SuiteEntry
     suite = get_suite("standard")
@@ -225,7 +231,8 @@ def suite_advlab(model, x, y, small: bool):
                  SuiteEntry("apgd-t", "apgd-t", {"steps": CHEAP["apgd_steps"],
                                                  "n_target_classes": CHEAP["n_target_classes"]}),
                  SuiteEntry("square", "square", {"n_queries": CHEAP["square_queries"], "give_up": 5.0})]
-    ev = evaluate_robustness(model, x, y, [EPS], suite, bounds=BOUNDS, batch_size=500, progress=False)
+    ev = evaluate_robustness(model, x, y, [EPS], suite, bounds=BOUNDS, batch_size=500, progress=False,
+                             precision=precision, graphs=graphs)
     return ev.robust_accuracy()[0], ev.attack_seconds
 
 
@@ -265,7 +272,7 @@ def suite_autoattack(model, x, y, module: str, small: bool, device: torch.device
     return (predict_logits(model, x_adv).argmax(1) == y).float().mean().item()
 
 
-def bench_suite(model, x, y, small: bool, device: torch.device, rows: list, notes: list) -> None:
+def bench_suite(model, x, y, small: bool, device: torch.device, rows: list, notes: list) -> tuple[float, float]:
     seconds, (acc, per_attack) = timed(lambda: suite_advlab(model, x, y, small), device)
     # evaluate_robustness (c748815) can hand the model back in train mode; AutoAttack must see eval mode
     model.eval()
@@ -287,6 +294,66 @@ def bench_suite(model, x, y, small: bool, device: torch.device, rows: list, note
     rows.append([f"{name} seconds, {len(x):,} images", f"{seconds:.1f} ({stages})",
                  f"{aa_seconds:.1f} ({peer})" if module else "skipped",
                  f"{aa_seconds / seconds:.2f}x" if module else "-"])
+    return acc, seconds
+
+
+# -- 4. search precision and CUDA graphs -------------------------------------------------------------
+def search_label(precision: str, graphs: bool) -> str:
+    what = "fp32" if precision == "fp32" else f"{precision} search, fp32-verified"
+    return what + (", CUDA graphs" if graphs else "")
+
+
+def search_settings(precisions: list[str], graphs: bool) -> list[tuple[str, bool]]:
+    """Every (precision, graphs) setting to measure beside plain fp32 (which steps 2 and 3 measured)."""
+    return [(p, g) for p in precisions for g in ((False, True) if graphs else (False,)) if (p, g) != ("fp32", False)]
+
+
+def bench_search(model, x, y, xs, ys, scale: Scale, device: torch.device, settings: list[tuple[str, bool]],
+                 suite_fp32: tuple[float, float] | None, small: bool, rows: list, notes: list) -> None:
+    """PGD-20 at the largest batch (and the suite, when suite_fp32 = its fp32 (accuracy, seconds) is given)
+    in every search setting, beside advlab fp32."""
+    from advlab.attacks import PGD
+    from advlab.precision import with_precision
+    batch = min(scale.batches[-1], len(x))
+
+    def pgd(precision, graphs):
+        attack = with_precision(PGD(norm="linf", steps=STEPS, step_size=ALPHA, random_start=True, batch_size=batch,
+                                    seed=0), precision, graphs)
+        return attack(model, x, y, [EPS], bounds=BOUNDS).robust_accuracy()[0]
+
+    runs = [("fp32", False), *settings]
+    times: dict[tuple, list[float]] = {s: [] for s in runs}
+    accs: dict[tuple, float] = {}
+    for s in runs:  # warm-up: autocast kernels, graph capture
+        timed(lambda: pgd(*s), device)
+    for _ in range(scale.repeats):
+        for s in runs:
+            t, accs[s] = timed(lambda: pgd(*s), device)
+            times[s].append(t)
+    med = {s: statistics.median(t) for s, t in times.items()}
+    what = f"{len(x):,} images, batch {batch:,}"
+    base = ("fp32", False)
+    for s in settings:
+        label = search_label(*s)
+        print(f"  PGD-20 {label}: robust {accs[s]:.4f} (fp32 {accs[base]:.4f}), median {med[s]:.2f} s "
+              f"(fp32 {med[base]:.2f} s)", flush=True)
+        rows.append([f"PGD-20 robust accuracy, {what}, {label}", f"{accs[s]:.4f}", f"{accs[base]:.4f} (advlab fp32)",
+                     f"{round(accs[s] - accs[base], 4) + 0.0:+.4f}"])
+        rows.append([f"PGD-20 seconds (median of {scale.repeats}), {what}, {label}", f"{med[s]:.2f}",
+                     f"{med[base]:.2f} (advlab fp32)", f"{med[base] / med[s]:.2f}x"])
+    if device.type != "cuda" and any(g for _, g in settings):
+        notes.append("--graphs without CUDA runs eagerly: its rows measure the eager path.")
+    if suite_fp32 is None:
+        return
+    name = "cheap suite" if small else "standard suite"
+    for s in settings:
+        label = search_label(*s)
+        seconds, (acc, per_attack) = timed(lambda: suite_advlab(model, xs, ys, small, *s), device)
+        print(f"  advlab {name} {label}: robust {acc:.4f} in {seconds:.1f} s", flush=True)
+        rows.append([f"{name} robust accuracy, {len(xs):,} images, {label}", f"{acc:.4f}",
+                     f"{suite_fp32[0]:.4f} (advlab fp32)", f"{round(acc - suite_fp32[0], 4) + 0.0:+.4f}"])
+        rows.append([f"{name} seconds, {len(xs):,} images, {label}", f"{seconds:.1f}",
+                     f"{suite_fp32[1]:.1f} (advlab fp32)", f"{suite_fp32[1] / seconds:.2f}x"])
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -315,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.md", help="results file (a section is appended)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="PGD repeats per library and batch size (default 3; 1 with --small)")
+    parser.add_argument("--precision", default="fp32",
+                        help="search precisions to measure, comma-separated from fp32,bf16,fp16 (step 4 for each "
+                             "but fp32; every break verified in fp32)")
+    parser.add_argument("--graphs", action="store_true", help="also measure each precision with CUDA graphs (step 4)")
     args = parser.parse_args(argv)
     from advlab.device import resolve_device
     from advlab.errors import AdvlabError
@@ -327,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu.py: no GPU here; the full-size benchmark would take hours on a CPU. Run it on a GPU, "
               "use --small for a smoke run, or pass --device cpu to run it anyway.", flush=True)
         return 0
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    if bad or not precisions:
+        print(f"gpu.py: --precision takes fp32, bf16, fp16 (comma-separated), got {args.precision!r}", file=sys.stderr)
+        return 2
+    settings = search_settings(precisions, args.graphs)
     scale = SMALL if args.small else FULL
     if args.repeats is not None:
         scale = dataclasses.replace(scale, repeats=max(1, args.repeats))
@@ -353,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
 
     xs, ys = ds.test_subset(scale.n_suite)
     print(f"3. {'cheap' if args.small else 'standard'} suite vs AutoAttack on {len(xs):,} images", flush=True)
-    bench_suite(model, xs, ys, args.small, device, rows, notes)
+    suite_fp32 = bench_suite(model, xs, ys, args.small, device, rows, notes)
+
+    if settings:
+        print(f"4. search settings: {', '.join(search_label(*s) for s in settings)}", flush=True)
+        bench_search(model, x, y, xs, ys, scale, device, settings, suite_fp32, args.small, rows, notes)
 
     total = time.perf_counter() - started
     write_section(args.out, args, scale, device, rows, notes, train_seconds, total)

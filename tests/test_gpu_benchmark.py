@@ -82,3 +82,41 @@ def test_no_gpu_and_auto_is_a_clean_skip_not_hours_on_the_cpu():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cuda"], capture_output=True,
                        text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "CUDA is not available" in r.stderr
+
+
+def _gpu_module():
+    script = ROOT / "benchmarks" / "gpu.py"
+    sys.path.insert(0, str(script.parent))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(script.parent))
+    return gpu
+
+
+def test_search_settings_rows_compare_each_precision_and_graphs_with_fp32():
+    """Step 4 on a tiny model: a robust-accuracy row and a seconds row per setting, beside advlab fp32."""
+    import torch
+    gpu = _gpu_module()
+    assert gpu.search_settings(["fp32"], False) == []
+    settings = gpu.search_settings(["fp32", "bf16"], True)
+    assert settings == [("fp32", True), ("bf16", False), ("bf16", True)]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(24, 1, 4, 4)
+    y = model(x).argmax(1).detach()
+    rows, notes = [], []
+    gpu.bench_search(model, x, y, x, y, gpu.SMALL, torch.device("cpu"), settings, None, True, rows, notes)
+    assert len(rows) == 2 * len(settings)
+    for row in rows:
+        assert row[2].endswith("(advlab fp32)")
+    for setting, advlab, _, _ in rows[0::2]:
+        assert "robust accuracy" in setting and 0 <= number(advlab) <= 1
+    assert any("bf16 search, fp32-verified, CUDA graphs" in r[0] for r in rows)
+    assert notes == ["--graphs without CUDA runs eagerly: its rows measure the eager path."]
+
+
+def test_bad_precision_list_exits_2():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--small", "--device", "cpu",
+                        "--precision", "fp32,fp8"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
+    assert r.returncode == 2 and "--precision takes fp32, bf16, fp16" in r.stderr
