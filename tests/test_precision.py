@@ -211,13 +211,14 @@ def test_graphed_module_uses_the_compiled_call_when_it_works(monkeypatch):
     assert torch.equal(g(torch.zeros(1, 3)), torch.full((1, 2), 7.0)) and g.failed is None
 
 
-def test_cli_records_the_search_precision(trained_digits_run, tmp_path):
-    import subprocess
-    import sys
+def test_cli_records_the_search_precision(trained_digits_run, tmp_path, capsys):
+    from advlab.cli import main
     run = trained_digits_run("cnn-small", 6)
-    r = subprocess.run([sys.executable, "-m", "advlab", "attack", "--run", str(run), "--attack", "pgd", "--eps", "0.1",
-                        "--steps", "5", "--n", "40", "--precision", "bf16", "--json", "--no-progress"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    record = json.loads(r.stdout)
+    assert main(["attack", "--run", str(run), "--attack", "pgd", "--eps", "0.1", "--steps", "5", "--n", "40",
+                 "--precision", "bf16", "--json", "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
     assert record["precision"] == "bf16" and 0 <= record["results"][0]["robust_accuracy"] < record["clean_accuracy"]
+    assert main(["evaluate", "--run", str(run), "--eps", "0.1", "--suite", "fast", "--n", "10", "--no-checks",
+                 "--precision", "bf16", "--graphs", "--json", "--no-progress", "--out", str(tmp_path / "ev")]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["precision"] == "bf16" and "--precision bf16 --graphs" in record["summary"]["command"]
