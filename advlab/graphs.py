@@ -62,7 +62,7 @@ class Graphed(nn.Module):
                 if self._compiled is None:
                     self._compiled = torch.compile(self.model, mode=MODE, dynamic=False)
                 return self._compiled(x)
-            except Exception as e:  # noqa: BLE001 - any capture failure: the eager model computes the same
+            except Exception as e:  # any capture failure: the eager model computes the same
                 if is_out_of_memory(e):
                     raise  # the batch is too large: advlab.oom halves it, graphs or not
                 self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

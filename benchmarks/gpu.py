@@ -325,10 +325,10 @@ def bench_search(model, x, y, xs, ys, scale: Scale, device: torch.device, settin
     times: dict[tuple, list[float]] = {s: [] for s in runs}
     accs: dict[tuple, float] = {}
     for s in runs:  # warm-up: autocast kernels, graph capture
-        timed(lambda: pgd(*s), device)
+        timed(lambda s=s: pgd(*s), device)
     for _ in range(scale.repeats):
         for s in runs:
-            t, accs[s] = timed(lambda: pgd(*s), device)
+            t, accs[s] = timed(lambda s=s: pgd(*s), device)
             times[s].append(t)
     med = {s: statistics.median(t) for s, t in times.items()}
     what = f"{len(x):,} images, batch {batch:,}"
@@ -348,7 +348,7 @@ def bench_search(model, x, y, xs, ys, scale: Scale, device: torch.device, settin
     name = "cheap suite" if small else "standard suite"
     for s in settings:
         label = search_label(*s)
-        seconds, (acc, per_attack) = timed(lambda: suite_advlab(model, xs, ys, small, *s), device)
+        seconds, (acc, _) = timed(lambda s=s: suite_advlab(model, xs, ys, small, *s), device)
         print(f"  advlab {name} {label}: robust {acc:.4f} in {seconds:.1f} s", flush=True)
         rows.append([f"{name} robust accuracy, {len(xs):,} images, {label}", f"{acc:.4f}",
                      f"{suite_fp32[0]:.4f} (advlab fp32)", f"{round(acc - suite_fp32[0], 4) + 0.0:+.4f}"])

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fashion
 from torch import nn
 
 from advlab import graphs
@@ -13,8 +14,6 @@ from advlab.errors import AdvlabError
 from advlab.evaluate import evaluate_robustness, get_suite
 from advlab.evaluate.suites import SuiteEntry
 from advlab.precision import FP16_LOSS_SCALE, Autocast, with_precision
-
-from conftest import needs_fashion
 
 EPS = [0.1, 0.2]
 

@@ -198,7 +198,7 @@ class Attack:
                     with torch.no_grad():
                         new_logits = model(new)
                 else:
-                    def search(m, i):  # examples for rows i, found with model m (advlab.precision)
+                    def search(m, i, e=e, eps=eps):  # examples for rows i, found with model m (advlab.precision)
                         gen = rng.generator(self.seed, *key, e, device=x.device)
                         t = targets[i] if targets is not None else None
                         return self._enforce(x[i], self._perturb(m, x[i], y[i], eps[i], t, bounds, gen, True).detach(),
