@@ -116,6 +116,7 @@ def test_two_process_evaluation_is_exactly_the_single_process_one(tmp_path):
     assert len(two.stdout.strip().splitlines()) == 1, "only rank 0 prints the record"
     r2, r1 = json.loads(two.stdout), json.loads(one.stdout)
     assert r2["world_size"] == 2 and r1["world_size"] == 1
+    assert "--shares 2" in r2["summary"]["command"]  # the reproducing command gives these numbers in one process
     assert r2["results"] == r1["results"]
     assert 0 < r1["results"][1]["robust_accuracy"] < r1["results"][0]["robust_accuracy"]  # a real attack
     assert r2["passes"] == r1["passes"]

@@ -63,13 +63,22 @@ def run(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size, precision=args.precision, graphs=args.graphs, shares=args.shares,
             certify=args.certify or False, sigma=args.sigma, samples=args.samples, samples0=args.samples0,
             alpha=args.alpha, timeout=args.timeout,
-            command=evaluate_command({k: getattr(args, k) for k in COMMAND_FLAGS},
-                                     {k: getattr(args, k) for k in COMMAND_REPEATED}, args.ignore_recorded),
+            command=evaluate_command(_flags(args), {k: getattr(args, k) for k in COMMAND_REPEATED},
+                                     args.ignore_recorded),
             started=started, progress=not args.no_progress, log=log)
         if record is None:  # another process under torchrun: the first one prints
             return 0
     emit(args, record, _text(record, out))
     return 0
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The flags of the reproducing command: under torchrun with --shares (default: the number of processes)
+    resolved, so that the command run by one process gives the same numbers."""
+    flags = {k: getattr(args, k) for k in COMMAND_FLAGS}
+    if flags["shares"] is None and distributed.world_size() > 1:
+        flags["shares"] = distributed.world_size()
+    return flags
 
 
 def _passes(p: dict) -> str:
