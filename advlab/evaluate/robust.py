@@ -117,12 +117,11 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     """Worst case over `suite` per example and epsilon; resumable when `state_dir` is given.
 
     Under torchrun (advlab.distributed) every rank calls this with the same arguments: the batches
-    of each attack are dealt out round-robin, merged after the attack, and the result is exactly the
-    single-process one (each batch draws its randomness from (seed, eps, attack, batch) alone).
-
-    `shares` (default: the number of processes) cuts each attack's still-robust points into batches
-    of equal size, a multiple of `shares` of them (advlab.distributed.stage_batches), so no rank idles
-    while another works through a tail; a one-process run with the same `shares` gives the same numbers.
+    of each attack are dealt out round-robin and merged after the attack. `shares` (default: the
+    number of processes) cuts each attack's still-robust points into batches of equal size, a multiple
+    of `shares` of them (advlab.distributed.stage_batches), so no rank idles while another works
+    through a tail. The result is exactly that of one process with the same `shares` (each batch draws
+    its randomness from (seed, eps, attack, batch) alone).
     `precision` (fp32, bf16, fp16): what the attacks search in; every break is verified in fp32, and
     `graphs` runs the search through CUDA graphs (advlab.precision, advlab.graphs).
     """
