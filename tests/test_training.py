@@ -9,7 +9,6 @@ from advlab.defenses.run import train_run
 from advlab.defenses.training import CHECKPOINT, clean_objective, learning_rate
 from advlab.errors import AdvlabError
 from advlab.models import build_model
-from advlab.predict import accuracy
 from advlab.rng import seeded
 
 

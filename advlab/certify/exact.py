@@ -150,7 +150,7 @@ def build_program(nodes: list[Node], boxes: list[tuple[np.ndarray, np.ndarray]],
     x_lo, x_hi = boxes[0]
     v = prog.new(x_lo, x_hi)
     expr: list[Any] = [(prog.unit(v), np.zeros(len(v)))]
-    for i, node in enumerate(nodes[1:], 1):
+    for node in nodes[1:]:
         if node.kind == "add":
             (a1, c1), (a2, c2) = (expr[j] for j in node.inputs)
             expr.append((prog.wide(a1) + prog.wide(a2), c1 + c2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Callable
 
 from ..data import TEST_DATASET_NAMES

@@ -67,7 +67,7 @@ def _threat_of(record: dict[str, Any]) -> str | None:
 class RecordedEntry(SuiteEntry):
     """One recorded file as a suite entry: built into a `RecordedExamples` 'attack'."""
 
-    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":
+    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":  # type: ignore[override]  # duck-types Attack
         return RecordedExamples(Path(self.options["path"]), norm)
 
 

@@ -78,7 +78,7 @@ class Evaluation:
         return [per_class_accuracy(r, self.y, self.num_classes) for r in self.robust]
 
     def adversarial_confusion(self) -> list[list[list[int]]]:
-        """Per epsilon: counts[true][predicted on the adversarial example]."""
+        """Per epsilon: `counts[true][predicted]`, predicted on the adversarial example."""
         return [confusion(self.y, lg.argmax(1), self.num_classes) for lg in self.logits]
 
     def broken_by_attack(self) -> list[dict[str, int]]:

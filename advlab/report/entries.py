@@ -92,7 +92,10 @@ def series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
     if all(float(r["eps"]) > 0 for r in rec["results"]):
         c = float(rec["clean_accuracy"])
         a, b = clopper_pearson(round(c * n), n)
-        eps.append(0.0), acc.append(c), lo.append(a), hi.append(b)
+        eps.append(0.0)
+        acc.append(c)
+        lo.append(a)
+        hi.append(b)
     for r in rec["results"]:
         eps.append(float(r["eps"]))
         acc.append(float(r["robust_accuracy"]))
