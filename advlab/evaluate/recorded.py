@@ -313,10 +313,5 @@ def _metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def recorded_labels(ev_attacks: Sequence[str]) -> list[str]:
-    """The attacks of an evaluation that were recorded sources rather than attacks run now."""
-    return [a for a in ev_attacks if a.startswith("recorded ")]
-
-
-__all__ = ["EXAMPLES_FILE", "RecordedEntry", "RecordedExamples", "fold_record", "recorded_labels",
+__all__ = ["EXAMPLES_FILE", "RecordedEntry", "RecordedExamples", "fold_record",
            "recorded_sources", "save_examples", "save_transfer", "within"]
