@@ -26,7 +26,7 @@ from torch import nn
 from .data import Dataset, load_dataset, rows
 from .device import describe, resolve_device
 from .errors import AdvlabError
-from .artifacts.names import CARD_FILE
+from .rundir import CARD_FILE
 from .io import write_json
 from .runs import dataset_from_card, environment, load_run, read_card
 

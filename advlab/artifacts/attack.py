@@ -21,7 +21,7 @@ from ..config import parse_eps_list
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
-from . import names
+from .. import rundir
 
 Log = Callable[[str], None]
 
@@ -88,7 +88,7 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
     record = _record(subject, attack, result, per_class, embedding)
     if save:
         # result.norm: the attack's budget ("spatial" for the rotation/shift range).
-        out = Path(out) if out is not None else names.attack_dir(subject.run_dir, attack.name, result.norm)
+        out = Path(out) if out is not None else rundir.attack_dir(subject.run_dir, attack.name, result.norm)
         save_attack(out, x, result, data.classes, record)
         record["saved"] = str(out)
     return record
@@ -121,13 +121,13 @@ def save_attack(out: str | os.PathLike, x: torch.Tensor, result, classes, record
     x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
     tensors = {"x": x, "x_adv": result.x_adv, "logits": result.logits, "y": result.y,
                "clean_logits": result.clean_logits}
-    save_tensors(out / names.EXAMPLES_FILE, tensors, {"eps": ",".join(map(str, result.eps))})
-    write_json(out / names.RESULT_FILE, record)
+    save_tensors(out / rundir.EXAMPLES_FILE, tensors, {"eps": ",".join(map(str, result.eps))})
+    write_json(out / rundir.RESULT_FILE, record)
     probs = result.logits.softmax(2)  # (E, N, K)
     for e, eps in enumerate(result.eps):
         # Fooled points first: they are what the grid is for.
         idx = fooled_first(result.success[e] & result.clean_correct, per_grid)
         adversarial_grid(x[idx], result.x_adv[e][idx], result.y[idx], probs[e][idx].argmax(1),
-                         probs[e][idx].amax(1), classes, out / names.grid_png(eps),
+                         probs[e][idx].amax(1), classes, out / rundir.grid_png(eps),
                          title=f"{result.attack} {result.norm} eps={eps:g}")
     return out

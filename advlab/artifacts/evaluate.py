@@ -25,10 +25,9 @@ from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
-from ..evaluate.chunked import CHUNKS_DIR
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
-from . import names
+from .. import rundir
 from .attack import describe_budgets, resolve_budgets
 
 Log = Callable[[str], None]
@@ -67,11 +66,11 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     data = subject.data
     x, y = data.test_subset(n)
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
-    out = Path(out) if out is not None else names.eval_dir(subject.run_dir, suite, norm)
-    state = out / names.STATE_FILE
+    out = Path(out) if out is not None else rundir.eval_dir(subject.run_dir, suite, norm)
+    state = out / rundir.STATE_FILE
     if fresh and distributed.is_main():
         state.unlink(missing_ok=True)
-        shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
+        shutil.rmtree(out / rundir.CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
     distributed.barrier()
     # The worst case over everything the run already holds at this threat: those examples go first.
     recorded = [] if ignore_recorded else recorded_sources(subject.run_dir, norm, exclude=[out])
@@ -100,7 +99,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
         from ..certify.bracket import certified_rows
         record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], method=method,
                                            robust=ev.robust, sigma=sigma, samples=samples, samples0=samples0,
-                                           alpha=alpha, seed=seed, state_dir=out / names.CERTIFY_DIR,
+                                           alpha=alpha, seed=seed, state_dir=out / rundir.CERTIFY_DIR,
                                            timeout=timeout, progress=progress)
         if record["certify"]["method"] == "smoothing":
             from ..certify.smoothing import noise_hint
@@ -116,7 +115,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     record["summary"] = summary(record, command)
     if ev.x_adv is not None:  # evaluated in chunks: each chunk's folder holds its examples
         save_examples(out, x, ev, budgets)
-    write_json(out / names.RESULT_FILE, record)
+    write_json(out / rundir.RESULT_FILE, record)
     write_csvs(out, record)
     return record
 
@@ -262,8 +261,8 @@ def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, ba
 def write_csvs(out: str | os.PathLike, record: dict[str, Any]) -> None:
     """curve.csv (robust accuracy and its interval per eps) and per_class.csv (per eps, per class)."""
     out = Path(out)
-    write_csv(out / names.CURVE_CSV, ["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"],
+    write_csv(out / rundir.CURVE_CSV, ["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"],
               [[r["eps"], r["robust_accuracy"], *r["ci95"], r["mean_wrong_confidence"]] for r in record["results"]])
-    write_csv(out / names.PER_CLASS_CSV, ["eps", *record["classes"]],
+    write_csv(out / rundir.PER_CLASS_CSV, ["eps", *record["classes"]],
               [[r["eps"], *r["per_class"]] for r in record["results"]])
 

@@ -18,7 +18,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from ..artifacts import names
+from .. import rundir
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..data import DATASET_NAMES, load_dataset
 from ..device import resolve_device
@@ -138,8 +138,8 @@ def run_distances(args: argparse.Namespace) -> int:
     lines.append("")
     for norm, e in record["norms"].items():
         lines.append(textwrap.fill(f"{norm}: {e['reasoning']}", 100, subsequent_indent="  "))
-    return _print(args, record, lines, f"\nresults in {out / names.DISTANCES_FILE}; per-class budgets in "
-                                       f"{out / names.eps_per_class_file('NORM')}")
+    return _print(args, record, lines, f"\nresults in {out / rundir.DISTANCES_FILE}; per-class budgets in "
+                                       f"{out / rundir.eps_per_class_file('NORM')}")
 
 
 # -- perceptibility -----------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def run_linearity(args: argparse.Namespace) -> int:
         a, f = r["activation_change"], r["fgsm_error"]
         lines.append(f"{r['n']:>6} {a['predicted']:>12.4g} {a['mean']:>10.4g} {f['measured']:>11.2%} "
                      f"{f.get('predicted', f['predicted_from_margins']):>10.2%} {r['clean_error']['measured']:>12.2%}")
-    return _print(args, record, lines, f"results in {out / names.LINEARITY_FILE} ({record['seconds']:.1f} s)")
+    return _print(args, record, lines, f"results in {out / rundir.LINEARITY_FILE} ({record['seconds']:.1f} s)")
 
 
 # -- theory -------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def run_theory(args: argparse.Namespace) -> int:
             lines.append(f"{r['n_train']:>6} {c['measured']:>6.3f} ({c['predicted']:.3f}) "
                          f"{rb['measured']:>7.3f} ({rb['predicted']:.3f}) "
                          f"{r['adversarial']['robust_accuracy']['measured']:>15.3f}")
-    return _print(args, record, lines, f"results in {out / names.THEORY_FILE} ({record['seconds']:.1f} s)")
+    return _print(args, record, lines, f"results in {out / rundir.THEORY_FILE} ({record['seconds']:.1f} s)")
 
 
 # -- blobs --------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def run_blobs(args: argparse.Namespace) -> int:
     text = (f"logistic regression on blobs: w = [{', '.join(f'{v:.3f}' for v in m['w'][:4])}], b = {m['b']:.3f}, "
             f"test accuracy {m['test_accuracy']:.4f}\n{table(record)}\n"
             f"(predicted: closed form for this model; best linear: w = 1 through the midpoint)\n"
-            f"results in {out / names.BLOBS_FILE}")
+            f"results in {out / rundir.BLOBS_FILE}")
     emit(args, record, text)
     return 0
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import distributed, rng
-from ..artifacts import names
+from .. import rundir
 from ..attacks.budget import describe_eps, eps_list
 from ..data.lazy import LazyImages
 from ..errors import AdvlabError
@@ -32,11 +32,9 @@ from ..passes import add_counts
 from ..progress import write
 from ..threat import Bounds
 from .recorded import save_examples
-from .robust import STATE_FILE, Evaluation, evaluate_robustness
+from .robust import Evaluation, evaluate_robustness
 from .suites import SuiteEntry
 
-CHUNKS_DIR = "chunks"
-DONE_FILE = "done.json"
 DEFAULT_CHUNK_SIZE = 1000
 
 
@@ -59,7 +57,7 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
     settings = {"eps": eps_values, "budgets": hashlib.sha256(torch.stack(budgets).numpy().tobytes()).hexdigest(),
                 "norm": norm, "suite": [[s.label, s.attack, s.options] for s in suite], "seed": seed,
                 "batch_size": batch_size}
-    root = Path(state_dir) / CHUNKS_DIR if state_dir is not None else None
+    root = Path(state_dir) / rundir.CHUNKS_DIR if state_dir is not None else None
     parts: list[Evaluation] = []
     starts = range(0, n, chunk_size)
     for c, start in enumerate(starts):
@@ -85,22 +83,22 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
 def _finish(where: Path, rows: torch.Tensor, ev: Evaluation, budgets: list[torch.Tensor], ident: dict[str, Any]) -> None:
     """A finished chunk: its examples and results on disk, its resumable state no longer needed."""
     save_examples(where, rows, ev, budgets)
-    write_json(where / DONE_FILE, {"identity": json.loads(json.dumps(ident, default=str)), "eps": ev.eps,
+    write_json(where / rundir.DONE_FILE, {"identity": json.loads(json.dumps(ident, default=str)), "eps": ev.eps,
                                    "attacks": ev.attacks, "seconds": ev.seconds, "attack_seconds": ev.attack_seconds,
                                    "passes": ev.passes, "attack_passes": ev.attack_passes,
                                    "oom_batch_sizes": ev.oom_batch_sizes})
-    (where / STATE_FILE).unlink(missing_ok=True)
-    shutil.rmtree(where / "parts", ignore_errors=True)
+    (where / rundir.STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(where / rundir.PARTS_DIR, ignore_errors=True)
 
 
 def _finished(where: Path | None, ident: dict[str, Any], norm: str) -> Evaluation | None:
     """The results of a chunk that finished with this identity, read without its images; else None."""
     if where is None:
         return None
-    done = read_record(where / DONE_FILE)
+    done = read_record(where / rundir.DONE_FILE)
     if done is None or done.get("identity") != json.loads(json.dumps(ident, default=str)):
         return None
-    t = load_tensors(where / names.EXAMPLES_FILE, keys=["y", "clean_logits", "broken_by", "logits"])
+    t = load_tensors(where / rundir.EXAMPLES_FILE, keys=["y", "clean_logits", "broken_by", "logits"])
     return Evaluation(done["eps"], norm, done["attacks"], t["y"], t["clean_logits"], t["broken_by"],
                       None, t["logits"], done["seconds"], done["attack_seconds"], done["passes"],
                       done["attack_passes"], done["oom_batch_sizes"])

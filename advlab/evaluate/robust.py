@@ -24,18 +24,18 @@ from ..attacks.base import Attack, attack_mode, check_inputs
 from ..attacks.budget import describe_eps, eps_list
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
-from ..io import load_tensors, save_tensors
+from ..io import load_tensors, read_metadata, save_tensors
 from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
 from ..device import default_batch_size
 from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
+from ..rundir import PARTS_DIR, STATE_FILE
 from ..threat import Bounds
 from .stats import clopper_pearson, confusion, per_class_accuracy
 from .suites import SuiteEntry
 
-STATE_FILE = "state.safetensors"
 ROBUST, CLEAN_MISTAKE = -1, 0  # broken_by codes; attack i of the suite is i + 1
 
 
@@ -287,7 +287,7 @@ class _State:
 
     @property
     def parts(self) -> Path:
-        return self.path.parent / "parts"
+        return self.path.parent / PARTS_DIR
 
     @classmethod
     def load_or_start(cls, state_dir, identity, model, x, y, n_eps) -> "_State":
@@ -295,9 +295,7 @@ class _State:
         state = cls(path, json.loads(json.dumps(identity, default=str)))
         state.x_adv = x.detach().cpu().unsqueeze(0).repeat(n_eps, *[1] * x.ndim)
         if path is not None and path.is_file():
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["advlab"])
+            meta = json.loads(read_metadata(path)["advlab"])
             if meta["identity"] == state.identity:
                 t = load_tensors(path)
                 state.clean_logits, state.broken_by, state.found_at, state.logits = (
@@ -329,14 +327,12 @@ class _State:
 
     def _replay_parts(self) -> None:
         """Examples from the part files up to the saved position, then carried to larger budgets."""
-        from safetensors import safe_open
         if self.parts.is_dir():
             for f in sorted(self.parts.glob("*.safetensors")):
                 stage, batch = (int(v) for v in f.stem.split("-"))
                 if (stage, batch) >= (self.stage, self.batch):
                     continue  # written by a batch whose bookkeeping was never saved: it will rerun
-                with safe_open(str(f), "pt") as g:
-                    e = int(g.metadata()["eps_index"])
+                e = int(read_metadata(f)["eps_index"])
                 t = load_tensors(f)
                 self.x_adv[e, t["idx"]] = t["x"].to(self.x_adv.dtype)
         for e in range(len(self.found_at)):

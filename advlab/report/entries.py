@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import names
+from .. import rundir
 from ..artifacts.evaluate import checks_dominate
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
@@ -108,11 +108,11 @@ def series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
 def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dict[str, Any]],
             images: int = 4) -> dict[str, Any] | None:
     """Precomputed adversarial versions of a few images, one frame per epsilon (frame 0: the original)."""
-    candidates = sorted((a for a in attacks if (a["dir"] / names.EXAMPLES_FILE).is_file()),
+    candidates = sorted((a for a in attacks if (a["dir"] / rundir.EXAMPLES_FILE).is_file()),
                         key=lambda a: (a["record"]["attack"] != "pgd", a["record"]["attack"]))
     for a in candidates:
         try:
-            t = load_tensors(a["dir"] / names.EXAMPLES_FILE)
+            t = load_tensors(a["dir"] / rundir.EXAMPLES_FILE)
         except AdvlabError:
             continue
         x_adv, logits, y = t["x_adv"], t["logits"], t["y"]
@@ -157,7 +157,7 @@ def eval_grids(ev_dir: Path, rec: dict[str, Any], classes: list[str] | None, per
     file is missing or unreadable, or its inputs are not images."""
     from safetensors import safe_open
 
-    path = ev_dir / names.EXAMPLES_FILE
+    path = ev_dir / rundir.EXAMPLES_FILE
     if not path.is_file():
         return []
     try:
@@ -255,7 +255,7 @@ def checks_cost_note(rec: dict[str, Any]) -> str | None:
 # -- analyses found anywhere under the root -------------------------------------------------------
 def distances(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in find.walk(root, names.DISTANCES_FILE):
+    for path in find.walk(root, rundir.DISTANCES_FILE):
         rec = find.read(path)
         if not rec or "norms" not in rec:
             continue
@@ -288,7 +288,7 @@ def distances(root: Path) -> list[dict[str, Any]]:
 
 def transfer(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in find.walk(root, names.TRANSFER_FILE):
+    for path in find.walk(root, rundir.TRANSFER_FILE):
         rec = find.read(path)
         if not rec or "names" not in rec or "error" not in rec:
             continue
@@ -310,21 +310,21 @@ def transfer(root: Path) -> list[dict[str, Any]]:
 def generative(root: Path) -> list[dict[str, Any]]:
     """AC-GAN runs (sample grid, judge quality) and unrestricted attacks (`advlab generate`)."""
     out = []
-    for card_path in find.walk(root, names.CARD_FILE):
+    for card_path in find.walk(root, rundir.CARD_FILE):
         card = find.read(card_path)
         if not card or card.get("kind") != "acgan":
             continue
-        figures = card_path.parent / names.FIGURES_DIR
+        figures = card_path.parent / rundir.FIGURES_DIR
         figs = [{"label": label, "src": F.data_uri((figures / f).read_bytes())}
-                for f, label in ((names.SAMPLES_PNG, "samples, one row per class"),
-                                 (names.QUALITY_PNG, "judge accuracy on generated images"))
+                for f, label in ((rundir.SAMPLES_PNG, "samples, one row per class"),
+                                 (rundir.QUALITY_PNG, "judge accuracy on generated images"))
                 if (figures / f).is_file()]
         attacks = []
-        for path in find.walk(card_path.parent / names.ATTACKS_DIR, names.UNRESTRICTED_FILE, depth=1):
+        for path in find.walk(card_path.parent / rundir.ATTACKS_DIR, rundir.UNRESTRICTED_FILE, depth=1):
             rec = find.read(path)
             if not rec or "success_rate" not in rec:
                 continue
-            grid = path.parent / names.UNRESTRICTED_PNG
+            grid = path.parent / rundir.UNRESTRICTED_PNG
             attacks.append({"where": find.rel(root, path.parent), "record": rec,
                             "legitimacy": rec.get("legitimacy") or {},
                             "src": F.data_uri(grid.read_bytes()) if grid.is_file() else None})
