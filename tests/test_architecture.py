@@ -16,7 +16,7 @@ LAYERS = {
     "advlab.version": 0, "advlab.errors": 0, "advlab.config": 0, "advlab.io": 0, "advlab.rng": 0,
     "advlab.progress": 0, "advlab.heap": 0, "advlab.device": 0, "advlab.passes": 0, "advlab.oom": 0,
     "advlab.profiling": 0, "advlab.predict": 0, "advlab.distributed": 0, "advlab.threat": 0,
-    "advlab.plotting": 0, "advlab.rundir": 0,
+    "advlab.plotting": 0, "advlab.rundir": 0, "advlab.records": 0,
     "advlab.data": 1, "advlab.models": 1,
     "advlab.attacks": 2, "advlab.runs": 2,
     "advlab.evaluate": 3, "advlab.defenses": 3, "advlab.analysis": 3, "advlab.metric": 3,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -22,6 +22,10 @@ from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
 from .. import rundir
+from ..records import AttackRecord
+
+if TYPE_CHECKING:
+    from ..subject import Subject
 
 Log = Callable[[str], None]
 
@@ -65,7 +69,7 @@ def embedding_attack(name: str, embedding_run: str | os.PathLike | None, **optio
 def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
                eps_per_class: str | os.PathLike | None = None, n: int | None = None, save: bool = False,
                out: str | os.PathLike | None = None, embedding: tuple[str, dict[str, Any]] | None = None,
-               progress: bool = True, log: Log | None = None) -> dict[str, Any]:
+               progress: bool = True, log: Log | None = None) -> AttackRecord:
     """Run `attack` on the first `n` test points of the subject's data at every budget; return the record.
 
     `eps`: budgets (a list of numbers, or text such as "0.05,8/255"); or `eps_per_class`: a per-class budget
@@ -94,8 +98,8 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
     return record
 
 
-def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
-    record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
+def _record(subject: "Subject", attack, result, per_class, embedding) -> AttackRecord:
+    record: AttackRecord = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
               "seconds": result.seconds, "results": result.summary(), **subject.record()}
     if result.passes is not None:
         record["passes"] = result.passes
@@ -105,10 +109,12 @@ def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
         record["eps_per_class"] = per_class
     if embedding is not None:
         broken = [result.success[e] & result.clean_correct for e in range(len(result.eps))]
-        record.update(threat="embedding", embedding=str(embedding[0]), pixel_norm=result.info["pixel_norm"],
-                      pixel_eps=result.info["pixel_eps"],
-                      median_pixel_norm=[float(d[b].median()) if b.any() else float("nan")
-                                         for d, b in zip(result.info["pixel_distances"], broken)])
+        record["threat"] = "embedding"
+        record["embedding"] = str(embedding[0])
+        record["pixel_norm"] = result.info["pixel_norm"]
+        record["pixel_eps"] = result.info["pixel_eps"]
+        record["median_pixel_norm"] = [float(d[b].median()) if b.any() else float("nan")
+                                       for d, b in zip(result.info["pixel_distances"], broken)]
     return record
 
 

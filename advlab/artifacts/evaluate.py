@@ -18,7 +18,7 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import distributed
 from ..data import rows
@@ -28,6 +28,10 @@ from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdi
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
 from .. import rundir
+from ..records import EvaluateRecord
+
+if TYPE_CHECKING:
+    from ..subject import Subject
 from .attack import describe_budgets, resolve_budgets
 
 Log = Callable[[str], None]
@@ -49,7 +53,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  certify: bool | str = False, sigma: float | None = None,
                  samples: int = 1000, samples0: int = 100, alpha: float = 0.001, timeout: float | None = None,
                  command: str | None = None, started: float | None = None, progress: bool = True,
-                 log: Log | None = None) -> dict[str, Any] | None:
+                 log: Log | None = None) -> EvaluateRecord | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
     the record (None on the other processes under torchrun: the first one records). `certify`: a method
     (ibp, crown, alpha-crown, exact, smoothing) for the certified lower bound beside it, or True / "auto"
@@ -120,12 +124,12 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     return record
 
 
-def _record(subject, suite: str, norm: str, ev, checks: Checks, per_class, seconds: float) -> dict[str, Any]:
+def _record(subject: "Subject", suite: str, norm: str, ev, checks: Checks, per_class, seconds: float) -> EvaluateRecord:
     """The `advlab evaluate --json` object, before the certified rows and the summary.
 
     `seconds` is the whole step's wall time; `suite_seconds` and `passes` the suite's attacks alone (comparable
     with AutoAttack), `checks_seconds` and `checks_passes` the gradient-masking checks on `check_n` points."""
-    record = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
+    record: EvaluateRecord = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
               "seconds": seconds, "suite_seconds": ev.seconds, "checks_seconds": checks.seconds,
               "check_n": checks.n, "attack_seconds": ev.attack_seconds,
               "verdict": verdict(checks) if checks else "not checked",

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..records import AttackRow
+
 
 @dataclass
 class AttackResult:
@@ -70,9 +72,9 @@ class AttackResult:
         return [self.distances[e][fooled[e]].median().item() if fooled[e].any() else float("nan")
                 for e in range(len(self.eps))]
 
-    def summary(self) -> list[dict[str, float]]:
+    def summary(self) -> list[AttackRow]:
         """One record per epsilon, with the names `advlab attack --json` prints."""
         rows = zip(self.eps, self.robust_accuracy(), self.success_rate(), self.mean_wrong_confidence(),
                    self.median_norm())
-        return [{"eps": e, "robust_accuracy": r, "success_rate": s, "mean_wrong_confidence": c, "median_norm": m}
+        return [AttackRow(eps=e, robust_accuracy=r, success_rate=s, mean_wrong_confidence=c, median_norm=m)
                 for e, r, s, c, m in rows]

@@ -31,6 +31,7 @@ from ..device import default_batch_size
 from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
+from ..records import EvaluateRow
 from ..rundir import PARTS_DIR, STATE_FILE
 from ..threat import Bounds
 from .stats import clopper_pearson, confusion, per_class_accuracy
@@ -98,11 +99,11 @@ class Evaluation:
         clean = p_clean[clean_wrong].amax(1).mean().item() if clean_wrong.any() else float("nan")
         return {"adversarial": adv, "clean_mistakes": clean}
 
-    def results(self) -> list[dict[str, Any]]:
+    def results(self) -> list[EvaluateRow]:
         """One record per epsilon, with the names `advlab evaluate --json` prints."""
         conf = self.confidence()["adversarial"]
-        return [{"eps": e, "robust_accuracy": r, "ci95": list(ci), "per_class": pc, "mean_wrong_confidence": c,
-                 "broken_by": b}
+        return [EvaluateRow(eps=e, robust_accuracy=r, ci95=list(ci), per_class=pc, mean_wrong_confidence=c,
+                            broken_by=b)
                 for e, r, ci, pc, c, b in zip(self.eps, self.robust_accuracy(), self.ci95(), self.per_class(), conf,
                                               self.broken_by_attack())]
 

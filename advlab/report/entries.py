@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .. import rundir
+from ..records import AttackRecord, EvaluateRecord
 from ..artifacts.evaluate import checks_dominate
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
@@ -42,7 +43,7 @@ def pct(v: Any, digits: int = 1) -> str:
 
 
 # -- one trained run ------------------------------------------------------------------------------
-def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+def bracket(name: str, rec: EvaluateRecord) -> dict[str, Any] | None:
     """An evaluation with --certify: certified (lower) and attacked (upper) robust accuracy per eps."""
     rows = [r for r in rec["results"] if "certified_accuracy" in r]
     if not rows or not isinstance(rec.get("certify"), dict) or \
@@ -72,7 +73,7 @@ def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
             "hint": c.get("hint")}
 
 
-def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+def series_from_attack(name: str, rec: AttackRecord) -> dict[str, Any]:
     n = int(rec["n"])
     eps, acc = [], []
     if all(float(r["eps"]) > 0 for r in rec["results"]):
@@ -86,7 +87,7 @@ def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
             "lo": list(lo), "hi": list(hi), "n": n, "norm": rec.get("norm", "linf")}
 
 
-def series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+def series_from_eval(name: str, rec: EvaluateRecord) -> dict[str, Any]:
     n = int(rec["n"])
     eps, acc, lo, hi = [], [], [], []
     if all(float(r["eps"]) > 0 for r in rec["results"]):
@@ -150,7 +151,7 @@ def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dic
     return None
 
 
-def eval_grids(ev_dir: Path, rec: dict[str, Any], classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
+def eval_grids(ev_dir: Path, rec: EvaluateRecord, classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
     """One example grid per budget from an evaluation's saved worst-case examples (eval/SUITE-NORM/
     adversarial.safetensors), drawn as `advlab attack --save` draws its grids: rows clean, perturbation,
     adversarial, the points an attack broke first. Only the rows shown are read from the file. [] when the
@@ -204,7 +205,7 @@ def _tile(x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor | None, classes)
             "wrong": p != int(y)}
 
 
-def per_class(rec: dict[str, Any]) -> dict[str, Any]:
+def per_class(rec: EvaluateRecord) -> dict[str, Any]:
     rows = [{"eps": r["eps"], "cells": [{"v": v, "text": pct(v, 0), "bg": _cell_color(v)} for v in r["per_class"]]}
             for r in rec["results"] if r.get("per_class")]
     return {"classes": rec.get("classes") or [str(i) for i in range(len(rows[0]["cells"]))] if rows else [],
@@ -225,7 +226,7 @@ def _docs_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+def checks(rec: EvaluateRecord, out_dir: Path) -> list[dict[str, Any]]:
     docs = _docs_dir()
     rows = []
     for c in rec.get("checks", []):
@@ -240,7 +241,7 @@ def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def checks_cost_note(rec: dict[str, Any]) -> str | None:
+def checks_cost_note(rec: EvaluateRecord) -> str | None:
     """When an evaluation's gradient-masking checks took longer than its attacks: what they cost and how to
     bound them (None otherwise, and for records from before the two were timed apart)."""
     if not rec.get("checks") or "suite_seconds" not in rec or not checks_dominate(rec):
