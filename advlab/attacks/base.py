@@ -29,7 +29,7 @@ from torch import nn
 from .. import rng
 from ..device import default_batch_size
 from ..errors import AdvlabError
-from ..oom import halved, is_out_of_memory
+from ..oom import fitting
 from ..passes import PassCounter
 from ..predict import model_device
 from ..progress import progress as progress_bar
@@ -135,22 +135,23 @@ class Attack:
         """Batch b moved to the device and attacked, in chunks small enough for the device's memory.
         Without an out-of-memory error this is one chunk, with batch b's own random stream."""
         device = model_device(model)
-        while True:
-            limit = min(len(x), self._fitted_batch_size or len(x))
-            try:
-                outputs = []
-                for j, first in enumerate(range(0, len(x), limit)):
-                    sl = slice(first, first + limit)
-                    key = (b,) if limit == len(x) else (b, j)
-                    outputs.append(self._attack_batch(
-                        model, x[sl].to(device), y[sl].to(device),
-                        targets[sl].to(device) if targets is not None else None,
-                        [e[sl].to(device) for e in eps_list], order, bounds, key))
-                return outputs
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self._fitted_batch_size = halved(limit, e, self.name, write)
+
+        def chunks(limit: int) -> list[tuple]:
+            outputs = []
+            for j, first in enumerate(range(0, len(x), limit)):
+                sl = slice(first, first + limit)
+                key = (b,) if limit == len(x) else (b, j)
+                outputs.append(self._attack_batch(
+                    model, x[sl].to(device), y[sl].to(device),
+                    targets[sl].to(device) if targets is not None else None,
+                    [e[sl].to(device) for e in eps_list], order, bounds, key))
+            return outputs
+
+        start = min(len(x), self._fitted_batch_size or len(x))
+        outputs, limit = fitting(chunks, start, self.name, write)
+        if limit < start:
+            self._fitted_batch_size = limit
+        return outputs
 
     def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key: tuple[int, ...]):
         """One batch on the device, every budget: (x_adv (E, n, ...), logits (E, n, K), clean logits (n, K),

@@ -36,7 +36,7 @@ from .. import rng
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
 from ..io import load_tensors, read_metadata, save_tensors
-from ..oom import halved, is_out_of_memory
+from ..oom import fitting
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -159,13 +159,8 @@ class _Sampler:
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         out, i = [], 0
         while i < len(batch):
-            try:
-                logits = self.model(batch[i:i + self.chunk])
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self.chunk = halved(self.chunk, e, "randomized smoothing", write)
-                continue
+            logits, self.chunk = fitting(lambda size: self.model(batch[i:i + size]), self.chunk,
+                                         "randomized smoothing", write)
             if logits.ndim != 2:
                 raise AdvlabError(f"the model must return logits of shape (N, K), got {tuple(logits.shape)}")
             self.num_classes = self.num_classes or logits.shape[1]

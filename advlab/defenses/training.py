@@ -39,7 +39,7 @@ from .. import distributed, rng
 from ..rundir import CHECKPOINT_FILE
 from ..errors import AdvlabError
 from ..io import flatten_state, load_tensors, read_metadata, save_tensors, unflatten_state
-from ..oom import halved, is_out_of_memory
+from ..oom import fitting
 from ..predict import accuracy, model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -266,24 +266,24 @@ class Trainer:
         the whole batch's (each chunk's mean loss weighted by its share): the same update, except that
         batch-norm statistics are then per chunk. The chunk size that fitted is kept.
         """
-        while True:
-            size = min(len(idx), self._micro_batch or len(idx))
-            try:
-                loss_total, correct = 0.0, 0
-                for part in idx.split(size):
-                    x = plan.x[part].to(self.device, non_blocking=True)
-                    y = plan.y[part].to(self.device, non_blocking=True)
-                    loss, logits = plan.objective(self.model, x, y, gen)
-                    share = len(part) / len(idx)
-                    (loss * share if share != 1 else loss).backward()
-                    loss_total = loss_total + loss.detach() * share
-                    correct = correct + (logits.argmax(1) == y).sum()
-                return loss_total, correct
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                self._micro_batch = halved(size, e, "training", self.log)
+        def accumulate(size: int) -> tuple[Any, Any]:
+            loss_total, correct = 0.0, 0
+            for part in idx.split(size):
+                x = plan.x[part].to(self.device, non_blocking=True)
+                y = plan.y[part].to(self.device, non_blocking=True)
+                loss, logits = plan.objective(self.model, x, y, gen)
+                share = len(part) / len(idx)
+                (loss * share if share != 1 else loss).backward()
+                loss_total = loss_total + loss.detach() * share
+                correct = correct + (logits.argmax(1) == y).sum()
+            return loss_total, correct
+
+        start = min(len(idx), self._micro_batch or len(idx))
+        out, size = fitting(accumulate, start, "training", self.log,
+                            on_out_of_memory=lambda: self.optimizer.zero_grad(set_to_none=True))
+        if size < start:
+            self._micro_batch = size
+        return out
 
     @staticmethod
     def _check_finite(finite: torch.Tensor, loss: torch.Tensor, epoch: int, i: int) -> None:
