@@ -35,7 +35,7 @@ from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
-from .budget import EpsArg, describe_eps, eps_list, finite_eps
+from .budget import EpsArg, describe_eps, per_example_budgets, finite_eps
 from .cascade import eps_order, still_broken
 from .engine import gradient_of_sum
 from .goals import Goal, Misclassify
@@ -72,7 +72,7 @@ class Attack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: EpsArg, *,
                  bounds: Bounds = None, targets: torch.Tensor | None = None,
                  progress: bool = False) -> AttackResult:
-        budgets = eps_list(eps, len(x))
+        budgets = per_example_budgets(eps, len(x))
         self._check_budget(budgets, x)
         y, targets = self._check(model, x, y, bounds, targets)
         if self.needs_finite_eps and bounds is None:  # checked up front, not only once a point is attacked
@@ -114,7 +114,7 @@ class Attack:
         that are already wrong (unless early_stop), budget and bounds enforced.
         """
         y, targets = self._check(model, x, y, bounds, targets, warn_train_mode=False)
-        eps_t = eps_list(eps, len(x))[0].to(x.device)
+        eps_t = per_example_budgets(eps, len(x))[0].to(x.device)
         gen = generator or rng.generator(self.seed, device=x.device)
         with attack_mode(model, evaluation=False):
             if self.minimal:
@@ -125,13 +125,13 @@ class Attack:
                 x_adv = self._perturb(model, x, y, eps_t, targets, bounds, gen, early_stop)
         return self._enforce(x, x_adv.detach(), eps_t, bounds)
 
-    def _check_budget(self, eps_list: list[torch.Tensor], x: torch.Tensor) -> None:
+    def _check_budget(self, budgets: list[torch.Tensor], x: torch.Tensor) -> None:
         """Attack-specific checks of the budgets and inputs, before any work (none by default)."""
 
     # -- per batch ----------------------------------------------------------------------------
     _fitted_batch_size: int | None = None  # set when the device ran out of memory (advlab.oom)
 
-    def _attack_batch_fitting(self, model, x, y, targets, eps_list, order, bounds, b) -> list[tuple]:
+    def _attack_batch_fitting(self, model, x, y, targets, budgets, order, bounds, b) -> list[tuple]:
         """Batch b moved to the device and attacked, in chunks small enough for the device's memory.
         Without an out-of-memory error this is one chunk, with batch b's own random stream."""
         device = model_device(model)
@@ -144,7 +144,7 @@ class Attack:
                 outputs.append(self._attack_batch(
                     model, x[sl].to(device), y[sl].to(device),
                     targets[sl].to(device) if targets is not None else None,
-                    [e[sl].to(device) for e in eps_list], order, bounds, key))
+                    [e[sl].to(device) for e in budgets], order, bounds, key))
             return outputs
 
         start = min(len(x), self._fitted_batch_size or len(x))
@@ -153,7 +153,7 @@ class Attack:
             self._fitted_batch_size = limit
         return outputs
 
-    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key: tuple[int, ...]):
+    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key: tuple[int, ...]):
         """One batch on the device, every budget: (x_adv (E, n, ...), logits (E, n, K), clean logits (n, K),
         distances (E, n), minimal distances (n,) or None[, {name: (E, n, ...)} extras for result.info])."""
         n = len(x)
@@ -164,8 +164,8 @@ class Attack:
         x_cur = x.clone()
         logits_cur = clean_logits.clone()
         eps_prev = torch.zeros(n, device=x.device)
-        x_adv = [None] * len(eps_list)
-        logits = [None] * len(eps_list)
+        x_adv = [None] * len(budgets)
+        logits = [None] * len(budgets)
         x_min = min_dist = None
         if self.minimal:
             gen = rng.generator(self.seed, *key, device=x.device)
@@ -176,7 +176,7 @@ class Attack:
             min_dist = torch.where(reached, min_dist, torch.full_like(min_dist, math.inf))
             min_dist = torch.where(broken, torch.zeros_like(min_dist), min_dist)
         for e in order:
-            eps = eps_list[e]
+            eps = budgets[e]
             # A point broken at a smaller budget keeps its example: it is inside this ball too.
             broken = still_broken(broken, eps_prev, eps)
             todo = ~broken & (eps > 0)

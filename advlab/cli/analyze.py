@@ -146,7 +146,7 @@ def run_distances(args: argparse.Namespace) -> int:
 def _perceptibility(sub) -> None:
     p = add_subcommand(sub, "perceptibility")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--eps", type=T.eps_list, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
+    p.add_argument("--eps", type=T.eps_text, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
     p.add_argument("--pairs", default=None,
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     finish(p, run_perceptibility, "output directory (default runs/analyze/perceptibility-DATASET)",
@@ -280,7 +280,7 @@ def run_theory(args: argparse.Namespace) -> int:
 # -- blobs --------------------------------------------------------------------------------------
 def _blobs(sub) -> None:
     p = add_subcommand(sub, "blobs")
-    p.add_argument("--eps", type=T.eps_list, default="0,0.2,0.5", help="Linf budgets")
+    p.add_argument("--eps", type=T.eps_text, default="0,0.2,0.5", help="Linf budgets")
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
@@ -343,10 +343,10 @@ def _embedding(sub) -> None:
     g.add_argument("--n", type=T.positive_int, default=300, help="attack the first N test points")
     g.add_argument("--steps", type=T.positive_int, default=20, help="PGD steps (both threat models)")
     g.add_argument("--pixel-norm", default="linf", choices=["linf", "l2", "l1"])
-    g.add_argument("--pixel-eps", type=T.eps_list, default=None, help="pixel budgets (default: a grid for the norm)")
-    g.add_argument("--embedding-eps", type=T.eps_list, default=None,
+    g.add_argument("--pixel-eps", type=T.eps_text, default=None, help="pixel budgets (default: a grid for the norm)")
+    g.add_argument("--embedding-eps", type=T.eps_text, default=None,
                    help="embedding budgets (default: fractions of the mean between-class embedding distance)")
-    g.add_argument("--targets", type=T.eps_list, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
+    g.add_argument("--targets", type=T.eps_text, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
     finish(p, run_embedding, "output directory (default runs/analyze/embedding-DATASET)")
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import distributed, rng
 from .. import rundir
-from ..attacks.budget import describe_eps, eps_list
+from ..attacks.budget import describe_eps, per_example_budgets
 from ..data.lazy import LazyImages
 from ..errors import AdvlabError
 from ..io import load_tensors, read_record, write_json
@@ -50,7 +50,7 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
     if len(x) != len(y):
         raise AdvlabError(f"{len(x)} images but {len(y)} labels")
     n = len(y)
-    budgets = eps_list(eps, n)
+    budgets = per_example_budgets(eps, n)
     eps_values = describe_eps(eps)
     # What a finished chunk must have been evaluated with to be reused (the budgets themselves, not only their
     # means: per-class budgets with the same mean are another evaluation).

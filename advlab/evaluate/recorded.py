@@ -197,9 +197,9 @@ def save_examples(out: str | os.PathLike, x: torch.Tensor, ev, eps) -> Path:
     """OUT/adversarial.safetensors: the evaluation's examples in `advlab attack --save`'s format, plus
     which attack broke each point (broken_by, labels in the metadata) and each point's budget (`eps`: the
     budgets the evaluation was given)."""
-    from ..attacks.budget import eps_list
+    from ..attacks.budget import per_example_budgets
 
-    eps = eps_list(eps, len(x))
+    eps = per_example_budgets(eps, len(x))
     path = Path(out) / rundir.EXAMPLES_FILE
     save_tensors(path, {"x": x, "x_adv": ev.x_adv, "logits": ev.logits, "y": ev.y, "clean_logits": ev.clean_logits,
                         "broken_by": ev.broken_by, "eps": torch.stack([torch.as_tensor(e).float() for e in eps])},

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import distributed, rng
 from ..attacks.base import Attack, attack_mode, check_inputs
-from ..attacks.budget import describe_eps, eps_list
+from ..attacks.budget import describe_eps, per_example_budgets
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
 from ..io import load_tensors, read_metadata, save_tensors
@@ -122,7 +122,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     if not suite:
         raise AdvlabError("the attack suite is empty")
     batch_size = _check_batch_size(batch_size, model)
-    budgets = eps_list(eps, len(x))
+    budgets = per_example_budgets(eps, len(x))
     eps_values = describe_eps(eps)
     attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
     labels = [entry.label for entry in suite]
@@ -253,13 +253,13 @@ def _merge_ranks(state: "_State", e: int, subset: torch.Tensor, mine: torch.Tens
     return hit
 
 
-def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: list[int], e: int) -> None:
+def _inherit_smaller_eps(state: "_State", budgets: list[torch.Tensor], order: list[int], e: int) -> None:
     """Before the first attack at eps e: points broken at the next smaller budget are broken here too."""
     pos = order.index(e)
     if pos == 0:
         return
     prev = order[pos - 1]
-    carry = still_broken(state.broken_by[prev] != ROBUST, eps_list[prev], eps_list[e]) & (state.broken_by[e] == ROBUST)
+    carry = still_broken(state.broken_by[prev] != ROBUST, budgets[prev], budgets[e]) & (state.broken_by[e] == ROBUST)
     state.broken_by[e, carry] = state.broken_by[prev, carry]
     state.found_at[e, carry] = state.found_at[prev, carry]
     state.x_adv[e, carry] = state.x_adv[prev, carry]
