@@ -40,7 +40,7 @@ from .cascade import eps_order, still_broken
 from .engine import gradient_of_sum
 from .goals import Goal, Misclassify
 from .padding import PaddedBatches
-from .result import AttackResult
+from .result import AttackResult, BatchOutput
 
 
 class AdvlabWarning(UserWarning):
@@ -71,7 +71,10 @@ class Attack:
     # -- public -------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: EpsArg, *,
                  bounds: Bounds = None, targets: torch.Tensor | None = None,
-                 progress: bool = False) -> AttackResult:
+                 progress: bool = False, seed: int | None = None) -> AttackResult:
+        """Every budget at once. `seed`: this call's randomness (default: the attack's own `seed`); an
+        evaluation passes one per batch instead of changing the attack."""
+        seed = self.seed if seed is None else seed
         budgets = per_example_budgets(eps, len(x))
         self._check_budget(budgets, x)
         y, targets = self._check(model, x, y, bounds, targets)
@@ -93,17 +96,15 @@ class Attack:
             for b in bar:
                 sl = slice(b * batch, (b + 1) * batch)
                 outputs += self._attack_batch_fitting(runner, x[sl], y[sl], targets[sl] if targets is not None else None,
-                                                      [e[sl] for e in budgets], order, bounds, b)
-        x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
-                                                if t[0] is not None else None
-                                                for i, t in enumerate(zip(*(o[:5] for o in outputs))))
+                                                      [e[sl] for e in budgets], order, bounds, (seed, b))
+        out = BatchOutput.join(outputs)
         y, targets = y.cpu(), targets.cpu() if targets is not None else None
-        goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
+        goal = torch.stack([self._goal_met(lg, y, targets) for lg in out.logits])  # (E, N): the attack's own criterion
         info = {"batch_size_after_oom": self._fitted_batch_size} if self._fitted_batch_size else {}
-        if len(outputs[0]) > 5:  # per-example extras of the attack (E, n, ...), e.g. the spatial transformation
-            info.update({k: torch.cat([o[5][k] for o in outputs], dim=1) for k in outputs[0][5]})
-        return AttackResult(self.name, self.threat_name, describe_eps(eps), x_adv, logits, clean, y, dist, targets,
-                            time.perf_counter() - start, min_dist, goal=goal, info=info, passes=counter.counts())
+        info.update(out.extras)  # per-example extras of the attack (E, N, ...), e.g. the spatial transformation
+        return AttackResult(self.name, self.threat_name, describe_eps(eps), out.x_adv, out.logits, out.clean_logits,
+                            y, out.distances, targets, time.perf_counter() - start, out.min_distance, goal=goal,
+                            info=info, passes=counter.counts())
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
                 bounds: Bounds = None, targets: torch.Tensor | None = None,
@@ -131,20 +132,19 @@ class Attack:
     # -- per batch ----------------------------------------------------------------------------
     _fitted_batch_size: int | None = None  # set when the device ran out of memory (advlab.oom)
 
-    def _attack_batch_fitting(self, model, x, y, targets, budgets, order, bounds, b) -> list[tuple]:
-        """Batch b moved to the device and attacked, in chunks small enough for the device's memory.
-        Without an out-of-memory error this is one chunk, with batch b's own random stream."""
+    def _attack_batch_fitting(self, model, x, y, targets, budgets, order, bounds, key) -> list[BatchOutput]:
+        """A batch moved to the device and attacked, in chunks small enough for the device's memory.
+        `key` = (seed, batch) names its random stream; without an out-of-memory error it is one chunk."""
         device = model_device(model)
 
-        def chunks(limit: int) -> list[tuple]:
+        def chunks(limit: int) -> list[BatchOutput]:
             outputs = []
             for j, first in enumerate(range(0, len(x), limit)):
                 sl = slice(first, first + limit)
-                key = (b,) if limit == len(x) else (b, j)
                 outputs.append(self._attack_batch(
                     model, x[sl].to(device), y[sl].to(device),
                     targets[sl].to(device) if targets is not None else None,
-                    [e[sl].to(device) for e in budgets], order, bounds, key))
+                    [e[sl].to(device) for e in budgets], order, bounds, key if limit == len(x) else (*key, j)))
             return outputs
 
         start = min(len(x), self._fitted_batch_size or len(x))
@@ -153,9 +153,8 @@ class Attack:
             self._fitted_batch_size = limit
         return outputs
 
-    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key: tuple[int, ...]):
-        """One batch on the device, every budget: (x_adv (E, n, ...), logits (E, n, K), clean logits (n, K),
-        distances (E, n), minimal distances (n,) or None[, {name: (E, n, ...)} extras for result.info])."""
+    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key: tuple[int, ...]) -> BatchOutput:
+        """One batch on the device, every budget, back on the CPU."""
         n = len(x)
         with torch.no_grad():
             clean_logits = model(x)
@@ -168,7 +167,7 @@ class Attack:
         logits = [None] * len(budgets)
         x_min = min_dist = None
         if self.minimal:
-            gen = rng.generator(self.seed, *key, device=x.device)
+            gen = rng.generator(*key, device=x.device)
             x_min = enforce(x, self._minimize(model, x, y, targets, bounds, gen).detach(), self.norm, math.inf, bounds)
             min_dist = self.norm.distance(x_min - x)
             with torch.no_grad():
@@ -190,7 +189,7 @@ class Attack:
                     fits = min_dist[idx] <= eps[idx]
                     new = torch.where(fits.view(-1, *[1] * (x.ndim - 1)), x_min[idx], x[idx])
                 else:
-                    gen = rng.generator(self.seed, *key, e, device=x.device)
+                    gen = rng.generator(*key, e, device=x.device)
                     t = targets[idx] if targets is not None else None
                     new = self._perturb(model, x[idx], y[idx], eps[idx], t, bounds, gen, True).detach()
                 new = self._enforce(x[idx], new, eps[idx], bounds)
@@ -204,8 +203,8 @@ class Attack:
             logits[e] = logits_cur.clone()
         x_adv_t = torch.stack(x_adv)
         dist = torch.stack([self._distance(x, xa) for xa in x_adv])
-        return (x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
-                min_dist.cpu() if min_dist is not None else None)
+        return BatchOutput(x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
+                           min_dist.cpu() if min_dist is not None else None)
 
     def _goal_met(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """(N,) bool: has this point met the attack's goal? The cascade, early stopping and

@@ -32,6 +32,7 @@ from ..errors import AdvlabError
 from ..models.transforms import affine_transform
 from ..threat import Bounds, Threat, clip_to_bounds
 from .base import Attack
+from .result import BatchOutput
 from .losses import get_loss
 
 
@@ -98,7 +99,7 @@ class Spatial(Attack):
         angle, shift, size = (t.to(x.device) for t in self.grid())
         x_adv, logits, clean, angles, shifts = self._batch(model, x, y, targets, budgets, angle, shift, size,
                                                            bounds, self._fill(bounds))
-        return x_adv, logits, clean, self._size(angles, shifts), None, {"angle": angles, "shift": shifts}
+        return BatchOutput(x_adv, logits, clean, self._size(angles, shifts), extras={"angle": angles, "shift": shifts})
 
     def _batch(self, model, x, y, targets, budgets, angle, shift, size, bounds, fill):
         n, g = len(x), len(angle)

@@ -129,6 +129,7 @@ class RecordedResult:
     x_adv: list[torch.Tensor]
     logits: list[torch.Tensor]
     passes: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # as AttackResult.info (nothing to report here)
 
 
 class RecordedExamples:
@@ -138,10 +139,9 @@ class RecordedExamples:
 
     name = "recorded"
     needs_gradients = False
-    _fitted_batch_size = None
 
     def __init__(self, path: Path, norm: str):
-        self.path, self.threat, self.seed = path, LpBall(norm), 0
+        self.path, self.threat = path, LpBall(norm)
         self._examples: _Examples | None = None
         self._unreadable = False
 

@@ -196,8 +196,6 @@ class _Cascade:
         if self.ranks > 1:
             hit = _merge_ranks(state, e, subset, mine)
             state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
-        if self.attacks[a]._fitted_batch_size:
-            state.oom[self.labels[a]] = self.attacks[a]._fitted_batch_size
         state.stage, state.batch, state.subset = stage_number + 1, 0, None
         self.save()
 
@@ -206,9 +204,11 @@ class _Cascade:
         state, label = self.state, self.labels[a]
         idx = subset[b * self.batch_size:(b + 1) * self.batch_size]
         attack = self.attacks[a]
-        attack.seed = rng.derive_seed(self.seed, e, a, b)
         t0, before = time.perf_counter(), self.counter.counts()
-        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds)
+        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds,
+                   seed=rng.derive_seed(self.seed, e, a, b))
+        if r.info.get("batch_size_after_oom"):  # the attack ran out of device memory: the batch size that fitted
+            state.oom[label] = r.info["batch_size_after_oom"]
         state.attack_seconds[label] = state.attack_seconds.get(label, 0.0) + time.perf_counter() - t0
         spent = {k: v - before[k] for k, v in self.counter.counts().items()}
         state.attack_passes[label] = add_counts(state.attack_passes.get(label), spent)
