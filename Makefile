@@ -8,7 +8,7 @@ ZOO_VENV  := .venv-zoo
 ZOO_PY    := $(ZOO_VENV)/bin/python
 ZOO_STAMP := $(ZOO_VENV)/.installed
 
-.PHONY: install zoo demo test test-fast bench clean
+.PHONY: install zoo demo test test-fast lint docs bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
 # torchvision must be built for the torch beside it: the registry's torchvision next to the CPU-only
@@ -37,10 +37,20 @@ zoo: $(ZOO_STAMP)
 demo: $(STAMP)
 	$(PY) -m advlab demo
 
-# The suite in .venv, then the tests marked `zoo` (torchvision:, timm:, robustbench: models) in .venv-zoo.
-test: $(STAMP) $(ZOO_STAMP)
+# Lint, type check and the docs build first (seconds), then the suite in .venv, then the tests marked `zoo`
+# (torchvision:, timm:, robustbench: models) in .venv-zoo.
+test: lint docs $(ZOO_STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not zoo"
 	$(ZOO_PY) -m pytest -n 2 --dist loadgroup -q -m zoo
+
+# ruff (lint rules in pyproject.toml) over everything, mypy over advlab/ (its lenient config is there too).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
+
+# The guides and the API reference generated from the docstrings, into build/site; --strict: a warning fails.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow"

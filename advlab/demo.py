@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .artifacts import names
+from . import rundir
 from .errors import AdvlabError
 from .io import write_json
 from .subject import open_subject
@@ -131,7 +131,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
         attacks = _attack(cfg, runs, ctx)
     with ctx.step(3, "transfer", "transfer matrix (FGSM examples crafted on each model, shown to both; kept for the "
                                  "evaluation)"):
-        transfer = _transfer(cfg, runs, out / names.TRANSFER_DIR, ctx)
+        transfer = _transfer(cfg, runs, out / rundir.TRANSFER_DIR, ctx)
     with ctx.step(4, "evaluation", f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps "
                                    f"{_eps_text(cfg.eval_eps)}"):
         evals = _evaluate(cfg, runs, ctx)
@@ -145,12 +145,12 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
         distances = _analyse(cfg, out / "analysis", ctx)
     record = {"demo": cfg.dataset, "description": _description(cfg), "config": dataclasses.asdict(cfg),
               "summary": _summary(cfg, trained, attacks, evals, transfer, distances, certified), "steps": ctx.steps,
-              "seconds": time.perf_counter() - ctx.started, "report": str(out / names.REPORT_FILE)}
-    write_json(out / names.DEMO_FILE, record)
+              "seconds": time.perf_counter() - ctx.started, "report": str(out / rundir.REPORT_FILE)}
+    write_json(out / rundir.DEMO_FILE, record)
     with ctx.step(7, "report", "writing the HTML report"):
         build_report(out)
     record["seconds"] = time.perf_counter() - ctx.started
-    write_json(out / names.DEMO_FILE, record)
+    write_json(out / rundir.DEMO_FILE, record)
     return record
 
 

@@ -159,15 +159,6 @@ def shard_evaluate(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> t
     return all_gather_rows(local.contiguous(), n)
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's decision, on every rank (so all ranks stop, or go on, together)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_collective_device())
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def stage_batches(n: int, batch_size: int, shares: int = 1) -> list[slice]:
     """The batches an evaluation cuts one attack's n still-robust points into; batch b goes to rank
     b % world_size().

@@ -198,6 +198,17 @@ def load_tensors(path: str | os.PathLike, keys: Sequence[str] | None = None) -> 
         raise CorruptFileError(f"{path} is not a valid safetensors file ({e})") from e
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata in a safetensors file's header ({} when it has none), read without the tensors."""
+    path = Path(path)
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CorruptFileError(f"{path} is not a valid safetensors file ({e})") from e
+
+
 def flatten_state(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
     """Split a nested state (optimizer state dicts, say) into tensors and a JSON-able skeleton.
 

@@ -1,14 +1,18 @@
 """Out of GPU memory: halve the batch and go on, instead of losing the run.
 
-An attack or a prediction that runs out of device memory on a batch retries it in halves, down to
-one row; the batch size that fitted is kept for the rest of the work, said once on stderr, and
-recorded in the results. On the CPU an allocation failure is not caught: it means the machine is
+An attack, a prediction, randomized smoothing or a training step that runs out of device memory on
+a batch retries it in halves, down to one row, through one helper (`fitting`); the batch size that
+fitted is kept for the rest of the work, said on stderr, and recorded in the results. On the CPU an allocation failure is not caught: it means the machine is
 out of memory, and halving would only hide it.
 """
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -31,3 +35,19 @@ def halved(batch_size: int, error: BaseException, what: str, warn) -> int:
     smaller = batch_size // 2
     warn(f"{what}: out of device memory at batch size {batch_size}; going on with {smaller}")
     return smaller
+
+
+def fitting(run: Callable[[int], T], size: int, what: str, warn: Callable[[str], None],
+            on_out_of_memory: Callable[[], None] | None = None) -> tuple[T, int]:
+    """run(size), halving size after each out-of-memory error until it fits: (what run returned, the size that
+    fitted). `on_out_of_memory` cleans up a failed try first (e.g. drops accumulated gradients). The caller
+    keeps the size for the rest of its work; one row that does not fit re-raises the error."""
+    while True:
+        try:
+            return run(size), size
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            if on_out_of_memory is not None:
+                on_out_of_memory()
+            size = halved(size, e, what, warn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .oom import halved, is_out_of_memory
+from .oom import fitting
 from .progress import write
 
 
@@ -26,13 +26,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
     out, i = [], 0
     try:
         while i < len(x):
-            try:
-                out.append(model(x[i:i + batch_size].to(device)).float().cpu())
-            except RuntimeError as e:  # out of GPU memory: halve the batch and go on
-                if not is_out_of_memory(e):
-                    raise
-                batch_size = halved(batch_size, e, "prediction", write)
-                continue
+            logits, batch_size = fitting(lambda size: model(x[i:i + size].to(device)).float().cpu(), batch_size,
+                                         "prediction", write)
+            out.append(logits)
             i += batch_size
     finally:
         model.train(was_training)

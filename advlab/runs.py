@@ -1,6 +1,6 @@
 """Run directories: `model.safetensors` plus `card.json`, written atomically, loaded without pickle.
 
-The names of everything else a run directory holds are in advlab.artifacts.names."""
+The names of everything a run directory holds are in advlab.rundir."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts.names import CARD_FILE, CHECKPOINT_DIR, MODEL_FILE
+from .rundir import CARD_FILE, CHECKPOINT_DIR, MODEL_FILE
 from .errors import AdvlabError, CorruptFileError
 from .io import load_tensors, read_json, save_tensors, write_json
 

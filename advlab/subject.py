@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,8 +26,9 @@ from torch import nn
 from .data import Dataset, load_dataset, rows
 from .device import describe, resolve_device
 from .errors import AdvlabError
-from .artifacts.names import CARD_FILE
+from .rundir import CARD_FILE
 from .io import write_json
+from .records import DataInfo, ModelInfo, SubjectInfo
 from .runs import dataset_from_card, environment, load_run, read_card
 
 
@@ -38,11 +39,11 @@ class Subject:
     data: Dataset
     device: torch.device
     run_dir: Path                    # where results go by default
-    model_record: dict[str, Any] = field(default_factory=dict)  # {"spec", "weights_sha256"} for results
+    model_record: ModelInfo = field(default_factory=ModelInfo)  # {"spec", "weights_sha256"} for results
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> SubjectInfo:
         """What results record about the model, the data and the device."""
-        return {"model": self.model_record, "device": describe(self.device), "data": _data_record(self.data)}
+        return SubjectInfo(model=self.model_record, device=describe(self.device), data=_data_record(self.data))
 
     def identity(self) -> dict[str, Any]:
         """What a saved evaluation state must match to be resumed (not the device: results do not depend on it
@@ -182,7 +183,7 @@ def _check_fits(card: dict[str, Any], ds: Dataset, what: str) -> None:
                           f"({ds.name}) has shape {ds.input_shape} and {ds.num_classes} classes")
 
 
-def _data_record(ds: Dataset) -> dict[str, Any]:
+def _data_record(ds: Dataset) -> DataInfo:
     keep = ("path", "format", "sha256", "source", "labels", "preprocess", "subset")
-    return {"name": ds.name, "n_test": len(ds.y_test), "input_shape": list(ds.input_shape),
-            **{k: v for k, v in ds.params.items() if k in keep}}
+    return cast(DataInfo, {"name": ds.name, "n_test": len(ds.y_test), "input_shape": list(ds.input_shape),
+                           **{k: v for k, v in ds.params.items() if k in keep}})

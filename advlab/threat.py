@@ -1,9 +1,12 @@
-"""Threat models: Linf, L2 and L1 balls, and box bounds.
+"""Threat models: where an attack may move a point. Linf, L2 and L1 balls, and box bounds.
 
-A norm is a small object with four hooks that one PGD loop uses for every norm:
-`distance`, `project`, `step` (steepest ascent of a given size) and `random_init`. Epsilon may
-be a float or a per-example tensor of shape (N,). Everything works on any input shape: (N, D)
-and (N, C, H, W) alike, by flattening all but the batch axis.
+The engine's hook is a `Threat` (start, move, distance, enforce): the projected-gradient loop
+(attacks/engine.py) and the Attack base class call only it, so an embedding ball
+(metric/embedding_threat.py) plugs into the same loop. `LpBall` is the threat of an Lp ball; it
+delegates to a `Norm`, a small object with four hooks: `distance`, `project`, `step` (steepest
+ascent of a given size) and `random_init`. Epsilon may be a float or a per-example tensor of
+shape (N,). Everything works on any input shape: (N, D) and (N, C, H, W) alike, by flattening
+all but the batch axis.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def main() -> None:
     models = {name: recipes[name]() for name in args.models}
     names = [n for n in RUNNERS if not args.only or n in args.only]
     rows, summary = [], {}
-    for model_name, (model, card) in models.items():
+    for model_name, (model, _card) in models.items():
         model.eval()
         times = {n: [] for n in names}
         accs = {}
@@ -144,7 +144,7 @@ def main() -> None:
             verdicts.append(f"- {model_name}: raw `perturb` (no early stop) {ratio:.2f}x the speed of {fastest} "
                             f"(target {TARGETS['perturb']}x): {'PASS' if ratio >= TARGETS['perturb'] else 'FAIL'}")
     sync_rows = []
-    for model_name, (model, card) in models.items():
+    for model_name, (model, _card) in models.items():
         for sync_free in (False, True):
             per_step = syncs_per_step(model.eval(), x[:BATCH], y[:BATCH], sync_free)
             sync_rows.append([model_name, "masked (GPU default)" if sync_free else "shrinking batch (CPU default)",

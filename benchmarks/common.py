@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("ADVLAB_BENCH_CACHE", HERE / ".cache"))

@@ -17,7 +17,7 @@ LAYERS = {
     "advlab.progress": 0, "advlab.heap": 0, "advlab.device": 0, "advlab.passes": 0, "advlab.oom": 0,
     "advlab.profiling": 0, "advlab.predict": 0, "advlab.distributed": 0, "advlab.threat": 0,
     "advlab.precision": 0, "advlab.graphs": 0,
-    "advlab.plotting": 0, "advlab.artifacts.names": 0,
+    "advlab.plotting": 0, "advlab.rundir": 0, "advlab.records": 0,
     "advlab.data": 1, "advlab.models": 1,
     "advlab.attacks": 2, "advlab.runs": 2,
     "advlab.evaluate": 3, "advlab.defenses": 3, "advlab.analysis": 3, "advlab.metric": 3,
@@ -160,3 +160,16 @@ def test_the_graph_sees_relative_lazy_and_from_package_imports(tmp_path):
     assert imports_of(source, "advlab.cli.mod", modules) == {"advlab.errors", "advlab.attacks.pgd", "advlab.io"}
     source.write_text("from .. import __version__, errors\n")
     assert imports_of(source, "advlab.cli.mod", modules) == {"advlab", "advlab.errors"}
+
+
+def test_run_directory_names_live_in_the_bottom_layer_only():
+    """advlab.rundir imports nothing from advlab, so every layer can take its names from it; and no other
+    module spells one of its file names as a literal (a renamed file then changes in one line)."""
+    assert not EDGES["advlab.rundir"], f"advlab.rundir imports {sorted(EDGES['advlab.rundir'])}"
+    import advlab.rundir as rundir
+    file_names = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and "." in v}
+    spelled = sorted(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.value!r}"
+                     for path in PACKAGE.rglob("*.py") if path.name != "rundir.py"
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and node.value in file_names)
+    assert not spelled, "run-directory file names spelled outside advlab.rundir:\n" + "\n".join(spelled)

@@ -61,7 +61,7 @@ def test_cw_finds_the_nearest_point_where_the_runner_up_wins():
     # C&W's hinge follows the currently largest other logit, so it is a local method: on a
     # multiclass linear model it reaches the runner-up's facet, which need not be the nearest one.
     model, x, y = softmax_regression()
-    w, b = model.linear.weight.detach(), model.linear.bias.detach()
+    w = model.linear.weight.detach()
     z = model(x).detach()
     runner_up = z.scatter(1, y[:, None], -math.inf).argmax(1)
     facet = (z.gather(1, y[:, None])[:, 0] - z.gather(1, runner_up[:, None])[:, 0]) / (w[y] - w[runner_up]).norm(dim=1)

@@ -52,6 +52,6 @@ def test_same_seed_same_bits(tmp_path):
     summary_a, summary_b = ({k: v for k, v in r[2]["summary"].items() if k not in times | {"command"}}
                             for r in (a, b))
     assert summary_a == summary_b and summary_a
-    c = pipeline(tmp_path / "c", 8)
+    pipeline(tmp_path / "c", 8)
     assert not load_tensors(tmp_path / "a/run/model.safetensors")["net.net.1.weight"].equal(
         load_tensors(tmp_path / "c/run/model.safetensors")["net.net.1.weight"])

@@ -65,7 +65,7 @@ def minimal_argv(parser: argparse.ArgumentParser, fixtures) -> list[str]:
         if action.type in (T.existing_file, T.existing_path):
             return str(fixtures / "file")
         return "1" if action.type in (int, float, T.positive_int, T.positive_float, T.non_negative_int,
-                                      T.non_negative_float, T.eps_list) else "missing"
+                                      T.non_negative_float, T.eps_text) else "missing"
 
     argv = []
     for action in parser._actions:

@@ -11,7 +11,6 @@ from advlab.attacks import APGDT, Square
 from advlab.attacks.apgd import rank_targets
 from advlab.errors import AdvlabError, ConfigError
 from advlab.evaluate import evaluate_robustness, get_suite
-from advlab.evaluate.suites import SuiteEntry
 from advlab.passes import PassCounter
 from advlab.rng import seeded
 from advlab.threat import get_norm

@@ -11,7 +11,7 @@ from advlab.errors import AdvlabError
 from advlab.generative import (ACGAN, GANConfig, UnrestrictedAttack, attack_loss, check_legitimacy,
                                discriminator_loss, generator_loss, latent_penalty, load_gan, make_tasks,
                                nearest_distances, nearest_per_class, train_gan, unrestricted_loss)
-from advlab.generative.acgan import CHECKPOINT
+from advlab.rundir import CHECKPOINT_FILE
 from advlab.plotting import tile
 from advlab.rng import seeded
 
@@ -339,7 +339,7 @@ def test_checkpoint_round_trip_and_resume_matches_uninterrupted(tmp_path):
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert card["kind"] == "acgan" and card["epochs"] == 2 and len(card["metrics"]["history"]) == 2
-    assert (tmp_path / "full" / CHECKPOINT).is_file()
+    assert (tmp_path / "full" / CHECKPOINT_FILE).is_file()
     # a resumed run must use the same settings
     with pytest.raises(AdvlabError, match="different settings"):
         train_gan("digits", tmp_path / "part", GANConfig(epochs=3, **{**cfg, "width": 8}), resume=True, **common)

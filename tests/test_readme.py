@@ -33,7 +33,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     run = tmp_path / "runs" / "readme-mlp"
     assert (run / "report.html").is_file()
     ns = namespace
-    data, model, x, y = ns["data"], ns["model"], ns["x"], ns["y"]
+    data, model = ns["data"], ns["model"]
     # The printed test accuracy is what the run wrote, and what the model scores on the test set.
     written = json.loads((run / "card.json").read_text())["metrics"]["test_accuracy"]
     assert str(written) in out.splitlines() and ns["card"]["metrics"]["test_accuracy"] == written

@@ -7,7 +7,7 @@ from advlab.data import holdout_split
 from advlab.defenses.registry import build_defense
 from advlab.defenses.rst import pseudo_label, robust_self_training
 from advlab.defenses.run import train_run
-from advlab.defenses.training import TrainConfig, clean_objective
+from advlab.defenses.training import TrainConfig
 from advlab.models import build_model
 from advlab.predict import predict_logits
 

@@ -6,10 +6,10 @@ import torch
 from advlab import load_run
 from advlab.defenses import TrainConfig, Trainer
 from advlab.defenses.run import train_run
-from advlab.defenses.training import CHECKPOINT, clean_objective, learning_rate
+from advlab.defenses.training import clean_objective, learning_rate
+from advlab.rundir import CHECKPOINT_FILE
 from advlab.errors import AdvlabError
 from advlab.models import build_model
-from advlab.predict import accuracy
 from advlab.rng import seeded
 
 
@@ -116,7 +116,7 @@ def test_bad_training_options():
 
 def test_checkpoint_is_one_safetensors_file_without_pickle(tmp_path, digits):
     _trainer(digits, tmp_path / "r", epochs=1).fit()
-    raw = (tmp_path / "r" / CHECKPOINT).read_bytes()
+    raw = (tmp_path / "r" / CHECKPOINT_FILE).read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     meta = json.loads(raw[8:8 + header_len])["__metadata__"]
     assert json.loads(meta["advlab"])["epoch"] == 1

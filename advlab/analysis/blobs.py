@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import plotting as figures
-from ..artifacts import names
+from .. import rundir
 from ..attacks import FGSM
 from ..data import load_dataset
 from ..errors import AdvlabError
@@ -75,10 +75,10 @@ def blobs_picture(eps: Sequence[float] = (0.0, 0.2, 0.5), *, dataset_kwargs: dic
         out = Path(out)
         if dim == 2:
             record["figures"] = {"scatter": _scatter(out / "blobs.png", ds, result, eps, w, b)}
-        record["json"] = str(out / names.BLOBS_FILE)
+        record["json"] = str(out / rundir.BLOBS_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / names.BLOBS_FILE, record)
+        write_json(out / rundir.BLOBS_FILE, record)
     if log:
         log(table(record))
     return record

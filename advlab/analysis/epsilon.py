@@ -43,7 +43,7 @@ import torch
 
 from .. import plotting as figures
 from .. import rng
-from ..artifacts import names
+from .. import rundir
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
@@ -137,7 +137,7 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
             entry["figures"] = _figures(out, norm, entry, classes, stats.within, stats.between, stats.test_nn,
                                         ds.name, percentile)
             entry["eps_per_class_file"] = write_eps_per_class(
-                out / names.eps_per_class_file(norm), entry["eps_per_class"], norm=norm, dataset=ds.name,
+                out / rundir.eps_per_class_file(norm), entry["eps_per_class"], norm=norm, dataset=ds.name,
                 classes=classes, rule=_rule_text(rule, percentile))
         record["norms"][norm] = entry
         if log:
@@ -146,8 +146,8 @@ def analyze_distances(ds: Dataset, *, per_class: int = 100, norms: Sequence[str]
     record["seconds"] = time.perf_counter() - started
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if out is not None:
-        record["json"] = str(out / names.DISTANCES_FILE)
-        write_json(out / names.DISTANCES_FILE, record)
+        record["json"] = str(out / rundir.DISTANCES_FILE)
+        write_json(out / rundir.DISTANCES_FILE, record)
     return record
 
 

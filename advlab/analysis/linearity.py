@@ -39,7 +39,7 @@ from scipy.stats import norm as normal
 
 from .. import plotting as figures
 from .. import rng
-from ..artifacts import names
+from .. import rundir
 from ..attacks import FGSM
 from ..data import Dataset, load_dataset
 from ..errors import AdvlabError
@@ -201,10 +201,10 @@ def run_linearity(dataset: str = "gaussian", *, eps: float = 0.1, dims: Sequence
     if out is not None:
         out = Path(out)
         record["figures"] = _figures(out, record)
-        record["json"] = str(out / names.LINEARITY_FILE)
+        record["json"] = str(out / rundir.LINEARITY_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / names.LINEARITY_FILE, record)
+        write_json(out / rundir.LINEARITY_FILE, record)
     return record
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .. import plotting as figures
 from .. import rng
-from ..artifacts import names
+from .. import rundir
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
@@ -81,11 +81,11 @@ def perceptibility(ds: Dataset, eps: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3
             np.array(images), [f"{r['source_name']} + {r['target_name']}" for r in rows],
             [f"eps = {e:g}" for e in eps] + ["x1 (source of sign)"],
             f"{ds.name}: clip(x0 + eps * sign(x1)) - every pixel moves by at most eps",
-            out / names.PERCEPTIBILITY_PNG, vmin=float(lo), vmax=float(hi))}
-        record["json"] = str(out / names.PERCEPTIBILITY_FILE)
+            out / rundir.PERCEPTIBILITY_PNG, vmin=float(lo), vmax=float(hi))}
+        record["json"] = str(out / rundir.PERCEPTIBILITY_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / names.PERCEPTIBILITY_FILE, record)
+        write_json(out / rundir.PERCEPTIBILITY_FILE, record)
     return record
 
 

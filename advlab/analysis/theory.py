@@ -38,7 +38,7 @@ from scipy.stats import norm as normal
 
 from .. import plotting as figures
 from .. import rng
-from ..artifacts import names
+from .. import rundir
 from ..attacks import FGSM
 from ..data import load_dataset
 from ..errors import AdvlabError
@@ -188,10 +188,10 @@ def run_theory(experiments: Sequence[str] = ("dimension", "samples"), *, out: st
     if out is not None:
         out = Path(out)
         record["figures"] = _figures(out, record)
-        record["json"] = str(out / names.THEORY_FILE)
+        record["json"] = str(out / rundir.THEORY_FILE)
     record["seconds"] = time.perf_counter() - started
     if out is not None:
-        write_json(out / names.THEORY_FILE, record)
+        write_json(out / rundir.THEORY_FILE, record)
     return record
 
 

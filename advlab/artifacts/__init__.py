@@ -1,7 +1,7 @@
 """Artefacts: what a run directory holds, and the steps that do a thing and record it there.
 
-- `names`: every file and folder name of a run directory (imports nothing from advlab, so the report,
-  advlab.runs and the evaluation's reader of recorded examples can all use it);
+The file and folder names of a run directory are in advlab.rundir (the bottom layer).
+
 - `attack_run` (attack.py), `evaluate_run` (evaluate.py), `certify_run` (certify.py),
   `transfer_run` (transfer.py), `distances_run` / `perceptibility_run` (analysis.py),
   `sample_run` / `unrestricted_run` (generate.py): each takes Python values (a Subject, budgets as
@@ -23,12 +23,10 @@ _FUNCTIONS = {
     "sample_run": "generate", "unrestricted_run": "generate",
 }
 
-__all__ = ["names", *_FUNCTIONS]
+__all__ = list(_FUNCTIONS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _FUNCTIONS:
         return getattr(importlib.import_module(f".{_FUNCTIONS[name]}", __name__), name)
-    if name == "names":
-        return importlib.import_module(".names", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

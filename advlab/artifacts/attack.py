@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -21,7 +21,11 @@ from ..config import parse_eps_list
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
-from . import names
+from .. import rundir
+from ..records import AttackRecord
+
+if TYPE_CHECKING:
+    from ..subject import Subject
 
 Log = Callable[[str], None]
 
@@ -65,7 +69,7 @@ def embedding_attack(name: str, embedding_run: str | os.PathLike | None, **optio
 def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
                eps_per_class: str | os.PathLike | None = None, n: int | None = None, save: bool = False,
                out: str | os.PathLike | None = None, embedding: tuple[str, dict[str, Any]] | None = None,
-               progress: bool = True, log: Log | None = None) -> dict[str, Any]:
+               progress: bool = True, log: Log | None = None) -> AttackRecord:
     """Run `attack` on the first `n` test points of the subject's data at every budget; return the record.
 
     `eps`: budgets (a list of numbers, or text such as "0.05,8/255"); or `eps_per_class`: a per-class budget
@@ -88,14 +92,14 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
     record = _record(subject, attack, result, per_class, embedding)
     if save:
         # result.norm: the attack's budget ("spatial" for the rotation/shift range).
-        out = Path(out) if out is not None else names.attack_dir(subject.run_dir, attack.name, result.norm)
+        out = Path(out) if out is not None else rundir.attack_dir(subject.run_dir, attack.name, result.norm)
         save_attack(out, x, result, data.classes, record)
         record["saved"] = str(out)
     return record
 
 
-def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
-    record = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
+def _record(subject: "Subject", attack, result, per_class, embedding) -> AttackRecord:
+    record: AttackRecord = {"attack": attack.name, "norm": result.norm, "n": len(result.y), "clean_accuracy": result.clean_accuracy(),
               "seconds": result.seconds, "results": result.summary(), **subject.record(),
               "precision": getattr(attack, "precision", "fp32")}  # the search's; every number is fp32
     if result.passes is not None:
@@ -106,10 +110,12 @@ def _record(subject, attack, result, per_class, embedding) -> dict[str, Any]:
         record["eps_per_class"] = per_class
     if embedding is not None:
         broken = [result.success[e] & result.clean_correct for e in range(len(result.eps))]
-        record.update(threat="embedding", embedding=str(embedding[0]), pixel_norm=result.info["pixel_norm"],
-                      pixel_eps=result.info["pixel_eps"],
-                      median_pixel_norm=[float(d[b].median()) if b.any() else float("nan")
-                                         for d, b in zip(result.info["pixel_distances"], broken)])
+        record["threat"] = "embedding"
+        record["embedding"] = str(embedding[0])
+        record["pixel_norm"] = result.info["pixel_norm"]
+        record["pixel_eps"] = result.info["pixel_eps"]
+        record["median_pixel_norm"] = [float(d[b].median()) if b.any() else float("nan")
+                                       for d, b in zip(result.info["pixel_distances"], broken)]
     return record
 
 
@@ -122,13 +128,13 @@ def save_attack(out: str | os.PathLike, x: torch.Tensor, result, classes, record
     x = result.info.get("start", x)  # fooling images start from noise or blank, not from the test points
     tensors = {"x": x, "x_adv": result.x_adv, "logits": result.logits, "y": result.y,
                "clean_logits": result.clean_logits}
-    save_tensors(out / names.EXAMPLES_FILE, tensors, {"eps": ",".join(map(str, result.eps))})
-    write_json(out / names.RESULT_FILE, record)
+    save_tensors(out / rundir.EXAMPLES_FILE, tensors, {"eps": ",".join(map(str, result.eps))})
+    write_json(out / rundir.RESULT_FILE, record)
     probs = result.logits.softmax(2)  # (E, N, K)
     for e, eps in enumerate(result.eps):
         # Fooled points first: they are what the grid is for.
         idx = fooled_first(result.success[e] & result.clean_correct, per_grid)
         adversarial_grid(x[idx], result.x_adv[e][idx], result.y[idx], probs[e][idx].argmax(1),
-                         probs[e][idx].amax(1), classes, out / names.grid_png(eps),
+                         probs[e][idx].amax(1), classes, out / rundir.grid_png(eps),
                          title=f"{result.attack} {result.norm} eps={eps:g}")
     return out

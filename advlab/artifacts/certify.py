@@ -26,7 +26,7 @@ from ..certify.smoothing import certify_smoothing, noise_hint
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_csv, write_json
-from . import names
+from .. import rundir
 
 METHODS = ("smoothing", "ibp", "crown", "alpha-crown", "exact")
 # The norms each method certifies (the first is its default).
@@ -74,8 +74,8 @@ def certify_run(subject, method: str, *, sigma: float | None = None, eps: float 
     data = subject.data
     x, y = data.test_subset(n)
     x = rows(x, progress)  # images read on demand are decoded now
-    out = Path(out) if out is not None else names.certify_dir(subject.run_dir, method, sigma, eps, norm)
-    state = out / names.STATE_FILE
+    out = Path(out) if out is not None else rundir.certify_dir(subject.run_dir, method, sigma, eps, norm)
+    state = out / rundir.STATE_FILE
     if fresh and state.exists():
         state.unlink()
     if method == "smoothing":
@@ -107,8 +107,8 @@ def certify_run(subject, method: str, *, sigma: float | None = None, eps: float 
         record["robust_accuracy_exact"] = record["certified_accuracy"][-1]["accuracy"] if not record["unknown"] \
             else None
         _write_counterexamples(out, cert, x, subject.model)
-        record["counterexamples"] = names.COUNTEREXAMPLES_FILE
-    write_json(out / names.RESULT_FILE, record)
+        record["counterexamples"] = rundir.COUNTEREXAMPLES_FILE
+    write_json(out / rundir.RESULT_FILE, record)
     _write_csvs(out, record, cert)
     return record
 
@@ -118,13 +118,13 @@ def _write_counterexamples(out: Path, cert: Certificate, x: torch.Tensor, model)
     from ..predict import model_device
     keys = [i for i in cert.index.tolist() if i in cert.counterexamples]
     if not keys:
-        (out / names.COUNTEREXAMPLES_FILE).unlink(missing_ok=True)
+        (out / rundir.COUNTEREXAMPLES_FILE).unlink(missing_ok=True)
         return
     row = {int(i): p for p, i in enumerate(cert.index.tolist())}
     x_adv = torch.stack([cert.counterexamples[i].float() for i in keys])
     with torch.no_grad():
         logits = model(x_adv.to(model_device(model))).float().cpu()
-    save_tensors(out / names.COUNTEREXAMPLES_FILE,
+    save_tensors(out / rundir.COUNTEREXAMPLES_FILE,
                  {"index": torch.tensor(keys, dtype=torch.long), "x": torch.stack([x[row[i]].float() for i in keys]),
                   "x_adv": x_adv, "y": cert.label[[row[i] for i in keys]], "logits": logits})
 
@@ -135,10 +135,10 @@ def _clean_accuracy(model, x, y) -> float:
 
 
 def _write_csvs(out: Path, record: dict[str, Any], cert: Certificate) -> None:
-    write_csv(out / names.CURVE_CSV, ["radius", "certified_accuracy", "ci95_low", "ci95_high"],
+    write_csv(out / rundir.CURVE_CSV, ["radius", "certified_accuracy", "ci95_low", "ci95_high"],
               [[r["radius"], r["accuracy"], *r["ci95"]] for r in record["certified_accuracy"]])
     extra = sorted(cert.extra)
     status = ["status"] if cert.status is not None else []
-    write_csv(out / names.POINTS_CSV, ["index", "label", "prediction", "radius", *status, *extra],
+    write_csv(out / rundir.POINTS_CSV, ["index", "label", "prediction", "radius", *status, *extra],
               [[p["index"], p["label"], p["prediction"], p["radius"], *([p["status"]] if status else []),
                 *(cert.extra[k][i].item() for k in extra)] for i, p in enumerate(record["points"])])

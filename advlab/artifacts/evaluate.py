@@ -18,17 +18,20 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import distributed
 from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
-from ..evaluate.chunked import CHUNKS_DIR
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
-from . import names
+from .. import rundir
+from ..records import EvaluateRecord
+
+if TYPE_CHECKING:
+    from ..subject import Subject
 from .attack import describe_budgets, resolve_budgets
 
 Log = Callable[[str], None]
@@ -51,7 +54,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  samples: int = 1000, samples0: int = 100, alpha: float = 0.001, timeout: float | None = None,
                  command: str | None = None, started: float | None = None, progress: bool = True,
                  log: Log | None = None, precision: str = "fp32", graphs: bool = False,
-                 shares: int | None = None) -> dict[str, Any] | None:
+                 shares: int | None = None) -> EvaluateRecord | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
     the record (None on the other processes under torchrun: the first one records). `certify`: a method
     (ibp, crown, alpha-crown, exact, smoothing) for the certified lower bound beside it, or True / "auto"
@@ -70,11 +73,11 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     data = subject.data
     x, y = data.test_subset(n)
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
-    out = Path(out) if out is not None else names.eval_dir(subject.run_dir, suite, norm)
-    state = out / names.STATE_FILE
+    out = Path(out) if out is not None else rundir.eval_dir(subject.run_dir, suite, norm)
+    state = out / rundir.STATE_FILE
     if fresh and distributed.is_main():
         state.unlink(missing_ok=True)
-        shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
+        shutil.rmtree(out / rundir.CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
     distributed.barrier()
     # The worst case over everything the run already holds at this threat: those examples go first.
     recorded = [] if ignore_recorded else recorded_sources(subject.run_dir, norm, exclude=[out])
@@ -105,7 +108,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
         from ..certify.bracket import certified_rows
         record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], method=method,
                                            robust=ev.robust, sigma=sigma, samples=samples, samples0=samples0,
-                                           alpha=alpha, seed=seed, state_dir=out / names.CERTIFY_DIR,
+                                           alpha=alpha, seed=seed, state_dir=out / rundir.CERTIFY_DIR,
                                            timeout=timeout, progress=progress)
         if record["certify"]["method"] == "smoothing":
             from ..certify.smoothing import noise_hint
@@ -121,17 +124,17 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     record["summary"] = summary(record, command)
     if ev.x_adv is not None:  # evaluated in chunks: each chunk's folder holds its examples
         save_examples(out, x, ev, budgets)
-    write_json(out / names.RESULT_FILE, record)
+    write_json(out / rundir.RESULT_FILE, record)
     write_csvs(out, record)
     return record
 
 
-def _record(subject, suite: str, norm: str, ev, checks: Checks, per_class, seconds: float) -> dict[str, Any]:
+def _record(subject: "Subject", suite: str, norm: str, ev, checks: Checks, per_class, seconds: float) -> EvaluateRecord:
     """The `advlab evaluate --json` object, before the certified rows and the summary.
 
     `seconds` is the whole step's wall time; `suite_seconds` and `passes` the suite's attacks alone (comparable
     with AutoAttack), `checks_seconds` and `checks_passes` the gradient-masking checks on `check_n` points."""
-    record = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
+    record: EvaluateRecord = {"suite": suite, "norm": norm, "n": len(ev.y), "clean_accuracy": ev.clean_accuracy(),
               "seconds": seconds, "suite_seconds": ev.seconds, "checks_seconds": checks.seconds,
               "check_n": checks.n, "attack_seconds": ev.attack_seconds,
               "verdict": verdict(checks) if checks else "not checked",
@@ -271,8 +274,8 @@ def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, ba
 def write_csvs(out: str | os.PathLike, record: dict[str, Any]) -> None:
     """curve.csv (robust accuracy and its interval per eps) and per_class.csv (per eps, per class)."""
     out = Path(out)
-    write_csv(out / names.CURVE_CSV, ["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"],
+    write_csv(out / rundir.CURVE_CSV, ["eps", "robust_accuracy", "ci95_low", "ci95_high", "mean_wrong_confidence"],
               [[r["eps"], r["robust_accuracy"], *r["ci95"], r["mean_wrong_confidence"]] for r in record["results"]])
-    write_csv(out / names.PER_CLASS_CSV, ["eps", *record["classes"]],
+    write_csv(out / rundir.PER_CLASS_CSV, ["eps", *record["classes"]],
               [[r["eps"], *r["per_class"]] for r in record["results"]])
 

@@ -31,7 +31,7 @@ from ..errors import AdvlabError
 from ..io import atomic_write, load_tensors, read_json, write_json
 from ..runs import read_card
 from ..version import __version__
-from . import names
+from .. import rundir
 
 # (dataset, norm) -> (eps, number of test points): RobustBench's leaderboards.
 LEADERBOARDS = {("cifar10", "linf"): (8 / 255, 10_000), ("cifar10", "l2"): (0.5, 10_000),
@@ -65,11 +65,11 @@ def export_robustbench(run: str | os.PathLike, out: str | os.PathLike | None = N
                           "it marked as partial")
     x_adv = _examples(eval_dir, result, index, norm)
     name = _entry_name(run, card)
-    out = Path(out) if out is not None else run / names.EXPORT_DIR / "robustbench"
+    out = Path(out) if out is not None else run / rundir.EXPORT_DIR / "robustbench"
     row = result["results"][index]
     entry = _entry(card, result, row, dataset, departures)
-    paths = {"entry": out / names.robustbench_entry(name), "examples": out / names.robustbench_examples(name),
-             "log": out / names.robustbench_log(name)}
+    paths = {"entry": out / rundir.robustbench_entry(name), "examples": out / rundir.robustbench_examples(name),
+             "log": out / rundir.robustbench_log(name)}
     buffer = io.BytesIO()
     torch.save(x_adv.contiguous(), buffer)
     atomic_write(paths["examples"], buffer.getvalue())
@@ -93,15 +93,15 @@ def format_eps(eps: float) -> str:
 def _choose_evaluation(run: Path, evaluation, card: dict, allow_partial: bool) -> tuple[Path, dict[str, Any]]:
     if evaluation is not None:
         folder = Path(evaluation)
-        if not (folder / names.RESULT_FILE).is_file():
-            raise AdvlabError(f"`evaluation={folder}` holds no {names.RESULT_FILE}: give a folder `advlab evaluate` "
-                              f"wrote, such as {run / names.EVAL_DIR}/standard-linf")
-        return folder, read_json(folder / names.RESULT_FILE)
-    found = sorted(p.parent for p in (run / names.EVAL_DIR).glob(f"*/{names.RESULT_FILE}"))
+        if not (folder / rundir.RESULT_FILE).is_file():
+            raise AdvlabError(f"`evaluation={folder}` holds no {rundir.RESULT_FILE}: give a folder `advlab evaluate` "
+                              f"wrote, such as {run / rundir.EVAL_DIR}/standard-linf")
+        return folder, read_json(folder / rundir.RESULT_FILE)
+    found = sorted(p.parent for p in (run / rundir.EVAL_DIR).glob(f"*/{rundir.RESULT_FILE}"))
     if not found:
-        raise AdvlabError(f"{run} holds no evaluation ({run / names.EVAL_DIR} is empty): run `advlab evaluate --run "
+        raise AdvlabError(f"{run} holds no evaluation ({run / rundir.EVAL_DIR} is empty): run `advlab evaluate --run "
                           f"{run} --eps 8/255` (the full test set) first")
-    results = {folder: read_json(folder / names.RESULT_FILE) for folder in found}
+    results = {folder: read_json(folder / rundir.RESULT_FILE) for folder in found}
     following = [f for f, r in results.items() if (r["data"]["name"], r["norm"]) in LEADERBOARDS and
                  not _protocol(r, card, *LEADERBOARDS[r["data"]["name"], r["norm"]])[1]]
     choice = following if following else (list(results) if allow_partial else [])
@@ -152,11 +152,10 @@ def _examples(eval_dir: Path, result: dict[str, Any], index: int, norm: str) -> 
     """(N, C, H, W): the example that broke each point at the exported eps, the clean image where none did;
     checked against the record (robust points) and the budget before anything is written. An evaluation in
     chunks (images read on demand) holds its examples chunk by chunk, in order."""
-    from ..evaluate.chunked import CHUNKS_DIR
-    files = [eval_dir / names.EXAMPLES_FILE] if (eval_dir / names.EXAMPLES_FILE).is_file() else \
-        sorted((eval_dir / CHUNKS_DIR).glob(f"*/{names.EXAMPLES_FILE}"))
+    files = [eval_dir / rundir.EXAMPLES_FILE] if (eval_dir / rundir.EXAMPLES_FILE).is_file() else \
+        sorted((eval_dir / rundir.CHUNKS_DIR).glob(f"*/{rundir.EXAMPLES_FILE}"))
     if not files:
-        raise AdvlabError(f"{eval_dir} holds no {names.EXAMPLES_FILE} (an evaluation by an older advlab?); evaluate "
+        raise AdvlabError(f"{eval_dir} holds no {rundir.EXAMPLES_FILE} (an evaluation by an older advlab?); evaluate "
                           "again to save the examples")
     row = result["results"][index]
     parts, robust, outside, largest = [], 0, 0, 0.0
@@ -172,7 +171,7 @@ def _examples(eval_dir: Path, result: dict[str, Any], index: int, norm: str) -> 
         del t, x, delta
     x_adv = torch.cat(parts)
     if len(x_adv) != result["n"] or robust != round(row["robust_accuracy"] * result["n"]):
-        raise AdvlabError(f"the examples in {eval_dir} do not match its {names.RESULT_FILE} ({robust} robust points "
+        raise AdvlabError(f"the examples in {eval_dir} do not match its {rundir.RESULT_FILE} ({robust} robust points "
                           f"of {len(x_adv)}, the record says {row['robust_accuracy']:.4f} of {result['n']}); evaluate "
                           "again")
     if outside:

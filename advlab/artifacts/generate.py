@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
-from . import names
+from .. import rundir
 
 
 def sample_run(gan_run: str | os.PathLike, *, judge: str | os.PathLike | None = None, n_per_class: int = 100,
@@ -32,14 +32,14 @@ def sample_run(gan_run: str | os.PathLike, *, judge: str | os.PathLike | None = 
     gan, card = load_gan(gan_run, device=device)
     classes = card["dataset"]["classes"]
     out = Path(out) if out is not None else Path(gan_run) / "samples"
-    sample_grid(gan, classes, out / names.SAMPLES_PNG, seed=seed, title=f"AC-GAN samples ({Path(gan_run).name})")
-    record = {"gan": str(gan_run), "out": str(out), "grid": str(out / names.SAMPLES_PNG)}
+    sample_grid(gan, classes, out / rundir.SAMPLES_PNG, seed=seed, title=f"AC-GAN samples ({Path(gan_run).name})")
+    record = {"gan": str(gan_run), "out": str(out), "grid": str(out / rundir.SAMPLES_PNG)}
     if judge is not None:
         quality = generation_quality(gan, load_classifier(judge, card, "judge", device), n_per_class, seed=seed)
-        quality_figure(quality, classes, out / names.QUALITY_PNG)
+        quality_figure(quality, classes, out / rundir.QUALITY_PNG)
         record.update(judge=str(judge), judge_accuracy=quality["accuracy"],
                       judge_accuracy_per_class=quality["per_class"], n_per_class=n_per_class)
-        write_json(out / names.QUALITY_FILE, record)
+        write_json(out / rundir.QUALITY_FILE, record)
     return record
 
 
@@ -69,13 +69,13 @@ def unrestricted_run(gan_run: str | os.PathLike, model_run: str | os.PathLike, a
               "seconds": seconds, "settings": result.settings, **result.summary()}
     legit = _legitimacy(record, result, source_, judge_net, card, data_dir, k) if judge_net is not None else None
     record["per_source"] = _per_source(result, legit, k)
-    out = Path(out) if out is not None else Path(gan_run) / names.ATTACKS_DIR / f"{Path(model_run).name}-{target}"
-    unrestricted_grid(result, card["dataset"]["classes"], out / names.UNRESTRICTED_PNG,
+    out = Path(out) if out is not None else Path(gan_run) / rundir.ATTACKS_DIR / f"{Path(model_run).name}-{target}"
+    unrestricted_grid(result, card["dataset"]["classes"], out / rundir.UNRESTRICTED_PNG,
                       judge_label=legit.judge_label if legit else None,
                       title=f"unrestricted ({target}) vs {Path(model_run).name}")
     record["out"] = str(out)
-    record["figures"] = {"examples": names.UNRESTRICTED_PNG}
-    write_json(out / names.UNRESTRICTED_FILE, record)
+    record["figures"] = {"examples": rundir.UNRESTRICTED_PNG}
+    write_json(out / rundir.UNRESTRICTED_FILE, record)
     if save:
         _save_examples(out, result, legit)
     return record
@@ -102,7 +102,7 @@ def _save_examples(out: Path, result, legit) -> None:
     if legit is not None:
         tensors.update(judge_label=legit.judge_label, dist_source=legit.dist_source,
                        dist_predicted=legit.dist_predicted, passes=legit.passes.to(torch.uint8))
-    save_tensors(out / names.UNRESTRICTED_EXAMPLES, tensors)
+    save_tensors(out / rundir.UNRESTRICTED_EXAMPLES, tensors)
 
 
 def _per_source(result, legit, k: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from ..evaluate.recorded import save_transfer
 from ..evaluate.transfer import transfer_matrix
 from ..io import write_json
 from ..threat import Bounds
-from . import names
+from .. import rundir
 
 
 def transfer_run(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], attack, *,
@@ -37,5 +37,5 @@ def transfer_run(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
             if target != source:
                 save_transfer(run, source, x, result.scores[target], norm)
     record = {**m.as_dict(), "attack": attack.name, "norm": norm, "n": len(y), "dataset": dataset}
-    write_json(Path(out) / names.TRANSFER_FILE, record)
+    write_json(Path(out) / rundir.TRANSFER_FILE, record)
     return record

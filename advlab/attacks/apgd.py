@@ -33,10 +33,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..errors import AdvlabError
-from ..threat import clip_to_bounds
 from .base import Attack, input_gradient
 from .budget import finite_eps
-from .engine import shrink_rows, sync_free_default
+from .engine import BestOfRuns, shrink_rows, sync_free_default
 from .give_up import check_give_up, hopeless
 from .losses import get_loss, margin
 
@@ -65,17 +64,16 @@ class APGD(Attack):
 
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
         eps = finite_eps(eps, x, self.norm, bounds, self.name)
-        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
-        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        runs = BestOfRuns(x)
         for _ in range(self.restarts):
-            idx = (~done).nonzero().flatten() if early_stop else torch.arange(len(x), device=x.device)
-            if len(idx) == 0:
+            idx = runs.todo(early_stop)
+            if idx is None:
                 break
             t = targets[idx] if targets is not None else None
             x_out, score, found = run_apgd(self, model, x[idx], y[idx], eps[idx], self._loss_fn, t, t,
                                            bounds, generator, early_stop)
-            keep_best(best, best_score, done, idx, x_out, score, found, early_stop)
-        return best
+            runs.fold(idx, x_out, score, found, early_stop)
+        return runs.best
 
 
 class APGDT(Attack):
@@ -110,20 +108,19 @@ class APGDT(Attack):
         loss_fn = self._apgd._loss_fn
         if self.loss == "dlr" and ranking.shape[1] < 3:
             loss_fn = get_loss("margin")  # the targeted DLR loss needs 4 classes; C&W's margin is its unscaled form
-        best, best_score = x.clone(), torch.full((len(x),), -torch.inf, device=x.device)
-        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        runs = BestOfRuns(x)
         for k in range(n_targets):
             for _ in range(self.restarts):
-                idx = (~done).nonzero().flatten() if early_stop else torch.arange(len(x), device=x.device)
-                if len(idx) == 0:
-                    return best
+                idx = runs.todo(early_stop)
+                if idx is None:
+                    return runs.best
                 x_out, _, found = run_apgd(self._apgd, model, x[idx], y[idx], eps[idx], loss_fn,
                                            ranking[idx, k], None, bounds, generator, early_stop)
                 # Losses of different targets are not comparable: rank candidates by the true margin.
                 with torch.no_grad():
                     score = margin(model(x_out), y[idx])
-                keep_best(best, best_score, done, idx, x_out, score, found, early_stop)
-        return best
+                runs.fold(idx, x_out, score, found, early_stop)
+        return runs.best
 
 
 RANKINGS = ("logits", "linear")
@@ -158,17 +155,6 @@ def rank_targets(model, x, y, norm, how: str = "logits") -> torch.Tensor:
             dist[:, t] = gap.detach() / size.clamp_min(1e-12)
     dist = dist.scatter(1, y[:, None], torch.inf)
     return dist.argsort(1)[:, :-1]
-
-
-def keep_best(best, best_score, done, idx, x_out, score, found, early_stop):
-    """Fold one run's results into the running best (in place): with early stopping a broken point
-    is final; otherwise the highest score wins. No boolean indexing: nothing waits for the device."""
-    better = score > best_score[idx]
-    if early_stop:
-        better = better | found
-        done[idx] = done[idx] | found
-    best[idx] = torch.where(better.view(-1, *[1] * (x_out.ndim - 1)), x_out, best[idx])
-    best_score[idx] = torch.where(better, score, best_score[idx])
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -227,17 +213,26 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     score is the best loss. Finished points leave the batch as the engine's do (engine.py: at once on
     the CPU; on a GPU frozen by a mask, the batch compacted at a check every few steps).
     """
-    n, norm, steps = len(x), attack.norm, attack.steps
+    n, steps = len(x), attack.steps
     shape = (-1, *[1] * (x.ndim - 1))
     sync_free = sync_free_default(x) if attack.sync_free is None else attack.sync_free
     out_x, out_score = x.clone(), torch.full((n,), -torch.inf, device=x.device)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     hist = torch.empty(steps + 1, n, device=x.device)  # loss after each step; row 0 at the start
 
-    def project(x0, ee, z):
-        return clip_to_bounds(x0 + norm.project(z - x0, ee), bounds)
+    threat = attack.threat
+    ctx = threat.context(x, eps, bounds)
 
-    r, loss, logits = _start(attack, model, x, y, eps, loss_fn, loss_targets, goal_targets, generator, project)
+    def project(x0, ee, z):  # back into the threat (for an Lp ball: the eps-ball around x0, then the bounds)
+        return threat.enforce(x0, z, ee, bounds)
+
+    def move(x0, xx, grad, step, ee):  # one steepest-ascent step of size `step`, projected
+        return threat.move(x0, xx, grad, step, ee, bounds, ctx)
+
+    def start(x0, ee):  # a random point of the threat
+        return project(x0, ee, threat.start(x0, ee, 2.0 * ee, bounds, generator, ctx))
+
+    r, loss, logits = _start(model, x, y, eps, loss_fn, loss_targets, goal_targets, start)
     hist[0] = loss
     checks = checkpoints(steps)
     last_check = 0
@@ -256,7 +251,7 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
         if i == steps:
             break
 
-        loss, logits = _momentum_step(attack, model, loss_fn, r, project, first=i == 0, last=i == steps - 1)
+        loss, logits = _momentum_step(attack, model, loss_fn, r, project, move, first=i == 0, last=i == steps - 1)
         hist[i + 1, r.idx] = loss
         if give_up is not None:
             r.gap_best = torch.minimum(r.gap_best, -margin(logits.detach(), r.y, r.goal_targets))
@@ -276,10 +271,10 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     return out_x, out_score, found
 
 
-def _start(attack, model, x, y, eps, loss_fn, loss_targets, goal_targets, generator, project):
-    """A random point of the ball, its loss and gradient: (state, loss (N,), logits (N, K))."""
+def _start(model, x, y, eps, loss_fn, loss_targets, goal_targets, start):
+    """A random point of the threat, its loss and gradient: (state, loss (N,), logits (N, K))."""
     n, dev = len(x), x.device
-    xa = project(x, eps, x + attack.norm.random_init(x, eps, generator))
+    xa = start(x, eps)
     loss, logits, grad = input_gradient(model, loss_fn, xa, y, loss_targets)
     grad = torch.nan_to_num(grad)
     gap = -margin(logits.detach(), y, goal_targets)
@@ -302,11 +297,11 @@ def _retire(r: _Rows, hit, out_x, out_score, shape) -> None:
     r.active = r.active & ~(hit | r.stalled)
 
 
-def _momentum_step(attack, model, loss_fn, r: _Rows, project, first: bool, last: bool):
+def _momentum_step(attack, model, loss_fn, r: _Rows, project, move, first: bool, last: bool):
     """z from the gradient, then a convex combination with the last move; the loss and logits at
     the new iterate (and its gradient, except after the last step, which is only scored)."""
     a = 1.0 if first else attack.momentum
-    z = project(r.x0, r.eps, r.x + attack.norm.step(r.grad, r.step))
+    z = move(r.x0, r.x, r.grad, r.step, r.eps)
     x_new = project(r.x0, r.eps, r.x + a * (z - r.x) + (1 - a) * (r.x - r.x_prev))
     r.x_prev, r.x = r.x, x_new
     if not last:

@@ -29,19 +29,19 @@ from torch import nn
 from .. import rng
 from ..device import default_batch_size
 from ..errors import AdvlabError
-from ..oom import halved, is_out_of_memory
+from ..oom import fitting
 from ..passes import PassCounter
 from ..precision import verified_search
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..threat import Bounds, LpBall, Norm, Threat, enforce, get_norm
-from .budget import EpsArg, describe_eps, eps_list, finite_eps
+from .budget import EpsArg, describe_eps, per_example_budgets, finite_eps
 from .cascade import eps_order, still_broken
 from .engine import gradient_of_sum
 from .goals import Goal, Misclassify
 from .padding import PaddedBatches
-from .result import AttackResult
+from .result import AttackResult, BatchOutput
 
 
 class AdvlabWarning(UserWarning):
@@ -74,8 +74,11 @@ class Attack:
     # -- public -------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: EpsArg, *,
                  bounds: Bounds = None, targets: torch.Tensor | None = None,
-                 progress: bool = False) -> AttackResult:
-        budgets = eps_list(eps, len(x))
+                 progress: bool = False, seed: int | None = None) -> AttackResult:
+        """Every budget at once. `seed`: this call's randomness (default: the attack's own `seed`); an
+        evaluation passes one per batch instead of changing the attack."""
+        seed = self.seed if seed is None else seed
+        budgets = per_example_budgets(eps, len(x))
         self._check_budget(budgets, x)
         y, targets = self._check(model, x, y, bounds, targets)
         if self.needs_finite_eps and bounds is None:  # checked up front, not only once a point is attacked
@@ -96,17 +99,15 @@ class Attack:
             for b in bar:
                 sl = slice(b * batch, (b + 1) * batch)
                 outputs += self._attack_batch_fitting(runner, x[sl], y[sl], targets[sl] if targets is not None else None,
-                                                      [e[sl] for e in budgets], order, bounds, b)
-        x_adv, logits, clean, dist, min_dist = (torch.cat(t, dim=1 if i in (0, 1, 3) else 0)
-                                                if t[0] is not None else None
-                                                for i, t in enumerate(zip(*(o[:5] for o in outputs))))
+                                                      [e[sl] for e in budgets], order, bounds, (seed, b))
+        out = BatchOutput.join(outputs)
         y, targets = y.cpu(), targets.cpu() if targets is not None else None
-        goal = torch.stack([self._goal_met(lg, y, targets) for lg in logits])  # (E, N): the attack's own criterion
+        goal = torch.stack([self._goal_met(lg, y, targets) for lg in out.logits])  # (E, N): the attack's own criterion
         info = {"batch_size_after_oom": self._fitted_batch_size} if self._fitted_batch_size else {}
-        if len(outputs[0]) > 5:  # per-example extras of the attack (E, n, ...), e.g. the spatial transformation
-            info.update({k: torch.cat([o[5][k] for o in outputs], dim=1) for k in outputs[0][5]})
-        return AttackResult(self.name, self.threat_name, describe_eps(eps), x_adv, logits, clean, y, dist, targets,
-                            time.perf_counter() - start, min_dist, goal=goal, info=info, passes=counter.counts())
+        info.update(out.extras)  # per-example extras of the attack (E, N, ...), e.g. the spatial transformation
+        return AttackResult(self.name, self.threat_name, describe_eps(eps), out.x_adv, out.logits, out.clean_logits,
+                            y, out.distances, targets, time.perf_counter() - start, out.min_distance, goal=goal,
+                            info=info, passes=counter.counts())
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
                 bounds: Bounds = None, targets: torch.Tensor | None = None,
@@ -117,7 +118,7 @@ class Attack:
         that are already wrong (unless early_stop), budget and bounds enforced.
         """
         y, targets = self._check(model, x, y, bounds, targets, warn_train_mode=False)
-        eps_t = eps_list(eps, len(x))[0].to(x.device)
+        eps_t = per_example_budgets(eps, len(x))[0].to(x.device)
         gen = generator or rng.generator(self.seed, device=x.device)
         with attack_mode(model, evaluation=False):
             if self.minimal:
@@ -128,36 +129,35 @@ class Attack:
                 x_adv = self._perturb(model, x, y, eps_t, targets, bounds, gen, early_stop)
         return self._enforce(x, x_adv.detach(), eps_t, bounds)
 
-    def _check_budget(self, eps_list: list[torch.Tensor], x: torch.Tensor) -> None:
+    def _check_budget(self, budgets: list[torch.Tensor], x: torch.Tensor) -> None:
         """Attack-specific checks of the budgets and inputs, before any work (none by default)."""
 
     # -- per batch ----------------------------------------------------------------------------
     _fitted_batch_size: int | None = None  # set when the device ran out of memory (advlab.oom)
 
-    def _attack_batch_fitting(self, model, x, y, targets, eps_list, order, bounds, b) -> list[tuple]:
-        """Batch b moved to the device and attacked, in chunks small enough for the device's memory.
-        Without an out-of-memory error this is one chunk, with batch b's own random stream."""
+    def _attack_batch_fitting(self, model, x, y, targets, budgets, order, bounds, key) -> list[BatchOutput]:
+        """A batch moved to the device and attacked, in chunks small enough for the device's memory.
+        `key` = (seed, batch) names its random stream; without an out-of-memory error it is one chunk."""
         device = model_device(model)
-        while True:
-            limit = min(len(x), self._fitted_batch_size or len(x))
-            try:
-                outputs = []
-                for j, first in enumerate(range(0, len(x), limit)):
-                    sl = slice(first, first + limit)
-                    key = (b,) if limit == len(x) else (b, j)
-                    outputs.append(self._attack_batch(
-                        model, x[sl].to(device), y[sl].to(device),
-                        targets[sl].to(device) if targets is not None else None,
-                        [e[sl].to(device) for e in eps_list], order, bounds, key))
-                return outputs
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self._fitted_batch_size = halved(limit, e, self.name, write)
 
-    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key: tuple[int, ...]):
-        """One batch on the device, every budget: (x_adv (E, n, ...), logits (E, n, K), clean logits (n, K),
-        distances (E, n), minimal distances (n,) or None[, {name: (E, n, ...)} extras for result.info])."""
+        def chunks(limit: int) -> list[BatchOutput]:
+            outputs = []
+            for j, first in enumerate(range(0, len(x), limit)):
+                sl = slice(first, first + limit)
+                outputs.append(self._attack_batch(
+                    model, x[sl].to(device), y[sl].to(device),
+                    targets[sl].to(device) if targets is not None else None,
+                    [e[sl].to(device) for e in budgets], order, bounds, key if limit == len(x) else (*key, j)))
+            return outputs
+
+        start = min(len(x), self._fitted_batch_size or len(x))
+        outputs, limit = fitting(chunks, start, self.name, write)
+        if limit < start:
+            self._fitted_batch_size = limit
+        return outputs
+
+    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key: tuple[int, ...]) -> BatchOutput:
+        """One batch on the device, every budget, back on the CPU."""
         n = len(x)
         with torch.no_grad():
             clean_logits = model(x)
@@ -166,12 +166,12 @@ class Attack:
         x_cur = x.clone()
         logits_cur = clean_logits.clone()
         eps_prev = torch.zeros(n, device=x.device)
-        x_adv = [None] * len(eps_list)
-        logits = [None] * len(eps_list)
+        x_adv = [None] * len(budgets)
+        logits = [None] * len(budgets)
         x_min = min_dist = None
         if self.minimal:
             def search(m, i):  # the minimal examples of rows i, found with model m (advlab.precision)
-                gen = rng.generator(self.seed, *key, device=x.device)
+                gen = rng.generator(*key, device=x.device)
                 t = targets[i] if targets is not None else None
                 return enforce(x[i], self._minimize(m, x[i], y[i], t, bounds, gen).detach(), self.norm, math.inf,
                                bounds)
@@ -181,7 +181,7 @@ class Attack:
             min_dist = torch.where(reached, min_dist, torch.full_like(min_dist, math.inf))
             min_dist = torch.where(broken, torch.zeros_like(min_dist), min_dist)
         for e in order:
-            eps = eps_list[e]
+            eps = budgets[e]
             # A point broken at a smaller budget keeps its example: it is inside this ball too.
             broken = still_broken(broken, eps_prev, eps)
             todo = ~broken & (eps > 0)
@@ -199,7 +199,7 @@ class Attack:
                         new_logits = model(new)
                 else:
                     def search(m, i, e=e, eps=eps):  # examples for rows i, found with model m (advlab.precision)
-                        gen = rng.generator(self.seed, *key, e, device=x.device)
+                        gen = rng.generator(*key, e, device=x.device)
                         t = targets[i] if targets is not None else None
                         return self._enforce(x[i], self._perturb(m, x[i], y[i], eps[i], t, bounds, gen, True).detach(),
                                              eps[i], bounds)
@@ -213,8 +213,8 @@ class Attack:
             logits[e] = logits_cur.clone()
         x_adv_t = torch.stack(x_adv)
         dist = torch.stack([self._distance(x, xa) for xa in x_adv])
-        return (x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
-                min_dist.cpu() if min_dist is not None else None)
+        return BatchOutput(x_adv_t.cpu(), torch.stack(logits).float().cpu(), clean_logits.float().cpu(), dist.cpu(),
+                           min_dist.cpu() if min_dist is not None else None)
 
     def _goal_met(self, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """(N,) bool: has this point met the attack's goal? The cascade, early stopping and

@@ -1,7 +1,10 @@
 """An attack's budgets: the epsilons it is given, and finite working budgets.
 
-`eps_list` turns what a caller passes as `eps` (a number, a list of numbers, per-example tensors)
-into one (N,) tensor per epsilon, checked; `describe_eps` gives them back as the caller wrote them.
+The path of a budget: text ("0.05,8/255", from the command line or TOML) -> floats, checked once by
+`advlab.config.parse_eps_list` (the CLI's `--eps` type, `cli.types.eps_text`, runs that check at parse
+time and keeps the text for the records) -> `per_example_budgets`, which turns what a Python caller
+passes as `eps` (a number, a list of numbers, per-example tensors) into one (N,) tensor per epsilon,
+checked; `describe_eps` gives them back as the caller wrote them.
 
 Finite working budgets for attacks whose step sizes or proposals scale with epsilon: APGD's first
 step is 2 * eps and Square writes +-eps into the input, so an infinite epsilon (the "unbounded
@@ -42,7 +45,7 @@ def finite_eps(eps: torch.Tensor, x: torch.Tensor, norm: Norm, bounds: Bounds, a
     return eps
 
 
-def eps_list(eps: EpsArg, n: int) -> list[torch.Tensor]:
+def per_example_budgets(eps: EpsArg, n: int) -> list[torch.Tensor]:
     """Each epsilon as an (n,) tensor; a scalar applies to every point."""
     if isinstance(eps, torch.Tensor) and eps.ndim == 1 and len(eps) == n and n > 1:
         items = [eps]  # one per-example budget

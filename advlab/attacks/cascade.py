@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def eps_order(eps_list: list[torch.Tensor]) -> list[int]:
+def eps_order(budgets: list[torch.Tensor]) -> list[int]:
     """Indices of the budgets, smallest (by mean, for per-example budgets) first."""
-    return sorted(range(len(eps_list)), key=lambda e: eps_list[e].mean().item())
+    return sorted(range(len(budgets)), key=lambda e: budgets[e].mean().item())
 
 
 def still_broken(broken_before: torch.Tensor, eps_before: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

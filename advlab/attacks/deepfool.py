@@ -39,7 +39,6 @@ class DeepFool(Attack):
         self.steps, self.overshoot, self.candidates, self.refine_steps = steps, overshoot, candidates, refine_steps
 
     def _minimize(self, model, x, y, targets, bounds, generator):
-        shape = (-1, *[1] * (x.ndim - 1))
         with torch.no_grad():
             clean = model(x)  # (N, K)
         if targets is not None:

@@ -96,31 +96,52 @@ def restarted_ascent(attack, model, x, y, targets, eps, alpha, bounds, generator
     attack.random_start), keeping per point the first one that met the goal (early stopping) or the
     highest-loss end point. Rows in `skip` (N,) bool are not attacked: they come back unchanged."""
     threat = attack.threat
-    n = len(x)
-    best = x.clone()
-    best_loss = torch.full((n,), -torch.inf, device=x.device)
-    done = torch.zeros(n, dtype=torch.bool, device=x.device) if skip is None else skip.clone()
+    runs = BestOfRuns(x, skip)
     context = threat.context(x, eps, bounds)
     for _ in range(attack.restarts):
-        idx = (~done).nonzero().flatten() if early_stop or skip is not None else torch.arange(n, device=x.device)
-        if len(idx) == 0:
+        idx = runs.todo(early_stop or skip is not None)
+        if idx is None:
             break
         out, loss, met = ascend(model, x[idx], y[idx], targets[idx] if targets is not None else None, eps[idx],
                                 alpha[idx], threat=threat, goal=attack.goal, steps=attack.steps,
                                 random_start=attack.random_start, generator=generator, early_stop=early_stop,
                                 bounds=bounds, momentum=momentum, score_last=attack.restarts > 1,
                                 sync_free=attack.sync_free, context={k: v[idx] for k, v in context.items()})
-        # Keep the highest-loss end point over restarts; with early stopping a point that met the goal is final.
-        if early_stop:
-            better = met | (loss > best_loss[idx])
-            done[idx] = met
-        elif attack.restarts == 1:
-            better = torch.ones_like(met)  # the one run's last iterate, unscored
+        # One run without early stopping returns its last iterate, unscored.
+        runs.fold(idx, out, loss, met, early_stop, unscored=not early_stop and attack.restarts == 1)
+    return runs.best
+
+
+class BestOfRuns:
+    """The best point per row over several runs on a batch: PGD's restarts (restarted_ascent), APGD's
+    restarts and APGD-T's targets. With early stopping a row whose run met the goal is final (later runs
+    skip it); otherwise the highest score wins. Updates are in place, without boolean indexing (nothing
+    waits for the device)."""
+
+    def __init__(self, x: torch.Tensor, skip: torch.Tensor | None = None):
+        n = len(x)
+        self.best = x.clone()                                             # (N, ...)
+        self.score = torch.full((n,), -torch.inf, device=x.device)        # (N,)
+        self.done = torch.zeros(n, dtype=torch.bool, device=x.device) if skip is None else skip.clone()
+
+    def todo(self, only_unfinished: bool) -> torch.Tensor | None:
+        """The rows the next run attacks (every row unless `only_unfinished`); None when none is left."""
+        n = len(self.best)
+        idx = (~self.done).nonzero().flatten() if only_unfinished else torch.arange(n, device=self.best.device)
+        return idx if len(idx) else None
+
+    def fold(self, idx: torch.Tensor, x_out: torch.Tensor, score: torch.Tensor, found: torch.Tensor,
+             early_stop: bool, unscored: bool = False) -> None:
+        """Fold one run on rows `idx` in: (x_out (R, ...), score (R,), found (R,) the goal was met)."""
+        if unscored:
+            better = torch.ones_like(found)
         else:
-            better = loss > best_loss[idx]
-        best[idx] = torch.where(better.view(-1, *[1] * (x.ndim - 1)), out, best[idx])
-        best_loss[idx] = torch.where(better, loss, best_loss[idx])
-    return best
+            better = score > self.score[idx]
+            if early_stop:
+                better = better | found
+                self.done[idx] = self.done[idx] | found
+        self.best[idx] = torch.where(better.view(-1, *[1] * (x_out.ndim - 1)), x_out, self.best[idx])
+        self.score[idx] = torch.where(better, score, self.score[idx])
 
 
 def _ctx(st: dict, keys: list[str]) -> dict:

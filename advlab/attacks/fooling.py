@@ -118,7 +118,9 @@ class Fooling(Attack):
         self.goal = Rubbish(target_confidence, l2)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, eps=math.inf, *,
-                 bounds: Bounds = None, targets: torch.Tensor | None = None, progress: bool = False) -> AttackResult:
+                 bounds: Bounds = None, targets: torch.Tensor | None = None, progress: bool = False,
+                 seed: int | None = None) -> AttackResult:
+        seed = self.seed if seed is None else seed
         if not isinstance(model, nn.Module):
             raise AdvlabError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
@@ -128,12 +130,13 @@ class Fooling(Attack):
             k = model(x[:1].to(device)).shape[1]
         classes = (torch.as_tensor(targets).long() if targets is not None
                    else torch.arange(k).repeat_interleave(self.per_class)).to(device)
-        x0 = start_images(len(classes), x.shape[1:], bounds, self.start, rng.generator(self.seed, device=device), device)
+        x0 = start_images(len(classes), x.shape[1:], bounds, self.start, rng.generator(seed, device=device), device)
         with attack_mode(model, evaluation=True):
             _check_classes(model, x0, classes)
         # A rubbish image has no true label: y is what the model says about its start image.
         labels = predict_logits(model, x0).argmax(1)
-        result = super().__call__(model, x0.cpu(), labels, eps, bounds=bounds, targets=classes.cpu(), progress=progress)
+        result = super().__call__(model, x0.cpu(), labels, eps, bounds=bounds, targets=classes.cpu(), progress=progress,
+                                  seed=seed)
         result.info.update(start=x0.cpu(), target_confidence=self.target_confidence)
         return result
 

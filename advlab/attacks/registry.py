@@ -16,8 +16,8 @@ from .pgd import BIM, FGSM, MIFGSM, PGD
 from .spatial import Spatial
 from .square import Square
 
-# Spatial and Fooling are not Attack subclasses (their budget is not an Lp ball around x) but have
-# the same call signature and return an AttackResult.
+# Every entry is an Attack subclass. Spatial's budget is a range of rotations and shifts (its threat is a
+# SpatialRange) and Fooling's starting point is noise, not x; both return an AttackResult like the rest.
 ATTACKS: dict[str, Callable[..., Any]] = {
     "fgsm": FGSM,
     "bim": BIM,
@@ -41,22 +41,22 @@ def attack_parameters(name: str) -> set[str]:
     return {k for k in inspect.signature(ATTACKS[name]).parameters if k != "self"}
 
 
-def build_attack(name: str, threat: str = "lp", **options: Any) -> Attack:
+def build_attack(name: str, **options: Any) -> Attack:
     """build_attack("pgd", norm="l2", steps=50). Unknown options are a clear error.
 
-    The attacks here bound an Lp norm (threat "lp"). Their embedding-space versions, whose budget is
-    ||f(x') - f(x)||_2 for an embedding net f, build on them one layer up:
+    The attacks here bound an Lp norm (spatial: rotations and shifts). Their embedding-space versions,
+    whose budget is ||f(x') - f(x)||_2 for an embedding net f, build on them one layer up:
     advlab.metric.embedding_attack(name, f, **options) (pgd, bim and fgsm; `norm` is the pixel norm
     of the steps).
     """
-    if threat != "lp":
-        raise AdvlabError(f"build_attack builds attacks of the lp threat model, not {threat!r}; for the embedding "
-                          "threat use advlab.metric.embedding_attack(name, embedding_net, **options)")
     allowed = attack_parameters(name)
     factory = ATTACKS[name]
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise AdvlabError(f"attack {name!r} has no option {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        hint = ("; for an embedding budget use advlab.metric.embedding_attack(name, embedding_net, **options)"
+                if {"threat", "embedding"} & set(unknown) else "")
+        raise AdvlabError(f"attack {name!r} has no option {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+                          + hint)
     try:
         return factory(**options)
     except TypeError as e:  # e.g. steps="many": a wrong type that the constructor's checks tripped on

@@ -7,6 +7,30 @@ from typing import Any, Optional
 
 import torch
 
+from ..records import AttackRow
+
+
+@dataclass
+class BatchOutput:
+    """What the base class gets back from one batch (Attack._attack_batch), on the CPU: every budget at once."""
+    x_adv: torch.Tensor                          # (E, n, ...)
+    logits: torch.Tensor                         # (E, n, K)
+    clean_logits: torch.Tensor                   # (n, K)
+    distances: torch.Tensor                      # (E, n)
+    min_distance: Optional[torch.Tensor] = None  # (n,) minimal-norm attacks
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (E, n, ...) per-example extras for
+                                                                    # AttackResult.info (e.g. Spatial's angle, shift)
+
+    @staticmethod
+    def join(outputs: list["BatchOutput"]) -> "BatchOutput":
+        """The batches in order, as one: per-budget tensors joined on the example axis (1), the rest on 0."""
+        first = outputs[0]
+        return BatchOutput(
+            torch.cat([o.x_adv for o in outputs], dim=1), torch.cat([o.logits for o in outputs], dim=1),
+            torch.cat([o.clean_logits for o in outputs]), torch.cat([o.distances for o in outputs], dim=1),
+            torch.cat([o.min_distance for o in outputs]) if first.min_distance is not None else None,
+            {k: torch.cat([o.extras[k] for o in outputs], dim=1) for k in first.extras})
+
 
 @dataclass
 class AttackResult:
@@ -70,9 +94,9 @@ class AttackResult:
         return [self.distances[e][fooled[e]].median().item() if fooled[e].any() else float("nan")
                 for e in range(len(self.eps))]
 
-    def summary(self) -> list[dict[str, float]]:
+    def summary(self) -> list[AttackRow]:
         """One record per epsilon, with the names `advlab attack --json` prints."""
         rows = zip(self.eps, self.robust_accuracy(), self.success_rate(), self.mean_wrong_confidence(),
                    self.median_norm())
-        return [{"eps": e, "robust_accuracy": r, "success_rate": s, "mean_wrong_confidence": c, "median_norm": m}
+        return [AttackRow(eps=e, robust_accuracy=r, success_rate=s, mean_wrong_confidence=c, median_norm=m)
                 for e, r, s, c, m in rows]

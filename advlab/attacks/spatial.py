@@ -32,6 +32,7 @@ from ..errors import AdvlabError
 from ..models.transforms import affine_transform
 from ..threat import Bounds, Threat, clip_to_bounds
 from .base import Attack
+from .result import BatchOutput
 from .losses import get_loss
 
 
@@ -82,8 +83,8 @@ class Spatial(Attack):
         s = torch.where(s == 0, torch.zeros_like(s), s / self.max_shift)
         return torch.maximum(r, s)
 
-    def _check_budget(self, eps_list, x):
-        if any((e > 1).any() for e in eps_list):
+    def _check_budget(self, budgets, x):
+        if any((e > 1).any() for e in budgets):
             raise AdvlabError("the spatial attack's eps is the share of the transformation range to search, in "
                               "[0, 1] (1: +/- max_rotation degrees and +/- max_shift pixels); set the range with "
                               "max_rotation and max_shift")
@@ -94,13 +95,13 @@ class Spatial(Attack):
         raise AdvlabError("the spatial attack searches a grid of transformations for every budget at once; "
                           "call it: Spatial(...)(model, x, y, eps=[...])")
 
-    def _attack_batch(self, model, x, y, targets, eps_list, order, bounds, key):
+    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key):
         angle, shift, size = (t.to(x.device) for t in self.grid())
-        x_adv, logits, clean, angles, shifts = self._batch(model, x, y, targets, eps_list, angle, shift, size,
+        x_adv, logits, clean, angles, shifts = self._batch(model, x, y, targets, budgets, angle, shift, size,
                                                            bounds, self._fill(bounds))
-        return x_adv, logits, clean, self._size(angles, shifts), None, {"angle": angles, "shift": shifts}
+        return BatchOutput(x_adv, logits, clean, self._size(angles, shifts), extras={"angle": angles, "shift": shifts})
 
-    def _batch(self, model, x, y, targets, eps_list, angle, shift, size, bounds, fill):
+    def _batch(self, model, x, y, targets, budgets, angle, shift, size, bounds, fill):
         n, g = len(x), len(angle)
         per_pass = max(1, (self.batch_size or default_batch_size(x.device)) // n)  # grid points per forward pass
         loss = torch.empty(g, n, device=x.device)
@@ -117,7 +118,7 @@ class Spatial(Attack):
                 pred = lg.argmax(1)
                 goal[i:j] = (pred == tt if tt is not None else pred != yy).view(j - i, n)
             x_adv, logits, angles, shifts = [], [], [], []
-            for e in eps_list:
+            for e in budgets:
                 allowed = size[:, None] <= e[None, :] + 1e-6              # (G, N)
                 any_goal = (goal & allowed).any(0)                         # (N,)
                 best_goal = loss.masked_fill(~(goal & allowed), -math.inf).argmax(0)

@@ -49,16 +49,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import AdvlabError
-from ..io import load_tensors, save_tensors
+from ..io import load_tensors, read_metadata, save_tensors
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
+from ..rundir import STATE_FILE
 from ..threat import Linf, enforce
 from .crown import ALPHA_STEPS, Node, _check_options, _forward, _input_set, _pair, _prepare
 from .ibp import MARGIN_TOLERANCE, Box, ChannelAffineOp, ConvOp, LinearOp, margin_lower_bounds
 from .result import Certificate
 
-STATE_FILE = "state.safetensors"
 STATUSES = ("verified", "falsified", "unknown")
 VERIFIED, FALSIFIED, UNKNOWN = range(3)
 DEFAULT_TIMEOUT = 60.0
@@ -150,7 +150,7 @@ def build_program(nodes: list[Node], boxes: list[tuple[np.ndarray, np.ndarray]],
     x_lo, x_hi = boxes[0]
     v = prog.new(x_lo, x_hi)
     expr: list[Any] = [(prog.unit(v), np.zeros(len(v)))]
-    for i, node in enumerate(nodes[1:], 1):
+    for node in nodes[1:]:
         if node.kind == "add":
             (a1, c1), (a2, c2) = (expr[j] for j in node.inputs)
             expr.append((prog.wide(a1) + prog.wide(a2), c1 + c2))
@@ -269,9 +269,7 @@ class _State:
         self.cex: dict[int, torch.Tensor] = {}
         self.seconds = 0.0
         if path is not None and path.is_file():
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["advlab"])
+            meta = json.loads(read_metadata(path)["advlab"])
             if meta["identity"] == self.identity:
                 t = load_tensors(path)
                 for i, s, m, sec, to in zip(t["index"].tolist(), t["status"].tolist(), t["margin"].tolist(),

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..evaluate.stats import clopper_pearson
+from ..records import CertifiedPoint, CertifiedRow
 
 ABSTAIN = -1
 
@@ -39,7 +40,7 @@ class Certificate:
     def accuracy_at(self, radius: float) -> float:
         return self.certified(radius).float().mean().item() if self.n else float("nan")
 
-    def curve(self, radii: list[float] | None = None, level: float = 0.95) -> list[dict[str, Any]]:
+    def curve(self, radii: list[float] | None = None, level: float = 0.95) -> list[CertifiedRow]:
         """[{radius, accuracy, ci95}]: certified accuracy at each radius with its Clopper-Pearson interval
         (the interval covers sampling the test points, on top of the certificate's own confidence)."""
         if radii is None:
@@ -48,12 +49,12 @@ class Certificate:
         out = []
         for r in radii:
             k = int(self.certified(r).sum())
-            out.append({"radius": float(r), "accuracy": k / self.n if self.n else float("nan"),
-                        "ci95": list(clopper_pearson(k, self.n, level))})
+            out.append(CertifiedRow(radius=float(r), accuracy=k / self.n if self.n else float("nan"),
+                                    ci95=list(clopper_pearson(k, self.n, level))))
         return out
 
-    def points(self) -> list[dict[str, Any]]:
-        out = [{"index": int(i), "label": int(lab), "prediction": int(p), "radius": float(r)}
+    def points(self) -> list[CertifiedPoint]:
+        out = [CertifiedPoint(index=int(i), label=int(lab), prediction=int(p), radius=float(r))
                for i, lab, p, r in zip(self.index.tolist(), self.label.tolist(), self.prediction.tolist(),
                                        self.radius.tolist())]
         if self.status is not None:

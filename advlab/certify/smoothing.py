@@ -35,14 +35,14 @@ from torch import nn
 from .. import rng
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
-from ..io import load_tensors, save_tensors
-from ..oom import halved, is_out_of_memory
+from ..io import load_tensors, read_metadata, save_tensors
+from ..oom import fitting
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
+from ..rundir import STATE_FILE
 from .result import ABSTAIN, Certificate
 
-STATE_FILE = "state.safetensors"
 STAGE_SELECT, STAGE_ESTIMATE, STAGE_PREDICT = 0, 1, 2
 
 
@@ -159,13 +159,8 @@ class _Sampler:
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         out, i = [], 0
         while i < len(batch):
-            try:
-                logits = self.model(batch[i:i + self.chunk])
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self.chunk = halved(self.chunk, e, "randomized smoothing", write)
-                continue
+            logits, self.chunk = fitting(lambda size: self.model(batch[i:i + size]), self.chunk,
+                                         "randomized smoothing", write)
             if logits.ndim != 2:
                 raise AdvlabError(f"the model must return logits of shape (N, K), got {tuple(logits.shape)}")
             self.num_classes = self.num_classes or logits.shape[1]
@@ -277,9 +272,7 @@ class _State:
         self.seconds = 0.0
         self.rows = 0
         if path is not None and path.is_file():
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["advlab"])
+            meta = json.loads(read_metadata(path)["advlab"])
             if meta["identity"] == self.identity:
                 t = load_tensors(path)
                 for i, p, r, pl, c in zip(t["index"].tolist(), t["prediction"].tolist(), t["radius"].tolist(),

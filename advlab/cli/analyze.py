@@ -18,7 +18,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from ..artifacts import names
+from .. import rundir
 from ..config import parse_eps_list, parse_key_values, parse_number
 from ..data import DATASET_NAMES, load_dataset
 from ..device import resolve_device
@@ -138,15 +138,15 @@ def run_distances(args: argparse.Namespace) -> int:
     lines.append("")
     for norm, e in record["norms"].items():
         lines.append(textwrap.fill(f"{norm}: {e['reasoning']}", 100, subsequent_indent="  "))
-    return _print(args, record, lines, f"\nresults in {out / names.DISTANCES_FILE}; per-class budgets in "
-                                       f"{out / names.eps_per_class_file('NORM')}")
+    return _print(args, record, lines, f"\nresults in {out / rundir.DISTANCES_FILE}; per-class budgets in "
+                                       f"{out / rundir.eps_per_class_file('NORM')}")
 
 
 # -- perceptibility -----------------------------------------------------------------------------
 def _perceptibility(sub) -> None:
     p = add_subcommand(sub, "perceptibility")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--eps", type=T.eps_list, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
+    p.add_argument("--eps", type=T.eps_text, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
     p.add_argument("--pairs", default=None,
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     finish(p, run_perceptibility, "output directory (default runs/analyze/perceptibility-DATASET)",
@@ -224,7 +224,7 @@ def run_linearity(args: argparse.Namespace) -> int:
         a, f = r["activation_change"], r["fgsm_error"]
         lines.append(f"{r['n']:>6} {a['predicted']:>12.4g} {a['mean']:>10.4g} {f['measured']:>11.2%} "
                      f"{f.get('predicted', f['predicted_from_margins']):>10.2%} {r['clean_error']['measured']:>12.2%}")
-    return _print(args, record, lines, f"results in {out / names.LINEARITY_FILE} ({record['seconds']:.1f} s)")
+    return _print(args, record, lines, f"results in {out / rundir.LINEARITY_FILE} ({record['seconds']:.1f} s)")
 
 
 # -- theory -------------------------------------------------------------------------------------
@@ -274,13 +274,13 @@ def run_theory(args: argparse.Namespace) -> int:
             lines.append(f"{r['n_train']:>6} {c['measured']:>6.3f} ({c['predicted']:.3f}) "
                          f"{rb['measured']:>7.3f} ({rb['predicted']:.3f}) "
                          f"{r['adversarial']['robust_accuracy']['measured']:>15.3f}")
-    return _print(args, record, lines, f"results in {out / names.THEORY_FILE} ({record['seconds']:.1f} s)")
+    return _print(args, record, lines, f"results in {out / rundir.THEORY_FILE} ({record['seconds']:.1f} s)")
 
 
 # -- blobs --------------------------------------------------------------------------------------
 def _blobs(sub) -> None:
     p = add_subcommand(sub, "blobs")
-    p.add_argument("--eps", type=T.eps_list, default="0,0.2,0.5", help="Linf budgets")
+    p.add_argument("--eps", type=T.eps_text, default="0,0.2,0.5", help="Linf budgets")
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
@@ -299,7 +299,7 @@ def run_blobs(args: argparse.Namespace) -> int:
     text = (f"logistic regression on blobs: w = [{', '.join(f'{v:.3f}' for v in m['w'][:4])}], b = {m['b']:.3f}, "
             f"test accuracy {m['test_accuracy']:.4f}\n{table(record)}\n"
             f"(predicted: closed form for this model; best linear: w = 1 through the midpoint)\n"
-            f"results in {out / names.BLOBS_FILE}")
+            f"results in {out / rundir.BLOBS_FILE}")
     emit(args, record, text)
     return 0
 
@@ -343,10 +343,10 @@ def _embedding(sub) -> None:
     g.add_argument("--n", type=T.positive_int, default=300, help="attack the first N test points")
     g.add_argument("--steps", type=T.positive_int, default=20, help="PGD steps (both threat models)")
     g.add_argument("--pixel-norm", default="linf", choices=["linf", "l2", "l1"])
-    g.add_argument("--pixel-eps", type=T.eps_list, default=None, help="pixel budgets (default: a grid for the norm)")
-    g.add_argument("--embedding-eps", type=T.eps_list, default=None,
+    g.add_argument("--pixel-eps", type=T.eps_text, default=None, help="pixel budgets (default: a grid for the norm)")
+    g.add_argument("--embedding-eps", type=T.eps_text, default=None,
                    help="embedding budgets (default: fractions of the mean between-class embedding distance)")
-    g.add_argument("--targets", type=T.eps_list, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
+    g.add_argument("--targets", type=T.eps_text, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
     finish(p, run_embedding, "output directory (default runs/analyze/embedding-DATASET)")
 
 

@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import names
+    from .. import rundir
     from ..artifacts.certify import certify_run, check_method
     from ..device import resolve_device
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     subject = open_subject(args, device)
     check_supported(subject.model, args.method)
     out = Path(args.out) if args.out and args.run else \
-        names.certify_dir(subject.run_dir, args.method, args.sigma, args.eps, norm)
+        rundir.certify_dir(subject.run_dir, args.method, args.sigma, args.eps, norm)
     n = min(args.n, len(subject.data.y_test)) if args.n else len(subject.data.y_test)
     log(f"certifying {subject.model_record['spec']} on {n} {subject.data.name} test points with "
         + (f"randomized smoothing (sigma {args.sigma:g}, n0 {args.samples0}, n {args.samples}, alpha {args.alpha:g})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Callable
 
 from ..data import TEST_DATASET_NAMES
@@ -87,7 +86,7 @@ def emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
 
 def add_budget(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--eps", type=T.eps_list, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
+    group.add_argument("--eps", type=T.eps_text, help="comma-separated budgets in raw input units, e.g. 0.05,0.1 or 8/255")
     group.add_argument("--eps-per-class", type=T.existing_file, metavar="FILE",
                        help="JSON mapping class -> epsilon (from `advlab analyze distances`): one budget per class")
 

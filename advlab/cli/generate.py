@@ -93,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from ..artifacts import names
+    from .. import rundir
     from ..artifacts.generate import sample_run
 
     device = resolve_device(args.device)  # a missing GPU fails before any work
@@ -102,13 +102,13 @@ def run_sample(args: argparse.Namespace) -> int:
     text = f"sample grid in {record['grid']}"
     if args.judge is not None:
         text += (f"; judge accuracy on generated images {record['judge_accuracy']:.3f} (per class in "
-                 f"{Path(record['out']) / names.QUALITY_FILE})")
+                 f"{Path(record['out']) / rundir.QUALITY_FILE})")
     emit(args, record, text)
     return 0
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    from ..artifacts import names
+    from .. import rundir
     from ..artifacts.generate import unrestricted_run
     from ..generative.unrestricted import UnrestrictedAttack
 
@@ -127,5 +127,5 @@ def run_attack(args: argparse.Namespace) -> int:
         ja = "n/a" if lg["judge_agrees_source"] is None else f"{lg['judge_agrees_source']:.3f}"
         text += f"; of the successes, judge says source {ja}, pass legitimacy checks {pf}"
     emit(args, record, text + f" ({record['seconds']:.1f} s); details in "
-                              f"{Path(record['out']) / names.UNRESTRICTED_FILE}")
+                              f"{Path(record['out']) / rundir.UNRESTRICTED_FILE}")
     return 0

@@ -61,7 +61,7 @@ percentile = _bounded("percentile", _number, lambda v: 0 <= v <= 100, "a percent
                       "In [0, 100].")
 
 
-def eps_list(text: str) -> str:
+def eps_text(text: str) -> str:
     """Comma-separated budgets >= 0 (0.05,0.1 or 8/255); kept as text for the records, checked now."""
     try:
         parse_eps_list(text, "budget")
@@ -155,7 +155,7 @@ def preprocessing(text: str) -> str:
 
 
 VALIDATED = (positive_int, non_negative_int, positive_float, non_negative_float, probability, fraction,
-             percentile, eps_list, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
+             percentile, eps_text, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
              existing_dir, existing_path, output_dir, output_file, device, preprocessing)
 """Every type above: the parser walk in the tests checks each numeric or path option uses one."""
 

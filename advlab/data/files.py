@@ -24,7 +24,7 @@ import torch
 
 from ..config import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError, DataNotFoundError
-from ..io import load_tensors
+from ..io import load_tensors, read_metadata
 from .datasets import Dataset, lazy_dataset
 from .image_folder import LABEL_SOURCES, list_image_folder, read_image_folder
 
@@ -380,10 +380,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def _safetensors_classes(path: Path, where: str) -> list[str] | None:
     """Class names from the header's metadata: {"classes": '["cat", "dog"]'} (a JSON list)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     if "classes" not in meta:
         return None
     try:

@@ -108,8 +108,8 @@ def _folder_labels(folders: list[str], classes, where: str,
     if isinstance(classes, (list, tuple)):
         unknown = [f for f in folders if f not in classes]
         if unknown:
-            hint = (f"; the folders are numbered, so to take each folder's number as its label pass "
-                    f"`classes=K` (K the number of classes)" if numbered else
+            hint = ("; the folders are numbered, so to take each folder's number as its label pass "
+                    "`classes=K` (K the number of classes)" if numbered else
                     "; add the missing names to `classes` (in the model's class order) or rename the folders")
             raise AdvlabError(f"`data={where}`: folder{'s' if len(unknown) > 1 else ''} "
                               f"{', '.join(repr(f) for f in unknown[:5])}{', ...' if len(unknown) > 5 else ''} "

@@ -16,11 +16,14 @@ images are converted, alpha is dropped), as torchvision's and RobustBench's load
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..errors import AdvlabError
+
+if TYPE_CHECKING:  # PIL is imported lazily, where an image is read
+    from PIL import Image
 
 PREPROCESSINGS = ("none", "res256crop224", "bicubicres256crop224", "crop288", "res224")
 # The one RobustBench evaluates ImageNet models with unless a model says otherwise.
@@ -42,7 +45,7 @@ def output_size(name: str) -> int | None:
     return _OUTPUT_SIZE[check_preprocess(name)]
 
 
-def get_preprocess(name: str) -> Callable[["Image.Image"], np.ndarray]:  # noqa: F821 - PIL is imported lazily
+def get_preprocess(name: str) -> Callable[["Image.Image"], np.ndarray]:
     """PIL image -> (H, W, 3) uint8 array, as RobustBench's preprocessing `name` makes it."""
     name = check_preprocess(name)
 

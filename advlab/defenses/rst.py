@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import AdvlabError
 from ..predict import predict_logits
 from ..progress import write
+from ..rundir import CHECKPOINT_DIR
 from ..runs import save_run
 from .training import EpochPlan, Trainer, TrainConfig, TrainResult, clean_objective
 
@@ -111,7 +112,7 @@ def robust_self_training(model: nn.Module, make_teacher: Callable[[], nn.Module]
                           run_dir=teacher_dir, progress=progress, log=log,
                           identity={**(identity or {}), "stage": "teacher"})
         log("rst: training the standard teacher on the labelled data")
-        tresult = trainer.fit(resume=resume and teacher_dir is not None and (teacher_dir / "checkpoint").exists())
+        tresult = trainer.fit(resume=resume and teacher_dir is not None and (teacher_dir / CHECKPOINT_DIR).exists())
         pseudo = pseudo_label(teacher, x_pool)
         info["teacher_val_accuracy"] = tresult.history[-1].get("val_metric") if tresult.history else None
         if y_pool is not None:
@@ -130,5 +131,5 @@ def robust_self_training(model: nn.Module, make_teacher: Callable[[], nn.Module]
                       identity={**(identity or {}), "stage": "robust"}, hooks=hooks, plan=plan)
     log(f"rst: adversarial training ({settings.base}, {settings.variant}) on "
                 f"{len(y_lab)} labelled + {info['n_pool']} pseudo-labelled examples")
-    result = trainer.fit(resume=resume and run_dir is not None and (run_dir / "checkpoint").exists())
+    result = trainer.fit(resume=resume and run_dir is not None and (run_dir / CHECKPOINT_DIR).exists())
     return RSTResult(result, pseudo, info)

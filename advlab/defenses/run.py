@@ -16,11 +16,12 @@ from ..data import holdout_split, load_dataset
 from ..errors import AdvlabError
 from ..models import build_model, model_spec
 from ..predict import predict_logits
-from ..runs import CARD_FILE, save_run
+from ..rundir import CARD_FILE, CHECKPOINT_FILE
+from ..runs import save_run
 from .layers import split_at_layer
 from .registry import build_defense
 from .rst import RSTSettings, robust_self_training
-from .training import CHECKPOINT, TrainConfig, Trainer, TrainResult
+from .training import TrainConfig, Trainer, TrainResult
 
 
 def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig | None = None,
@@ -36,7 +37,7 @@ def train_run(dataset: str, model: str, out: str | Path, *, config: TrainConfig 
         from ..device import resolve_device
         device = resolve_device(device)
     out = Path(out)
-    if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
+    if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` to "
                           "replace it, or choose another `out`")
     started = time.perf_counter()
@@ -106,7 +107,7 @@ def _fit(net, make_model: Callable[[], Any], objective, split, config: TrainConf
     trainer = Trainer(net, split.x_train, split.y_train, split.x_val, split.y_val, config=config,
                       objective=objective, val_metric=val_metric, run_dir=out, progress=progress, log=log,
                       identity=identity, hooks=hooks)
-    return trainer.fit(resume=resume and (out / CHECKPOINT).exists()), {}
+    return trainer.fit(resume=resume and (out / CHECKPOINT_FILE).exists()), {}
 
 
 def _card(spec: dict[str, Any], ds, config: TrainConfig, defense: str, defense_kwargs: dict[str, Any], objective,

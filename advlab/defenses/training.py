@@ -36,9 +36,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import distributed, rng
+from ..rundir import CHECKPOINT_FILE
 from ..errors import AdvlabError
-from ..io import flatten_state, load_tensors, save_tensors, unflatten_state
-from ..oom import halved, is_out_of_memory
+from ..io import flatten_state, load_tensors, read_metadata, save_tensors, unflatten_state
+from ..oom import fitting
 from ..predict import accuracy, model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -46,7 +47,6 @@ from ..progress import write
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
 ValMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 
-CHECKPOINT = Path("checkpoint") / "state.safetensors"
 
 
 def clean_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
@@ -266,24 +266,24 @@ class Trainer:
         the whole batch's (each chunk's mean loss weighted by its share): the same update, except that
         batch-norm statistics are then per chunk. The chunk size that fitted is kept.
         """
-        while True:
-            size = min(len(idx), self._micro_batch or len(idx))
-            try:
-                loss_total, correct = 0.0, 0
-                for part in idx.split(size):
-                    x = plan.x[part].to(self.device, non_blocking=True)
-                    y = plan.y[part].to(self.device, non_blocking=True)
-                    loss, logits = plan.objective(self.model, x, y, gen)
-                    share = len(part) / len(idx)
-                    (loss * share if share != 1 else loss).backward()
-                    loss_total = loss_total + loss.detach() * share
-                    correct = correct + (logits.argmax(1) == y).sum()
-                return loss_total, correct
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                self._micro_batch = halved(size, e, "training", self.log)
+        def accumulate(size: int) -> tuple[Any, Any]:
+            loss_total, correct = 0.0, 0
+            for part in idx.split(size):
+                x = plan.x[part].to(self.device, non_blocking=True)
+                y = plan.y[part].to(self.device, non_blocking=True)
+                loss, logits = plan.objective(self.model, x, y, gen)
+                share = len(part) / len(idx)
+                (loss * share if share != 1 else loss).backward()
+                loss_total = loss_total + loss.detach() * share
+                correct = correct + (logits.argmax(1) == y).sum()
+            return loss_total, correct
+
+        start = min(len(idx), self._micro_batch or len(idx))
+        out, size = fitting(accumulate, start, "training", self.log,
+                            on_out_of_memory=lambda: self.optimizer.zero_grad(set_to_none=True))
+        if size < start:
+            self._micro_batch = size
+        return out
 
     @staticmethod
     def _check_finite(finite: torch.Tensor, loss: torch.Tensor, epoch: int, i: int) -> None:
@@ -316,16 +316,14 @@ class Trainer:
         meta = {"epoch": self.epoch, "history": self.history, "best_metric": self.best_metric,
                 "best_epoch": self.best_epoch, "optimizer": optim_skeleton, "identity": self.identity,
                 "stop_reason": self.stop_reason, "stopped_early": self.stopped_early}
-        save_tensors(self.run_dir / CHECKPOINT, tensors, {"advlab": json.dumps(meta, default=str)})
+        save_tensors(self.run_dir / CHECKPOINT_FILE, tensors, {"advlab": json.dumps(meta, default=str)})
         distributed.barrier()
 
     def load_checkpoint(self) -> None:
-        path = self.run_dir / CHECKPOINT if self.run_dir else None
+        path = self.run_dir / CHECKPOINT_FILE if self.run_dir else None
         if path is None or not path.is_file():
             raise AdvlabError(f"nothing to resume: {path} does not exist; run without `resume=True` to start")
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["advlab"])
+        meta = json.loads(read_metadata(path)["advlab"])
         tensors = load_tensors(path)
         if _jsonable(meta["identity"]) != _jsonable(self.identity):
             raise AdvlabError(f"cannot resume {self.run_dir}: it was started with different settings "

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from ..attacks.base import attack_mode
 from ..errors import AdvlabError
 from ..passes import PassCounter
 from ..predict import model_device
+from ..records import CheckRecord
 from ..threat import Bounds, clip_to_bounds
 
 DOCS = "docs/checks/{}.md"
@@ -43,8 +44,9 @@ class CheckResult:
     doc: str
     explanation: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self) -> CheckRecord:
+        return CheckRecord(name=self.name, passed=self.passed, detail=self.detail, doc=self.doc,
+                           explanation=self.explanation)
 
 
 class Checks(list):

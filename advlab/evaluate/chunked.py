@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from .. import distributed, rng
-from ..artifacts import names
-from ..attacks.budget import describe_eps, eps_list
+from .. import rundir
+from ..attacks.budget import describe_eps, per_example_budgets
 from ..data.lazy import LazyImages
 from ..errors import AdvlabError
 from ..io import load_tensors, read_record, write_json
@@ -32,11 +32,9 @@ from ..passes import add_counts
 from ..progress import write
 from ..threat import Bounds
 from .recorded import save_examples
-from .robust import STATE_FILE, Evaluation, evaluate_robustness
+from .robust import Evaluation, evaluate_robustness
 from .suites import SuiteEntry
 
-CHUNKS_DIR = "chunks"
-DONE_FILE = "done.json"
 DEFAULT_CHUNK_SIZE = 1000
 
 
@@ -53,7 +51,7 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
     if len(x) != len(y):
         raise AdvlabError(f"{len(x)} images but {len(y)} labels")
     n = len(y)
-    budgets = eps_list(eps, n)
+    budgets = per_example_budgets(eps, n)
     eps_values = describe_eps(eps)
     # What a finished chunk must have been evaluated with to be reused (the budgets themselves, not only their
     # means: per-class budgets with the same mean are another evaluation).
@@ -62,7 +60,7 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
                 "batch_size": batch_size}
     if precision != "fp32":
         settings["precision"] = precision
-    root = Path(state_dir) / CHUNKS_DIR if state_dir is not None else None
+    root = Path(state_dir) / rundir.CHUNKS_DIR if state_dir is not None else None
     parts: list[Evaluation] = []
     starts = range(0, n, chunk_size)
     for c, start in enumerate(starts):
@@ -91,22 +89,22 @@ def evaluate_in_chunks(model: nn.Module, x: LazyImages, y: torch.Tensor, eps: Se
 def _finish(where: Path, rows: torch.Tensor, ev: Evaluation, budgets: list[torch.Tensor], ident: dict[str, Any]) -> None:
     """A finished chunk: its examples and results on disk, its resumable state no longer needed."""
     save_examples(where, rows, ev, budgets)
-    write_json(where / DONE_FILE, {"identity": json.loads(json.dumps(ident, default=str)), "eps": ev.eps,
+    write_json(where / rundir.DONE_FILE, {"identity": json.loads(json.dumps(ident, default=str)), "eps": ev.eps,
                                    "attacks": ev.attacks, "seconds": ev.seconds, "attack_seconds": ev.attack_seconds,
                                    "passes": ev.passes, "attack_passes": ev.attack_passes,
                                    "oom_batch_sizes": ev.oom_batch_sizes})
-    (where / STATE_FILE).unlink(missing_ok=True)
-    shutil.rmtree(where / "parts", ignore_errors=True)
+    (where / rundir.STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(where / rundir.PARTS_DIR, ignore_errors=True)
 
 
 def _finished(where: Path | None, ident: dict[str, Any], norm: str) -> Evaluation | None:
     """The results of a chunk that finished with this identity, read without its images; else None."""
     if where is None:
         return None
-    done = read_record(where / DONE_FILE)
+    done = read_record(where / rundir.DONE_FILE)
     if done is None or done.get("identity") != json.loads(json.dumps(ident, default=str)):
         return None
-    t = load_tensors(where / names.EXAMPLES_FILE, keys=["y", "clean_logits", "broken_by", "logits"])
+    t = load_tensors(where / rundir.EXAMPLES_FILE, keys=["y", "clean_logits", "broken_by", "logits"])
     return Evaluation(done["eps"], norm, done["attacks"], t["y"], t["clean_logits"], t["broken_by"],
                       None, t["logits"], done["seconds"], done["attack_seconds"], done["passes"],
                       done["attack_passes"], done["oom_batch_sizes"])

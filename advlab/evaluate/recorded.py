@@ -30,18 +30,17 @@ from typing import Any, Sequence
 
 import torch
 
-from ..artifacts import names
+from .. import rundir
 from ..errors import AdvlabError
-from ..io import load_tensors, read_json, read_record, save_tensors, write_json
+from ..io import load_tensors, read_json, read_metadata, read_record, save_tensors, write_json
 from ..predict import model_device
 from ..progress import write
 from ..threat import Bounds, LpBall
 from .stats import clopper_pearson, per_class_accuracy
 from .suites import SuiteEntry
 
-EXAMPLES_FILE = names.EXAMPLES_FILE
-RECORD_FILE = names.RESULT_FILE
-KINDS = names.RECORDED_KINDS  # sub-directories of a run that hold recorded examples
+RECORD_FILE = rundir.RESULT_FILE
+KINDS = rundir.RECORDED_KINDS  # sub-directories of a run that hold recorded examples
 
 
 def within(distance: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -67,7 +66,7 @@ def _threat_of(record: dict[str, Any]) -> str | None:
 class RecordedEntry(SuiteEntry):
     """One recorded file as a suite entry: built into a `RecordedExamples` 'attack'."""
 
-    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":
+    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":  # type: ignore[override]  # duck-types Attack
         return RecordedExamples(Path(self.options["path"]), norm)
 
 
@@ -79,7 +78,7 @@ def recorded_sources(run_dir: str | os.PathLike, norm: str, exclude: Sequence[st
     skip = {Path(p).resolve() for p in exclude}
     out = []
     for kind in KINDS:
-        for path in sorted((root / kind).glob(f"*/{EXAMPLES_FILE}")):
+        for path in sorted((root / kind).glob(f"*/{rundir.EXAMPLES_FILE}")):
             if path.parent.resolve() in skip or not (path.parent / RECORD_FILE).is_file():
                 continue
             try:
@@ -130,6 +129,7 @@ class RecordedResult:
     x_adv: list[torch.Tensor]
     logits: list[torch.Tensor]
     passes: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # as AttackResult.info (nothing to report here)
 
 
 class RecordedExamples:
@@ -139,10 +139,9 @@ class RecordedExamples:
 
     name = "recorded"
     needs_gradients = False
-    _fitted_batch_size = None
 
     def __init__(self, path: Path, norm: str):
-        self.path, self.threat, self.seed = path, LpBall(norm), 0
+        self.path, self.threat = path, LpBall(norm)
         self._examples: _Examples | None = None
         self._unreadable = False
 
@@ -198,10 +197,10 @@ def save_examples(out: str | os.PathLike, x: torch.Tensor, ev, eps) -> Path:
     """OUT/adversarial.safetensors: the evaluation's examples in `advlab attack --save`'s format, plus
     which attack broke each point (broken_by, labels in the metadata) and each point's budget (`eps`: the
     budgets the evaluation was given)."""
-    from ..attacks.budget import eps_list
+    from ..attacks.budget import per_example_budgets
 
-    eps = eps_list(eps, len(x))
-    path = Path(out) / EXAMPLES_FILE
+    eps = per_example_budgets(eps, len(x))
+    path = Path(out) / rundir.EXAMPLES_FILE
     save_tensors(path, {"x": x, "x_adv": ev.x_adv, "logits": ev.logits, "y": ev.y, "clean_logits": ev.clean_logits,
                         "broken_by": ev.broken_by, "eps": torch.stack([torch.as_tensor(e).float() for e in eps])},
                  {"eps": ",".join(map(str, ev.eps)), "labels": json.dumps(["clean mistake", *ev.attacks])})
@@ -212,8 +211,8 @@ def save_transfer(run_dir: str | os.PathLike, source: str, x: torch.Tensor, scor
     """RUN/transfer/ATTACK-from-SOURCE-NORM/: examples crafted on model `source`, with this run's model's
     logits on them (`scored`: the AttackResult a transfer scored on this model), for later evaluations
     and the report."""
-    out = names.transfer_examples_dir(run_dir, scored.attack, source, norm)
-    save_tensors(out / EXAMPLES_FILE, {"x": x, "x_adv": scored.x_adv, "logits": scored.logits,
+    out = rundir.transfer_examples_dir(run_dir, scored.attack, source, norm)
+    save_tensors(out / rundir.EXAMPLES_FILE, {"x": x, "x_adv": scored.x_adv, "logits": scored.logits,
                                        "y": scored.y, "clean_logits": scored.clean_logits},
                  {"eps": ",".join(map(str, scored.eps))})
     write_json(out / RECORD_FILE, {"attack": f"{scored.attack} transferred from {source}", "norm": norm,
@@ -251,12 +250,12 @@ def fold_record(run_dir: str | os.PathLike, eval_dir: str | os.PathLike, record:
 def _saved_evaluation(eval_dir: Path, record: dict[str, Any]):
     """(x, y, broken_by, eps, labels) the evaluation saved beside `record`, or None when it saved none
     this version can read (older versions, another threat)."""
-    path = eval_dir / EXAMPLES_FILE
+    path = eval_dir / rundir.EXAMPLES_FILE
     if not path.is_file() or record.get("norm") not in ("linf", "l2", "l1"):
         return None
     try:
         t = load_tensors(path)
-        labels = json.loads(_metadata(path).get("labels", "[]"))
+        labels = json.loads(read_metadata(path).get("labels", "[]"))
     except (AdvlabError, ValueError):
         return None
     if not {"x", "y", "broken_by", "eps"} <= set(t) or len(t["broken_by"]) != len(record["results"]):
@@ -307,16 +306,5 @@ def _refolded(record: dict[str, Any], broken_by: torch.Tensor, labels: list[str]
     return folded
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
-
-
-def recorded_labels(ev_attacks: Sequence[str]) -> list[str]:
-    """The attacks of an evaluation that were recorded sources rather than attacks run now."""
-    return [a for a in ev_attacks if a.startswith("recorded ")]
-
-
-__all__ = ["EXAMPLES_FILE", "RecordedEntry", "RecordedExamples", "fold_record", "recorded_labels",
+__all__ = ["RecordedEntry", "RecordedExamples", "fold_record",
            "recorded_sources", "save_examples", "save_transfer", "within"]

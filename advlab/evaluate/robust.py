@@ -21,10 +21,10 @@ from torch import nn
 
 from .. import distributed, rng
 from ..attacks.base import Attack, attack_mode, check_inputs
-from ..attacks.budget import describe_eps, eps_list
+from ..attacks.budget import describe_eps, per_example_budgets
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
-from ..io import load_tensors, save_tensors
+from ..io import load_tensors, read_metadata, save_tensors
 from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
 from ..precision import check_device, check_precision, with_precision
@@ -32,11 +32,12 @@ from ..device import default_batch_size
 from ..predict import model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
+from ..records import EvaluateRow
+from ..rundir import PARTS_DIR, STATE_FILE
 from ..threat import Bounds
 from .stats import clopper_pearson, confusion, per_class_accuracy
 from .suites import SuiteEntry
 
-STATE_FILE = "state.safetensors"
 ROBUST, CLEAN_MISTAKE = -1, 0  # broken_by codes; attack i of the suite is i + 1
 
 
@@ -80,7 +81,7 @@ class Evaluation:
         return [per_class_accuracy(r, self.y, self.num_classes) for r in self.robust]
 
     def adversarial_confusion(self) -> list[list[list[int]]]:
-        """Per epsilon: counts[true][predicted on the adversarial example]."""
+        """Per epsilon: `counts[true][predicted]`, predicted on the adversarial example."""
         return [confusion(self.y, lg.argmax(1), self.num_classes) for lg in self.logits]
 
     def broken_by_attack(self) -> list[dict[str, int]]:
@@ -100,11 +101,11 @@ class Evaluation:
         clean = p_clean[clean_wrong].amax(1).mean().item() if clean_wrong.any() else float("nan")
         return {"adversarial": adv, "clean_mistakes": clean}
 
-    def results(self) -> list[dict[str, Any]]:
+    def results(self) -> list[EvaluateRow]:
         """One record per epsilon, with the names `advlab evaluate --json` prints."""
         conf = self.confidence()["adversarial"]
-        return [{"eps": e, "robust_accuracy": r, "ci95": list(ci), "per_class": pc, "mean_wrong_confidence": c,
-                 "broken_by": b}
+        return [EvaluateRow(eps=e, robust_accuracy=r, ci95=list(ci), per_class=pc, mean_wrong_confidence=c,
+                            broken_by=b)
                 for e, r, ci, pc, c, b in zip(self.eps, self.robust_accuracy(), self.ci95(), self.per_class(), conf,
                                               self.broken_by_attack())]
 
@@ -129,7 +130,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     if not suite:
         raise AdvlabError("the attack suite is empty")
     batch_size = _check_batch_size(batch_size, model)
-    budgets = eps_list(eps, len(x))
+    budgets = per_example_budgets(eps, len(x))
     eps_values = describe_eps(eps)
     attacks = [entry.build(norm) for entry in suite]  # validate everything before any work
     check_device(check_precision(precision), model_device(model))
@@ -215,8 +216,6 @@ class _Cascade:
         if self.ranks > 1:
             hit = _merge_ranks(state, e, subset, mine)
             state.save_part(stage_number, 0, e, hit, state.x_adv[e, hit])
-        if self.attacks[a]._fitted_batch_size:
-            state.oom[self.labels[a]] = self.attacks[a]._fitted_batch_size
         state.stage, state.batch, state.subset = stage_number + 1, 0, None
         self.save()
 
@@ -226,9 +225,11 @@ class _Cascade:
         state, label = self.state, self.labels[a]
         idx = subset[rows]
         attack = self.attacks[a]
-        attack.seed = rng.derive_seed(self.seed, e, a, b)
         t0, before = time.perf_counter(), self.counter.counts()
-        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds)
+        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds,
+                   seed=rng.derive_seed(self.seed, e, a, b))
+        if r.info.get("batch_size_after_oom"):  # the attack ran out of device memory: the batch size that fitted
+            state.oom[label] = r.info["batch_size_after_oom"]
         state.attack_seconds[label] = state.attack_seconds.get(label, 0.0) + time.perf_counter() - t0
         spent = {k: v - before[k] for k, v in self.counter.counts().items()}
         state.attack_passes[label] = add_counts(state.attack_passes.get(label), spent)
@@ -273,13 +274,13 @@ def _merge_ranks(state: "_State", e: int, subset: torch.Tensor, mine: torch.Tens
     return hit
 
 
-def _inherit_smaller_eps(state: "_State", eps_list: list[torch.Tensor], order: list[int], e: int) -> None:
+def _inherit_smaller_eps(state: "_State", budgets: list[torch.Tensor], order: list[int], e: int) -> None:
     """Before the first attack at eps e: points broken at the next smaller budget are broken here too."""
     pos = order.index(e)
     if pos == 0:
         return
     prev = order[pos - 1]
-    carry = still_broken(state.broken_by[prev] != ROBUST, eps_list[prev], eps_list[e]) & (state.broken_by[e] == ROBUST)
+    carry = still_broken(state.broken_by[prev] != ROBUST, budgets[prev], budgets[e]) & (state.broken_by[e] == ROBUST)
     state.broken_by[e, carry] = state.broken_by[prev, carry]
     state.found_at[e, carry] = state.found_at[prev, carry]
     state.x_adv[e, carry] = state.x_adv[prev, carry]
@@ -308,7 +309,7 @@ class _State:
 
     @property
     def parts(self) -> Path:
-        return self.path.parent / "parts"
+        return self.path.parent / PARTS_DIR
 
     @classmethod
     def load_or_start(cls, state_dir, identity, model, x, y, n_eps) -> "_State":
@@ -316,9 +317,7 @@ class _State:
         state = cls(path, json.loads(json.dumps(identity, default=str)))
         state.x_adv = x.detach().cpu().unsqueeze(0).repeat(n_eps, *[1] * x.ndim)
         if path is not None and path.is_file():
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["advlab"])
+            meta = json.loads(read_metadata(path)["advlab"])
             if meta["identity"] == state.identity:
                 t = load_tensors(path)
                 state.clean_logits, state.broken_by, state.found_at, state.logits = (
@@ -350,14 +349,12 @@ class _State:
 
     def _replay_parts(self) -> None:
         """Examples from the part files up to the saved position, then carried to larger budgets."""
-        from safetensors import safe_open
         if self.parts.is_dir():
             for f in sorted(self.parts.glob("*.safetensors")):
                 stage, batch = (int(v) for v in f.stem.split("-"))
                 if (stage, batch) >= (self.stage, self.batch):
                     continue  # written by a batch whose bookkeeping was never saved: it will rerun
-                with safe_open(str(f), "pt") as g:
-                    e = int(g.metadata()["eps_index"])
+                e = int(read_metadata(f)["eps_index"])
                 t = load_tensors(f)
                 self.x_adv[e, t["idx"]] = t["x"].to(self.x_adv.dtype)
         for e in range(len(self.found_at)):

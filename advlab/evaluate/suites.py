@@ -78,7 +78,6 @@ L1_SUITES = {
         SuiteEntry("pgd-100-margin", "pgd", {"steps": 100, "restarts": 3, "rel_step_size": 0.1, "loss": "margin"}),
     ],
 }
-L1_STANDARD = L1_SUITES["standard"]
 
 
 def get_suite(name: str, path: str | Path | None = None, norm: str = "linf") -> list[SuiteEntry]:

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..artifacts import names
+from .. import rundir
 from ..data import Dataset
 from ..errors import AdvlabError
-from ..runs import CARD_FILE, load_run
+from ..runs import load_run
 from . import compare
 from .triplet import embed, embedding_quality, load_embedding, train_embedding
 
@@ -42,12 +42,12 @@ def get_embedding(ds: Dataset, out: Path, embedding: str | None, train: dict[str
         _same_data(card, ds, "embedding", embedding)
         return net, card, str(embedding)
     run_dir = out / "embedding"
-    if (run_dir / CARD_FILE).exists() and not retrain:
+    if (run_dir / rundir.CARD_FILE).exists() and not retrain:
         log(f"using the embedding run {run_dir} (--retrain to train a new one)")
         net, card = load_embedding(run_dir, device=device)
         _same_data(card, ds, "embedding", run_dir)
         return net, card, str(run_dir)
-    resume = (run_dir / "checkpoint").is_dir() and not retrain
+    resume = (run_dir / rundir.CHECKPOINT_DIR).is_dir() and not retrain
     log(f"training a triplet network ({train['mining']}, margin {train['margin']}, dim {train['dim']}, "
         f"{train['epochs']} epochs) in {run_dir}{' (resuming)' if resume else ''}")
     net, card = train_embedding(ds, run_dir, resume=resume, overwrite=retrain, progress=progress, log=log,
@@ -62,13 +62,13 @@ def get_classifier(ds: Dataset, out: Path, run: str | None, model: str | None, e
         _same_data(card, ds, "classifier", run)
         return net, card, str(run)
     run_dir = out / "classifier"
-    if not (run_dir / CARD_FILE).exists():
+    if not (run_dir / rundir.CARD_FILE).exists():
         from ..defenses.run import train_run
         from ..defenses.training import TrainConfig
         model = model or ("cnn-small" if len(ds.input_shape) == 3 else "mlp")
         log(f"training a {model} classifier ({epochs} epochs) in {run_dir}")
         train_run(ds.name, model, run_dir, config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed), data_dir=data_dir,
-                  resume=(run_dir / "checkpoint").is_dir(), progress=progress, log=log, device=device)
+                  resume=(run_dir / rundir.CHECKPOINT_DIR).is_dir(), progress=progress, log=log, device=device)
     net, card = load_run(run_dir, device=device)
     return net, card, str(run_dir)
 
@@ -131,7 +131,7 @@ def analyze_embedding(ds: Dataset, out: str | Path, *, embedding: str | None = N
             record["referee_run"] = str(referee)
         record["comparison"] = {k_: v for k_, v in cmp.items() if not k_.startswith("_")}
     record["seconds"] = time.perf_counter() - started
-    record["json"] = str(out / names.EMBEDDING_FILE)
+    record["json"] = str(out / rundir.EMBEDDING_FILE)
     compare.write_record(out, record)
     return record
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..analysis.distances import mean_class_distances, min_distance_to_classes
 from ..analysis.epsilon import closer_than_itself, sample_per_class, summary
-from ..artifacts import names
+from .. import rundir
 from ..data import Dataset
 from ..errors import AdvlabError
 from ..io import write_json
@@ -281,4 +281,4 @@ def change_curve(cmp: dict[str, Any], path) -> str:
 
 
 def write_record(out: Path, record: dict[str, Any]) -> None:
-    write_json(out / names.EMBEDDING_FILE, {k: v for k, v in record.items() if not k.startswith("_")})
+    write_json(out / rundir.EMBEDDING_FILE, {k: v for k, v in record.items() if not k.startswith("_")})

@@ -42,7 +42,8 @@ from ..errors import AdvlabError
 from ..io import load_tensors
 from ..models import build_from_spec, model_spec
 from ..predict import model_device
-from ..runs import CARD_FILE, MODEL_FILE, read_card, save_run
+from ..rundir import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE
+from ..runs import read_card, save_run
 
 MINING = ("batch-hard", "semi-hard", "all")
 KIND = "embedding"
@@ -226,12 +227,12 @@ def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | N
     """Train a triplet network on `ds`; with `out`, checkpoint every epoch and save a run there.
     Returns (net in eval mode, card). `device`: where it trains ("auto", "cuda", a torch.device...;
     None: the CPU); the returned net stays there."""
-    from ..defenses.training import CHECKPOINT, TrainConfig, Trainer
+    from ..defenses.training import TrainConfig, Trainer
 
     if dim < 1:
         raise AdvlabError(f"the embedding dimension must be >= 1, got {dim}")
     out = Path(out) if out is not None else None
-    if out is not None and not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
+    if out is not None and not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` "
                           "to replace it, or choose another output directory")
     started = time.perf_counter()
@@ -252,7 +253,7 @@ def train_embedding(ds: Dataset, out: str | Path | None = None, *, arch: str | N
     trainer = Trainer(net, split.x_train, split.y_train, split.x_val, split.y_val, config=config,
                       objective=objective, val_metric=recall_metric(ds.num_classes), run_dir=out,
                       progress=progress, log=log or (lambda m: None), identity=identity)
-    result = trainer.fit(resume=resume and out is not None and (out / CHECKPOINT).exists())
+    result = trainer.fit(resume=resume and out is not None and (out / CHECKPOINT_FILE).exists())
     net.eval()
     quality = embedding_quality(net, ds, k)
     card = {"kind": KIND, "model": spec, "embedding": settings, "dataset": ds.describe(), "seed": seed,

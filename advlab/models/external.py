@@ -233,7 +233,7 @@ def read_checkpoint(path: str | Path, param: str | None = "weights") -> Any:
     except pickle.UnpicklingError as e:
         raise AdvlabError(f"{_label(param, path)} is not a plain state dict (tensors by name): refusing to unpickle "
                           f"anything else ({unpickling_reason(e)}). Save model.state_dict() with torch.save, or use "
-                          "safetensors")
+                          "safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CorruptFileError(f"{_label(param, path)} cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}); "
                                "is it truncated, or another format?") from e

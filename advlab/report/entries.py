@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ..artifacts import names
+from .. import rundir
+from ..records import AttackRecord, EvaluateRecord
 from ..artifacts.evaluate import checks_dominate
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
@@ -42,7 +43,7 @@ def pct(v: Any, digits: int = 1) -> str:
 
 
 # -- one trained run ------------------------------------------------------------------------------
-def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
+def bracket(name: str, rec: EvaluateRecord) -> dict[str, Any] | None:
     """An evaluation with --certify: certified (lower) and attacked (upper) robust accuracy per eps."""
     rows = [r for r in rec["results"] if "certified_accuracy" in r]
     if not rows or not isinstance(rec.get("certify"), dict) or \
@@ -72,7 +73,7 @@ def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
             "hint": c.get("hint")}
 
 
-def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+def series_from_attack(name: str, rec: AttackRecord) -> dict[str, Any]:
     n = int(rec["n"])
     eps, acc = [], []
     if all(float(r["eps"]) > 0 for r in rec["results"]):
@@ -86,13 +87,16 @@ def series_from_attack(name: str, rec: dict[str, Any]) -> dict[str, Any]:
             "lo": list(lo), "hi": list(hi), "n": n, "norm": rec.get("norm", "linf")}
 
 
-def series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+def series_from_eval(name: str, rec: EvaluateRecord) -> dict[str, Any]:
     n = int(rec["n"])
     eps, acc, lo, hi = [], [], [], []
     if all(float(r["eps"]) > 0 for r in rec["results"]):
         c = float(rec["clean_accuracy"])
         a, b = clopper_pearson(round(c * n), n)
-        eps.append(0.0), acc.append(c), lo.append(a), hi.append(b)
+        eps.append(0.0)
+        acc.append(c)
+        lo.append(a)
+        hi.append(b)
     for r in rec["results"]:
         eps.append(float(r["eps"]))
         acc.append(float(r["robust_accuracy"]))
@@ -105,11 +109,11 @@ def series_from_eval(name: str, rec: dict[str, Any]) -> dict[str, Any]:
 def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dict[str, Any]],
             images: int = 4) -> dict[str, Any] | None:
     """Precomputed adversarial versions of a few images, one frame per epsilon (frame 0: the original)."""
-    candidates = sorted((a for a in attacks if (a["dir"] / names.EXAMPLES_FILE).is_file()),
+    candidates = sorted((a for a in attacks if (a["dir"] / rundir.EXAMPLES_FILE).is_file()),
                         key=lambda a: (a["record"]["attack"] != "pgd", a["record"]["attack"]))
     for a in candidates:
         try:
-            t = load_tensors(a["dir"] / names.EXAMPLES_FILE)
+            t = load_tensors(a["dir"] / rundir.EXAMPLES_FILE)
         except AdvlabError:
             continue
         x_adv, logits, y = t["x_adv"], t["logits"], t["y"]
@@ -147,14 +151,14 @@ def slider(run_name: str, run_dir: Path, card: dict[str, Any], attacks: list[dic
     return None
 
 
-def eval_grids(ev_dir: Path, rec: dict[str, Any], classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
+def eval_grids(ev_dir: Path, rec: EvaluateRecord, classes: list[str] | None, per_grid: int = 8) -> list[dict[str, Any]]:
     """One example grid per budget from an evaluation's saved worst-case examples (eval/SUITE-NORM/
     adversarial.safetensors), drawn as `advlab attack --save` draws its grids: rows clean, perturbation,
     adversarial, the points an attack broke first. Only the rows shown are read from the file. [] when the
     file is missing or unreadable, or its inputs are not images."""
     from safetensors import safe_open
 
-    path = ev_dir / names.EXAMPLES_FILE
+    path = ev_dir / rundir.EXAMPLES_FILE
     if not path.is_file():
         return []
     try:
@@ -201,7 +205,7 @@ def _tile(x: torch.Tensor, y: torch.Tensor, probs: torch.Tensor | None, classes)
             "wrong": p != int(y)}
 
 
-def per_class(rec: dict[str, Any]) -> dict[str, Any]:
+def per_class(rec: EvaluateRecord) -> dict[str, Any]:
     rows = [{"eps": r["eps"], "cells": [{"v": v, "text": pct(v, 0), "bg": _cell_color(v)} for v in r["per_class"]]}
             for r in rec["results"] if r.get("per_class")]
     return {"classes": rec.get("classes") or [str(i) for i in range(len(rows[0]["cells"]))] if rows else [],
@@ -222,7 +226,7 @@ def _docs_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+def checks(rec: EvaluateRecord, out_dir: Path) -> list[dict[str, Any]]:
     docs = _docs_dir()
     rows = []
     for c in rec.get("checks", []):
@@ -237,7 +241,7 @@ def checks(rec: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def checks_cost_note(rec: dict[str, Any]) -> str | None:
+def checks_cost_note(rec: EvaluateRecord) -> str | None:
     """When an evaluation's gradient-masking checks took longer than its attacks: what they cost and how to
     bound them (None otherwise, and for records from before the two were timed apart)."""
     if not rec.get("checks") or "suite_seconds" not in rec or not checks_dominate(rec):
@@ -252,7 +256,7 @@ def checks_cost_note(rec: dict[str, Any]) -> str | None:
 # -- analyses found anywhere under the root -------------------------------------------------------
 def distances(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in find.walk(root, names.DISTANCES_FILE):
+    for path in find.walk(root, rundir.DISTANCES_FILE):
         rec = find.read(path)
         if not rec or "norms" not in rec:
             continue
@@ -285,7 +289,7 @@ def distances(root: Path) -> list[dict[str, Any]]:
 
 def transfer(root: Path) -> list[dict[str, Any]]:
     out = []
-    for path in find.walk(root, names.TRANSFER_FILE):
+    for path in find.walk(root, rundir.TRANSFER_FILE):
         rec = find.read(path)
         if not rec or "names" not in rec or "error" not in rec:
             continue
@@ -307,21 +311,21 @@ def transfer(root: Path) -> list[dict[str, Any]]:
 def generative(root: Path) -> list[dict[str, Any]]:
     """AC-GAN runs (sample grid, judge quality) and unrestricted attacks (`advlab generate`)."""
     out = []
-    for card_path in find.walk(root, names.CARD_FILE):
+    for card_path in find.walk(root, rundir.CARD_FILE):
         card = find.read(card_path)
         if not card or card.get("kind") != "acgan":
             continue
-        figures = card_path.parent / names.FIGURES_DIR
+        figures = card_path.parent / rundir.FIGURES_DIR
         figs = [{"label": label, "src": F.data_uri((figures / f).read_bytes())}
-                for f, label in ((names.SAMPLES_PNG, "samples, one row per class"),
-                                 (names.QUALITY_PNG, "judge accuracy on generated images"))
+                for f, label in ((rundir.SAMPLES_PNG, "samples, one row per class"),
+                                 (rundir.QUALITY_PNG, "judge accuracy on generated images"))
                 if (figures / f).is_file()]
         attacks = []
-        for path in find.walk(card_path.parent / names.ATTACKS_DIR, names.UNRESTRICTED_FILE, depth=1):
+        for path in find.walk(card_path.parent / rundir.ATTACKS_DIR, rundir.UNRESTRICTED_FILE, depth=1):
             rec = find.read(path)
             if not rec or "success_rate" not in rec:
                 continue
-            grid = path.parent / names.UNRESTRICTED_PNG
+            grid = path.parent / rundir.UNRESTRICTED_PNG
             attacks.append({"where": find.rel(root, path.parent), "record": rec,
                             "legitimacy": rec.get("legitimacy") or {},
                             "src": F.data_uri(grid.read_bytes()) if grid.is_file() else None})

@@ -1,6 +1,6 @@
 """Finding and reading the records a run directory holds, for the report.
 
-The report looks for the files the other commands wrote, by the names in advlab.artifacts.names: `walk`
+The report looks for the files the other commands wrote, by the names in advlab.rundir: `walk`
 finds every file of one name under the root (at most MAX_DEPTH levels down, skipping checkpoints and
 partial results), `read` reads a record or gives None for one the report cannot use; `attacks`, `evals`
 and `certifications` return the records of one trained run, and `records` those of one kind of analysis
@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import names
+from .. import rundir
 from ..io import read_record
 from .. import plotting as F
 
-SKIP_DIRS = {names.CHECKPOINT_DIR, "parts", "__pycache__"}
+SKIP_DIRS = {rundir.CHECKPOINT_DIR, rundir.PARTS_DIR, "__pycache__"}
 MAX_DEPTH = 4
 
 
@@ -73,12 +73,12 @@ def defense_name(card: dict[str, Any]) -> str:
 
 def attacks(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / names.ATTACKS_DIR).glob(f"*/{names.RESULT_FILE}")):
+    for path in sorted((run_dir / rundir.ATTACKS_DIR).glob(f"*/{rundir.RESULT_FILE}")):
         rec = read(path)
         if rec and rec.get("results"):
             grids = []
             for r in rec["results"]:
-                png = path.parent / names.grid_png(r["eps"])
+                png = path.parent / rundir.grid_png(r["eps"])
                 if png.is_file():
                     grids.append({"eps": r["eps"], "src": F.data_uri(png.read_bytes())})
             out.append({"dir": path.parent, "record": rec, "grids": grids})
@@ -87,7 +87,7 @@ def attacks(run_dir: Path) -> list[dict[str, Any]]:
 
 def evals(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / names.EVAL_DIR).glob(f"*/{names.RESULT_FILE}")):
+    for path in sorted((run_dir / rundir.EVAL_DIR).glob(f"*/{rundir.RESULT_FILE}")):
         rec = read(path)
         if rec and rec.get("results"):
             out.append({"dir": path.parent, "record": rec})
@@ -96,7 +96,7 @@ def evals(run_dir: Path) -> list[dict[str, Any]]:
 
 def certifications(run_dir: Path) -> list[dict[str, Any]]:
     out = []
-    for path in sorted((run_dir / names.CERTIFY_DIR).glob(f"*/{names.RESULT_FILE}")):
+    for path in sorted((run_dir / rundir.CERTIFY_DIR).glob(f"*/{rundir.RESULT_FILE}")):
         rec = read(path)
         if rec and rec.get("certified_accuracy") and rec.get("method"):
             out.append({"dir": path.parent, "record": rec})
@@ -105,7 +105,7 @@ def certifications(run_dir: Path) -> list[dict[str, Any]]:
 
 # -- analyses found anywhere under the root -------------------------------------------------------
 def records(root: Path, name: str, needs: str | None = None) -> list[dict[str, Any]]:
-    """Every record called `name` (a file name from advlab.artifacts.names) under root that holds the key
+    """Every record called `name` (a file name from advlab.rundir) under root that holds the key
     `needs`, with the figures it lists inlined."""
     out = []
     for path in walk(root, name):

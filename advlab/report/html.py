@@ -35,14 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import names
+from .. import rundir
 from ..errors import AdvlabError
 from ..evaluate.recorded import fold_record
 from ..io import atomic_write
 from .. import plotting as F
 from . import entries, find
-
-REPORT_FILE = names.REPORT_FILE
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -156,7 +154,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
     root = Path(run_dir)
     if not root.is_dir():
         raise AdvlabError(f"{root} is not a directory; pass a run directory from advlab train, demo or reproduce")
-    cards = [(p.parent, find.read(p)) for p in find.walk(root, names.CARD_FILE)]
+    cards = [(p.parent, find.read(p)) for p in find.walk(root, rundir.CARD_FILE)]
     # AC-GAN runs have their own section.
     cards = [(d, c) for d, c in cards if c and "model" in c and c.get("kind") != "acgan"]
     # Undefended models first, then by name: the baseline reads before the defense.
@@ -164,7 +162,7 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
     r = _Runs(root, out_dir or root)
     for run_dir_, card in cards:
         r.add(run_dir_, card)
-    demo = find.read(root / names.DEMO_FILE) if (root / names.DEMO_FILE).is_file() else None
+    demo = find.read(root / rundir.DEMO_FILE) if (root / rundir.DEMO_FILE).is_file() else None
     from ..version import __version__
     return {
         "title": f"advlab report: {root.resolve().name}",
@@ -173,8 +171,8 @@ def collect(run_dir: str | os.PathLike, out_dir: Path | None = None) -> dict[str
         "demo": demo, "runs": r.runs, "curves": r.curve_figures(), "grids": r.grids, "sliders": r.sliders,
         "evals": r.evals, "per_class": r.per_class,
         "distances": entries.distances(root), "transfer": entries.transfer(root),
-        "blobs": find.records(root, names.BLOBS_FILE), "perceptibility": find.records(root, names.PERCEPTIBILITY_FILE),
-        "reproductions": find.records(root, names.REPRODUCE_FILE, needs="rows"), "configs": r.configs,
+        "blobs": find.records(root, rundir.BLOBS_FILE), "perceptibility": find.records(root, rundir.PERCEPTIBILITY_FILE),
+        "reproductions": find.records(root, rundir.REPRODUCE_FILE, needs="rows"), "configs": r.configs,
         "generative": entries.generative(root),
         "certified": entries.certified_figures(r.brackets, r.certified), "version": __version__,
     }
@@ -198,7 +196,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
     """build_report, also returning the context it rendered."""
     root = Path(run_dir)
-    path = Path(out) if out is not None else root / REPORT_FILE
+    path = Path(out) if out is not None else root / rundir.REPORT_FILE
     context = collect(root, path.parent)
     if not (context["runs"] or context["distances"] or context["transfer"] or context["reproductions"]
             or context["blobs"] or context["perceptibility"] or context["generative"]):

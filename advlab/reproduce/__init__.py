@@ -28,7 +28,7 @@ def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool 
     """Run experiment NAME into RUN_DIR/OUT; `seed` replaces the config's seed, `overrides` any setting
     (checked like the config's own; the record lists them so a scaled run is labelled). `device`:
     where models train and run ("auto", "cpu", "cuda", "cuda:N", a torch.device; None: the CPU)."""
-    from ..artifacts import names
+    from .. import rundir
     from ..device import describe, resolve_device
     from ..io import write_json
 
@@ -60,7 +60,7 @@ def reproduce(name: str, run_dir: str | Path = "runs/reproduce", *, quick: bool 
               "verdict": overall([r["verdict"] for r in rows]), "figures": info.get("figures", {}),
               "config": exp.source, "device": describe(device) if device is not None else "cpu",
               "seconds": time.perf_counter() - started}
-    write_json(out / names.REPRODUCE_FILE, record)
+    write_json(out / rundir.REPRODUCE_FILE, record)
     if report:
         from ..report.html import build_report
         record["report"] = str(build_report(out))

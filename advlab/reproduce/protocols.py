@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifacts import names
+from .. import rundir
 from ..errors import ConfigError
 from .certified import COHEN, GOWAL, cohen2019, gowal2018
 from .steps import Log, pick_dataset, train  # noqa: F401  (pick_dataset: callers import it from here)
@@ -142,7 +142,7 @@ def _transfer(g: _Goodfellow, standard, adversarial) -> dict[str, float]:
     from ..attacks import FGSM
 
     t = transfer_run({"standard": standard, "adversarial": adversarial}, g.x, g.y, [g.eps], FGSM("linf"),
-                     bounds=g.bounds, out=g.out / names.TRANSFER_DIR, dataset=g.ds.name)
+                     bounds=g.bounds, out=g.out / rundir.TRANSFER_DIR, dataset=g.ds.name)
     return {"transfer_standard_to_adversarial": t["error"]["standard"]["adversarial"][0],
             "transfer_adversarial_to_standard": t["error"]["adversarial"]["standard"][0]}
 

@@ -22,9 +22,9 @@ the CPU). Latent codes and labels are drawn on the CPU from the seed and moved t
 
 from .model import ACGAN, AuxClassifier, Discriminator, Generator
 from .quality import generation_quality
-from .store import CHECKPOINT, KIND, load_gan, save_gan
+from .store import KIND, load_gan, save_gan
 from .train import GANConfig, GANTrainer, discriminator_loss, generator_loss, train_gan, train_step
 
-__all__ = ["ACGAN", "AuxClassifier", "CHECKPOINT", "Discriminator", "GANConfig", "GANTrainer", "Generator", "KIND",
+__all__ = ["ACGAN", "AuxClassifier", "Discriminator", "GANConfig", "GANTrainer", "Generator", "KIND",
            "discriminator_loss", "generation_quality", "generator_loss", "load_gan", "save_gan", "train_gan",
            "train_step"]

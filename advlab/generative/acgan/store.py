@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from ...errors import AdvlabError, CorruptFileError
-from ...io import flatten_state, load_tensors, save_tensors, unflatten_state, write_json
-from ...runs import CARD_FILE, MODEL_FILE, environment, read_card
+from ...io import flatten_state, load_tensors, read_metadata, save_tensors, unflatten_state, write_json
+from ...rundir import CARD_FILE, CHECKPOINT_FILE, MODEL_FILE
+from ...runs import environment, read_card
 from .model import ACGAN
 
-CHECKPOINT = Path("checkpoint") / "state.safetensors"  # inside the run directory
 KIND = "acgan"  # card["kind"] of a GAN run (classifier runs have none)
 
 
@@ -60,7 +60,7 @@ def write_checkpoint(run_dir: Path, gan: ACGAN, opt_g: torch.optim.Optimizer, op
     tensors.update(og)
     tensors.update(od)
     meta = {"epoch": epoch, "history": history, "opt_g": og_skel, "opt_d": od_skel, "identity": identity}
-    save_tensors(run_dir / CHECKPOINT, tensors, {"advlab": json.dumps(meta)})
+    save_tensors(run_dir / CHECKPOINT_FILE, tensors, {"advlab": json.dumps(meta)})
 
 
 def read_checkpoint(run_dir: Path | None, gan: ACGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -68,13 +68,11 @@ def read_checkpoint(run_dir: Path | None, gan: ACGAN, opt_g: torch.optim.Optimiz
     """Restore the networks and optimisers from `run_dir`'s checkpoint; returns (epoch, history).
 
     Refuses a checkpoint started with other settings than `identity`, naming the ones that differ."""
-    path = run_dir / CHECKPOINT if run_dir is not None else None
+    path = run_dir / CHECKPOINT_FILE if run_dir is not None else None
     if path is None or not path.is_file():
         raise AdvlabError(f"nothing to resume: {path} does not exist; run without `resume=True` to start")
-    from safetensors import safe_open
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["advlab"])
+        meta = json.loads(read_metadata(path)["advlab"])
     except Exception as e:  # noqa: BLE001 - any failure here means the file is damaged
         raise CorruptFileError(f"{path} is not a valid AC-GAN checkpoint ({e}); delete it and start again") from e
     if json.loads(json.dumps(meta["identity"])) != json.loads(json.dumps(identity)):

@@ -18,15 +18,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ... import rng
-from ...artifacts import names
+from ... import rundir
 from ...errors import AdvlabError
 from ...predict import model_device
 from ...progress import progress as progress_bar
-from ...runs import CARD_FILE
 from ..figures import quality_figure, sample_grid
 from .model import ACGAN
 from .quality import generation_quality
-from .store import CHECKPOINT, KIND, read_checkpoint, save_gan, write_checkpoint
+from .store import KIND, read_checkpoint, save_gan, write_checkpoint
 
 STREAM_LATENT = 7  # rng stream for the latent codes and fake labels of training batches
 
@@ -157,7 +156,7 @@ class GANTrainer:
             self.history.append(metrics)
             if self.run_dir is not None and self.grids:
                 sample_grid(self.gan, self.classes,
-                            self.run_dir / names.FIGURES_DIR / f"samples-epoch{self.epoch:03d}.png",
+                            self.run_dir / rundir.FIGURES_DIR / f"samples-epoch{self.epoch:03d}.png",
                             z=self.grid_z, title=f"AC-GAN samples after epoch {self.epoch}")
             self.save_checkpoint()
             judge = f", judge accuracy {metrics['judge_accuracy']:.3f}" if "judge_accuracy" in metrics else ""
@@ -254,11 +253,11 @@ def train_gan(dataset: str, out: str | Path, config: GANConfig | None = None, *,
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if not resume and not overwrite and ((out / CARD_FILE).exists() or (out / CHECKPOINT).exists()):
+    if not resume and not overwrite and ((out / rundir.CARD_FILE).exists() or (out / rundir.CHECKPOINT_FILE).exists()):
         raise AdvlabError(f"{out} already holds a run; pass `resume=True` to continue it, `overwrite=True` to "
                           "replace it, or choose another `out`")
-    if resume and not (out / CHECKPOINT).exists():
-        raise AdvlabError(f"nothing to resume in {out}: {CHECKPOINT} is missing; run without `resume=True` to start")
+    if resume and not (out / rundir.CHECKPOINT_FILE).exists():
+        raise AdvlabError(f"nothing to resume in {out}: {rundir.CHECKPOINT_FILE} is missing; run without `resume=True` to start")
 
 
 def _training_data(dataset: str, subset: int | None, data_dir: str | None):
@@ -284,9 +283,9 @@ def _save_run(trainer: GANTrainer, ds, dataset: str, spec: dict[str, Any], judge
     if trainer.judge is not None:
         quality = generation_quality(gan, trainer.judge, 100, seed=config.seed)
         metrics["quality"] = {**quality, "judge": str(judge_run)}
-        quality_figure(quality, ds.classes, out / names.FIGURES_DIR / names.QUALITY_PNG,
+        quality_figure(quality, ds.classes, out / rundir.FIGURES_DIR / rundir.QUALITY_PNG,
                        title=f"judge ({Path(judge_run).name}) accuracy on generated {dataset}")
-    sample_grid(gan, ds.classes, out / names.FIGURES_DIR / names.SAMPLES_PNG, z=trainer.grid_z,
+    sample_grid(gan, ds.classes, out / rundir.FIGURES_DIR / rundir.SAMPLES_PNG, z=trainer.grid_z,
                 title=f"AC-GAN on {dataset}")
     card = {"model": spec, "dataset": ds.describe(), "seed": config.seed, "epochs": trainer.epoch,
             "train": {**dataclasses.asdict(config), "subset": subset, "n_train": len(trainer.y)}, "metrics": metrics}

@@ -1,11 +1,12 @@
 """What a run directory holds: every file and folder name advlab writes, in one place.
 
     RUN/model.safetensors, RUN/card.json                 advlab train (advlab.runs)
-    RUN/checkpoint/                                       an interrupted training (--resume)
+    RUN/checkpoint/state.safetensors                      an interrupted training (--resume)
     RUN/attacks/ATTACK-NORM/result.json                   advlab attack --save (advlab.artifacts.attack)
                  adversarial.safetensors, grid-epsE.png
     RUN/eval/SUITE-NORM/result.json, curve.csv,           advlab evaluate (advlab.artifacts.evaluate)
-                 per_class.csv, adversarial.safetensors, state.safetensors
+                 per_class.csv, adversarial.safetensors, state.safetensors,
+                 parts/ (examples found before an interruption), chunks/K/ + done.json (--chunk)
     RUN/certify/METHOD-NORM-PARAM/result.json,            advlab certify (advlab.artifacts.certify)
                  curve.csv, points.csv, state.safetensors,
                  counterexamples.safetensors (exact)
@@ -18,9 +19,9 @@
     RUN/export/robustbench/NAME.json, NAME.pt, NAME_log.txt   advlab export robustbench (advlab.artifacts.export)
     GAN/figures/samples.png, GAN/attacks/NAME/unrestricted.json   advlab generate
 
-The writers (advlab.artifacts.*, advlab.runs, the analyses) and the readers (advlab.report,
-advlab.evaluate.recorded) import the names from here, so a name changes in one line. This module
-imports nothing from advlab: anything may import it.
+The writers (advlab.artifacts.*, advlab.runs, the training loops, the resumable states, the analyses)
+and the readers (advlab.report, advlab.evaluate.recorded) import the names from here, so a name changes
+in one line. It sits in the bottom layer and imports nothing from advlab: anything may import it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ RECORDED_KINDS = (ATTACKS_DIR, EVAL_DIR, TRANSFER_DIR)  # the folders that hold 
 
 RESULT_FILE = "result.json"                # the step's record (what --json prints)
 EXAMPLES_FILE = "adversarial.safetensors"  # x, x_adv, logits, y, clean_logits
-STATE_FILE = "state.safetensors"           # resumable state of an evaluation or certification
+STATE_FILE = "state.safetensors"           # resumable state of an evaluation, a certification or a training
+CHECKPOINT_FILE = Path(CHECKPOINT_DIR) / STATE_FILE  # inside a run: an interrupted training (defenses, AC-GAN, metric)
+PARTS_DIR = "parts"                        # beside an evaluation's state: the examples saved batch by batch
+CHUNKS_DIR = "chunks"                      # an evaluation in chunks (--chunk): one folder per chunk
+DONE_FILE = "done.json"                    # a finished chunk
 CURVE_CSV = "curve.csv"
 PER_CLASS_CSV = "per_class.csv"
 POINTS_CSV = "points.csv"
