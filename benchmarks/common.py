@@ -16,8 +16,9 @@ RESULTS = HERE / "results"
 
 
 def trained_model(name: str, defense: str = "none", eps: float | None = None, epochs: int = 2,
-                  model: str = "cnn-small", seed: int = 0, lr: float = 3e-3):
-    """A Fashion-MNIST model trained with advlab, cached under benchmarks/.cache/NAME."""
+                  model: str = "cnn-small", seed: int = 0, lr: float = 3e-3, options: dict | None = None):
+    """A Fashion-MNIST model trained with advlab, cached under benchmarks/.cache/NAME (`options`: the
+    defense's other options, e.g. {"steps": 7})."""
     from advlab import load_run
     from advlab.defenses import TrainConfig
     from advlab.defenses.run import train_run
@@ -29,7 +30,7 @@ def trained_model(name: str, defense: str = "none", eps: float | None = None, ep
     with open(CACHE / f"{name}.lock", "w") as lock:  # two benchmarks at once: one trains, the other waits
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / "card.json").exists():
-            kwargs = {"eps": eps} if eps is not None else {}
+            kwargs = {**({"eps": eps} if eps is not None else {}), **(options or {})}
             train_run("fashion-mnist", model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
                       defense=defense, defense_kwargs=kwargs, overwrite=True, progress=False, log=print)
     return load_run(run_dir)
