@@ -79,6 +79,11 @@ def adapt(model: nn.Module, adaptive: str | Sequence[str], *, samples: int = EOT
     return out
 
 
+def has_preprocessing(model: nn.Module) -> bool:
+    """Whether "bpda" has something to replace: a Preprocessed module anywhere in the model."""
+    return any(isinstance(m, Preprocessed) for m in model.modules())
+
+
 def _bpda(module: nn.Module) -> tuple[nn.Module, bool]:
     """A copy of the module tree with every Preprocessed replaced by its BPDA twin; (tree, any replaced)."""
     if isinstance(module, Preprocessed):
