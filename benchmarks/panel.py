@@ -2,7 +2,7 @@
 
     benchmarks/.env-peers/bin/python benchmarks/panel.py                 # the full panel (python benchmarks/run_all.py makes the venv)
     benchmarks/.env-peers/bin/python benchmarks/panel.py --autoattack-only --models pgd-at,trades   # baselines, in the background
-    python benchmarks/panel.py --quick                                     # digits, 4 small models, no AutoAttack (tests/test_panel.py)
+    python benchmarks/panel.py --quick                                     # digits, 5 small models, no AutoAttack (tests/test_panel.py)
 
 Per model (benchmarks/panel_models.py; Fashion-MNIST cnn-small variants trained by advlab and cached), on the
 first N test images, one thread: PGD-20, advlab's `fast` and `standard` suites, AutoAttack (`standard`, or
@@ -57,7 +57,7 @@ class Row:
 FULL = [Row(m, "linf", 0.1, 200) for m in ("standard", "fgsm-rs", "pgd-at", "trades", "ibp", "gaussian",
                                            "quantize", "threshold", "saturated")] + \
        [Row("random", "linf", 0.1, 100), Row("standard", "l2", 1.0, 100), Row("trades", "l2", 1.0, 100)]
-QUICK = [Row(m, "linf", 0.2, 60) for m in ("standard", "quantize", "saturated", "random")]
+QUICK = [Row(m, "linf", 0.1, 100) for m in ("standard", "quantize", "threshold", "saturated", "random")]
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -69,8 +69,8 @@ def full_models():
 
 
 def quick_models():
-    """digits versions of four panel models, trained in seconds (no cache): standard, quantisation,
-    saturated softmax, random resize-and-pad."""
+    """digits versions of five panel models, trained in seconds (no cache): standard, quantisation,
+    thresholded first layer, saturated softmax, random resize-and-pad."""
     from torch.nn import functional as F
     from advlab.data import load_dataset
     from advlab.defenses import TrainConfig, Trainer
@@ -96,10 +96,17 @@ def quick_models():
         return trained[key]
 
     t = RandomResizePad(0.75)
+
+    def thresholded():
+        model = panel_models.threshold_model(data.input_shape, data.num_classes)
+        panel_models.train_threshold(model, data, epochs=8)
+        return model.eval()
+
     return {
         "standard": (lambda: train(), "digits cnn-small", None, False),
         "quantize": (lambda: Preprocessed(train(), Quantize(4, bounds=data.bounds)).eval(),
                      "4-level quantisation + cnn-small", "bpda", False),
+        "threshold": (thresholded, "first-layer activations thresholded to 0/1", "bpda", False),
         "saturated": (lambda: panel_models.Saturated(train()).eval(), "cnn-small, logits x1000", "rescale", False),
         "random": (lambda: Randomized(train(t), t, seed=1).eval(), "random resize-and-pad", "eot", True),
     }
@@ -478,7 +485,7 @@ def write_report(outs, args, started) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="digits, 4 small models, 60 points, no AutoAttack")
+    parser.add_argument("--quick", action="store_true", help="digits, 5 small models, 100 points, no AutoAttack")
     parser.add_argument("--models", help="comma-separated panel rows by model name (default: all)")
     parser.add_argument("--norms", default="linf,l2")
     parser.add_argument("--autoattack-only", action="store_true", help="only the AutoAttack baselines (background)")

@@ -74,7 +74,7 @@ class FirstLayerThreshold(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv(x) > 0).to(x.dtype)
+        return torch.sign(torch.relu(self.conv(x)))  # 1 where conv(x) > 0, else 0; autograd's gradient: zero
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -82,23 +82,26 @@ class FirstLayerThreshold(nn.Module):
     backward_approximation = smooth  # what `advlab evaluate --adaptive bpda` differentiates instead
 
 
-def _threshold_parts():
+def threshold_model(input_shape=(1, 28, 28), num_classes=10):
+    """The untrained thresholded CNN (cnn-small's layers, the first one's activations stepped to 0/1)."""
+    from advlab.models import Preprocessed
     from advlab.rng import seeded
+    c, h, w = input_shape
     with seeded(0):
-        conv = nn.Conv2d(1, 32, 3, padding=1)
+        conv = nn.Conv2d(c, 32, 3, padding=1)
         back = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-    return FirstLayerThreshold(conv), back
+                             nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
+                             nn.Linear(128, num_classes))
+    return Preprocessed(back, FirstLayerThreshold(conv))
+
+
+def train_threshold(model, data=None, epochs=2):
+    """Straight-through training: the same forward, gradients through conv(x) as if the step were the identity."""
+    _fit(model.bpda(model.preprocess.smooth), augment=None, epochs=epochs, data=data)
 
 
 def threshold():
-    from advlab.models import Preprocessed
-    step, back = _threshold_parts()
-    model = Preprocessed(back, step)
-
-    def train(model):  # straight-through: the same forward, gradients through conv(x) as if the step were identity
-        _fit(model.bpda(step.smooth), augment=None, epochs=2)
-    return _cached("fm-cnn-threshold", model, train)
+    return _cached("fm-cnn-threshold", threshold_model(), train_threshold)
 
 
 class Saturated(nn.Module):
@@ -131,17 +134,17 @@ def random():
     return Randomized(random_base(), RandomResizePad(0.75), seed=1).eval()
 
 
-def _fit(model, augment, epochs):
+def _fit(model, augment, epochs, data=None):
     from advlab.data import load_dataset
     from advlab.defenses import TrainConfig, Trainer
-    data = load_dataset("fashion-mnist")
+    data = data or load_dataset("fashion-mnist")
 
     def objective(m, x, y, g):
         logits = m(augment(x, g) if augment is not None else x)
         return F.cross_entropy(logits, y), logits
 
     Trainer(model, data.x_train, data.y_train, config=TrainConfig(epochs=epochs, lr=3e-3), objective=objective,
-            progress=False, log=print).fit()
+            progress=False, log=print if data.name == "fashion-mnist" else (lambda msg: None)).fit()
 
 
 def _cached(name: str, model: nn.Module, train) -> nn.Module:
