@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     get_suite(args.suite, args.suite_file, norm=args.norm)  # a bad suite fails before anything is loaded
     with distributed.setup(resolve_device(args.device)) as device:
         subject = open_subject(args, device)
-        out = Path(args.out) if args.out and args.run else names.eval_dir(subject.run_dir, args.suite, args.norm)
+        folder = "-".join([args.suite, *(args.adaptive.split(",") if args.adaptive else [])])
+        out = Path(args.out) if args.out and args.run else names.eval_dir(subject.run_dir, folder, args.norm)
         record = evaluate_run(
             subject, eps=args.eps, eps_per_class=args.eps_per_class, norm=args.norm, suite=args.suite,
             suite_file=args.suite_file, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,

@@ -12,7 +12,8 @@ model given is not changed) that every gradient attack, and so every evaluation 
   predictions (a positive scale per row), a softmax that is no longer saturated, so cross-entropy has
   gradients again. For temperature-scaled or distilled networks whose softmax is saturated in fp32.
 - "eot": `EOT(model, samples=S)`: the log of the mean probability over S passes of a randomised model
-  (its own randomness). The classifier evaluated is then that average, a deterministic stand-in for
+  (its own randomness; for a `Randomized(model, t)` the transformations t are drawn from the EOT's own
+  stream, seeded by `seed`, so a rerun repeats it). The classifier evaluated is then that average, a deterministic stand-in for
   the randomised defense (scored by one random draw per point its accuracy is itself random).
 
 `adapt(model, "bpda,rescale")` applies several, in the order given. What each costs: BPDA and
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..errors import AdvlabError
 from .preprocess import BPDA, Preprocessed
-from .stochastic import EOT
+from .stochastic import EOT, Randomized
 
 ADAPTATIONS = ("bpda", "eot", "rescale")
 EOT_SAMPLES = 16
@@ -74,7 +75,9 @@ def adapt(model: nn.Module, adaptive: str | Sequence[str], *, samples: int = EOT
                                   "the non-differentiable step in one, or use a black-box attack (square)")
         elif name == "rescale":
             out = Rescaled(out)
-        else:
+        elif isinstance(out, Randomized):  # its transformation drawn from the EOT's own seeded stream
+            out = EOT(out.model, out.transform, samples=samples, seed=seed)
+        else:  # the model's own randomness, whatever it is
             out = EOT(out, transform=None, samples=samples, seed=seed)
     return out
 
