@@ -7,11 +7,12 @@ Steps, each writing the same artefacts as the command in brackets:
   1. train a standard model and an adversarially trained one            (advlab train)
   2. attack both with FGSM and PGD over an epsilon grid, save examples   (advlab attack --save)
   3. the transfer matrix between the two models                          (advlab.evaluate.transfer)
-  4. the evaluation suite and the gradient-masking checks, per model,    (advlab evaluate --certify)
-     with the IBP-certified lower bound beside the attacked upper bound; the worst case per
-     example also counts the examples steps 2 and 3 recorded in the run directories
-  5. the epsilon analysis: class distances and perceptibility            (advlab analyze ...)
-  6. the HTML report                                                     (advlab report)
+  4. the evaluation suite and the gradient-masking checks, per model;    (advlab evaluate)
+     the worst case per example also counts the examples steps 2 and 3 recorded in the run directories
+  5. the certified lower bound (CROWN, where it can bound the model;     (advlab certify --method crown)
+     else IBP) at a small eps, beside the attacked upper bound
+  6. the epsilon analysis: class distances and perceptibility            (advlab analyze ...)
+  7. the HTML report                                                     (advlab report)
 
 Each step calls the function behind its command (advlab.artifacts: attack_run, transfer_run,
 evaluate_run, distances_run, ...), so a demo directory is exactly what a user would get by typing the
@@ -42,7 +43,7 @@ class DemoConfig:
     defense: str = "pgd"                  # the adversarially trained model
     defense_eps: float = 0.1
     defense_args: dict[str, Any] = field(default_factory=lambda: {"steps": 5})
-    eps: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3])
+    eps: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.15, 0.2, 0.3])
     pgd_steps: int = 20
     n_attack: int | None = None           # first N test points (None: all)
     suite: str = "fast"
@@ -50,6 +51,9 @@ class DemoConfig:
     eval_eps: list[float] = field(default_factory=lambda: [0.1, 0.2])
     check_n: int = 200
     n_transfer: int | None = None
+    certify_method: str = "crown"         # the best certificate the model allows: crown, else ibp
+    certify_eps: list[float] = field(default_factory=lambda: [0.02])   # where the digits CNNs are certifiable
+    n_certify: int | None = 100           # first N test points (CROWN on a CNN: about a second per point)
     per_class: int = 100                  # class-distance analysis: training images per class
     n_distance_test: int | None = None
     distance_norms: list[str] = field(default_factory=lambda: ["l2", "linf"])
@@ -61,17 +65,20 @@ def preset(dataset: str = "digits", quick: bool = False) -> DemoConfig:
     """Settings per dataset; `quick` is a tiny version for tests and smoke checks (seconds, not minutes)."""
     if dataset == "fashion-mnist":
         cfg = DemoConfig(dataset=dataset, epochs=5, defense="fgsm-rs", defense_eps=0.1, defense_args={},
-                         eps=[0.02, 0.05, 0.1, 0.15, 0.2], n_attack=1000, suite="standard", n_eval=1000,
-                         eval_eps=[0.1], check_n=200, n_transfer=1000, per_class=200, n_distance_test=2000)
+                         eps=[0.01, 0.02, 0.05, 0.1, 0.15, 0.2], n_attack=1000, suite="standard", n_eval=1000,
+                         eval_eps=[0.1], check_n=200, n_transfer=1000, per_class=200, n_distance_test=2000,
+                         certify_eps=[0.01], n_certify=50)
     elif dataset in ("digits", "mnist", "cifar10"):
         cfg = DemoConfig(dataset=dataset)
         if dataset == "mnist":
-            cfg.epochs, cfg.defense, cfg.defense_args, cfg.eps = 5, "fgsm-rs", {}, [0.05, 0.1, 0.2, 0.3]
+            cfg.epochs, cfg.defense, cfg.defense_args, cfg.eps = 5, "fgsm-rs", {}, [0.01, 0.05, 0.1, 0.2, 0.3]
+            cfg.certify_eps, cfg.n_certify = [0.01], 50
             cfg.defense_eps, cfg.n_attack, cfg.n_eval, cfg.n_transfer, cfg.eval_eps = 0.3, 1000, 1000, 1000, [0.1, 0.3]
             cfg.n_distance_test = 2000
         if dataset == "cifar10":
             cfg.epochs, cfg.defense, cfg.defense_args = 10, "fgsm-rs", {}
-            cfg.defense_eps, cfg.eps, cfg.eval_eps = 8 / 255, [2 / 255, 4 / 255, 8 / 255, 16 / 255], [8 / 255]
+            cfg.defense_eps, cfg.eps, cfg.eval_eps = 8 / 255, [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], [8 / 255]
+            cfg.certify_eps, cfg.n_certify = [1 / 255], 50
             cfg.n_attack = cfg.n_eval = cfg.n_transfer = 500
             cfg.n_distance_test = 1000
     else:
@@ -80,7 +87,7 @@ def preset(dataset: str = "digits", quick: bool = False) -> DemoConfig:
     if quick:
         cfg = dataclasses.replace(cfg, epochs=2, defense_args={**cfg.defense_args, "steps": 2}
                                   if cfg.defense == "pgd" else cfg.defense_args,
-                                  eps=cfg.eps[1::2][:3], pgd_steps=5, n_attack=40, n_eval=40,
+                                  eps=cfg.eps[::2][:3], pgd_steps=5, n_attack=40, n_eval=40, n_certify=10,
                                   eval_eps=cfg.eval_eps[:1], check_n=24, n_transfer=40, per_class=8, distance_norms=["linf"],
                                   n_distance_test=50, scale="quick (tiny settings for a smoke test)")
     return cfg
@@ -104,7 +111,7 @@ class _Context:
         self.steps.append({"name": name, "seconds": time.perf_counter() - t0})
 
 
-STEPS = 6
+STEPS = 7
 
 
 def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | None = None, progress: bool = True,
@@ -125,18 +132,22 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", *, data_dir: str | 
     with ctx.step(3, "transfer", "transfer matrix (FGSM examples crafted on each model, shown to both; kept for the "
                                  "evaluation)"):
         transfer = _transfer(cfg, runs, out / names.TRANSFER_DIR, ctx)
-    certify = _ibp_supported(runs["standard"])  # the bracket, when IBP can bound this model (cheap: seconds)
     with ctx.step(4, "evaluation", f"evaluation suite '{cfg.suite}' and gradient-masking checks at eps "
-                                   f"{_eps_text(cfg.eval_eps)}" + (", with the IBP-certified lower bound"
-                                                                   if certify else "")):
-        evals = _evaluate(cfg, runs, certify, ctx)
-    with ctx.step(5, "epsilon analysis", "epsilon analysis: class distances and perceptibility"):
+                                   f"{_eps_text(cfg.eval_eps)}"):
+        evals = _evaluate(cfg, runs, ctx)
+    method = _certify_method(cfg, runs["standard"])   # CROWN where it can bound the model, else IBP, else none
+    certified: dict[str, list[dict[str, Any]]] = {}
+    if method is not None:
+        with ctx.step(5, "certification", f"certified lower bound ({method}) at eps {_eps_text(cfg.certify_eps)} on "
+                                          f"{cfg.n_certify or 'all'} test points"):
+            certified = _certify(cfg, runs, method, ctx)
+    with ctx.step(6, "epsilon analysis", "epsilon analysis: class distances and perceptibility"):
         distances = _analyse(cfg, out / "analysis", ctx)
     record = {"demo": cfg.dataset, "description": _description(cfg), "config": dataclasses.asdict(cfg),
-              "summary": _summary(cfg, trained, attacks, evals, transfer, distances), "steps": ctx.steps,
+              "summary": _summary(cfg, trained, attacks, evals, transfer, distances, certified), "steps": ctx.steps,
               "seconds": time.perf_counter() - ctx.started, "report": str(out / names.REPORT_FILE)}
     write_json(out / names.DEMO_FILE, record)
-    with ctx.step(6, "report", "writing the HTML report"):
+    with ctx.step(7, "report", "writing the HTML report"):
         build_report(out)
     record["seconds"] = time.perf_counter() - ctx.started
     write_json(out / names.DEMO_FILE, record)
@@ -192,19 +203,23 @@ def _transfer(cfg: DemoConfig, runs: dict[str, Path], out: Path, ctx: _Context) 
                         bounds=data.bounds, runs=runs)
 
 
-def _ibp_supported(run: Path) -> bool:
-    from .certify import check_ibp_supported
+def _certify_method(cfg: DemoConfig, run: Path) -> str | None:
+    """cfg.certify_method when it can bound this model; else IBP when it can; else None (no certificate)."""
+    from .certify import check_crown_supported, check_ibp_supported
     from .runs import load_run
 
-    try:
-        check_ibp_supported(load_run(run)[0])
-    except AdvlabError:
-        return False
-    return True
+    model = load_run(run)[0]
+    for method in dict.fromkeys([cfg.certify_method, "ibp"]):
+        try:
+            check_ibp_supported(model) if method == "ibp" else check_crown_supported(model, method)
+        except AdvlabError:
+            continue
+        return method
+    return None
 
 
-def _evaluate(cfg: DemoConfig, runs: dict[str, Path], certify: bool, ctx: _Context) -> dict[str, dict[str, Any]]:
-    """Step 4 (advlab evaluate --fresh [--certify]): the suite, the checks and, where IBP applies, the bracket."""
+def _evaluate(cfg: DemoConfig, runs: dict[str, Path], ctx: _Context) -> dict[str, dict[str, Any]]:
+    """Step 4 (advlab evaluate --fresh): the suite and the checks."""
     from .artifacts.evaluate import evaluate_run
 
     records = {}
@@ -212,9 +227,22 @@ def _evaluate(cfg: DemoConfig, runs: dict[str, Path], certify: bool, ctx: _Conte
         started = time.perf_counter()
         subject = open_subject(run=run, data_dir=ctx.data_dir, device=ctx.device)
         records[key] = evaluate_run(subject, eps=cfg.eval_eps, suite=cfg.suite, n=cfg.n_eval, check_n=cfg.check_n,
-                                    fresh=True, seed=cfg.seed, certify=certify, started=started,
-                                    progress=ctx.progress, log=ctx.log)
+                                    fresh=True, seed=cfg.seed, started=started, progress=ctx.progress, log=ctx.log)
         ctx.log(f"      {key}: verdict {records[key]['verdict']}")
+    return records
+
+
+def _certify(cfg: DemoConfig, runs: dict[str, Path], method: str, ctx: _Context) -> dict[str, list[dict[str, Any]]]:
+    """Step 5 (advlab certify --method METHOD --eps E --fresh): certified accuracy of each model at each certify eps."""
+    from .artifacts.certify import certify_run
+
+    records: dict[str, list[dict[str, Any]]] = {}
+    for key, run in runs.items():
+        subject = open_subject(run=run, data_dir=ctx.data_dir, device=ctx.device)
+        records[key] = [certify_run(subject, method, eps=e, n=cfg.n_certify, fresh=True, seed=cfg.seed,
+                                    progress=ctx.progress) for e in cfg.certify_eps]
+        ctx.log(f"      {key}: " + ", ".join(f"{r['certified_accuracy'][-1]['accuracy']:.3f} certified at eps "
+                                             f"{r['eps']:g}" for r in records[key]) + f" ({method})")
     return records
 
 
@@ -233,19 +261,22 @@ def _analyse(cfg: DemoConfig, out: Path, ctx: _Context) -> dict[str, Any]:
 def _description(cfg: DemoConfig) -> str:
     return (f"A standard {cfg.model} and one adversarially trained with {cfg.defense} (eps {cfg.defense_eps:g}) on "
             f"{cfg.dataset}, attacked with FGSM and PGD-{cfg.pgd_steps} (Linf), evaluated with the '{cfg.suite}' "
-            f"suite and the gradient-masking checks (beside it, where the model allows, the IBP-certified lower bound: "
-            f"robust accuracy lies between the two), with the transfer matrix between them and the class-distance "
-            f"analysis that says which budgets make sense. Scale: {cfg.scale}.")
+            f"suite and the gradient-masking checks, certified with {cfg.certify_method} where the model allows (IBP "
+            f"otherwise) at eps {_eps_text(cfg.certify_eps)}: robust accuracy lies between the certified and the "
+            f"attacked number. With the transfer matrix between them and the class-distance analysis that says which "
+            f"budgets make sense. Scale: {cfg.scale}.")
 
 
-def _summary(cfg, train_records, attacks, evals, transfer, distances) -> dict[str, Any]:
-    """The table the terminal and the report's first section show: robust accuracy per model and attack."""
-    eps_show = [e for e in cfg.eps if e in cfg.eval_eps] or cfg.eps[:2]
+def _summary(cfg, train_records, attacks, evals, transfer, distances, certified=None) -> dict[str, Any]:
+    """The table the terminal and the report's first section show: robust accuracy per model and attack, and the
+    certified lower bound with the method that proved it."""
+    certified = certified or {}
+    cert_eps = [r["eps"] for r in certified.get("standard", [])]
+    eps_show = [e for e in cfg.eps if e in cfg.eval_eps or e in cert_eps] or cfg.eps[:2]
     columns = ["model", "clean"] + [f"{a} @ {e:g}" for a in ("FGSM", "PGD") for e in eps_show] + \
               [f"{cfg.suite} suite @ {e:g}" for e in cfg.eval_eps]
-    certified = all("certified_accuracy" in r for key in ("standard", "adversarial") for r in evals[key]["results"])
-    if certified:
-        columns += [f"certified @ {e:g}" for e in cfg.eval_eps]
+    for r in certified.get("standard", []):
+        columns.append(f"certified ({r['method']}, first {r['n']}) @ {r['eps']:g}")
     columns += ["checks"]
     rows = []
     for key in ("standard", "adversarial"):
@@ -254,8 +285,7 @@ def _summary(cfg, train_records, attacks, evals, transfer, distances) -> dict[st
             by_eps = {r["eps"]: r["robust_accuracy"] for r in attacks[f"{key}/{a}"]["results"]}
             row += [f"{by_eps[e]:.3f}" for e in eps_show]
         row += [f"{r['robust_accuracy']:.3f}" for r in evals[key]["results"]]
-        if certified:
-            row += [f"{r['certified_accuracy']:.3f}" for r in evals[key]["results"]]
+        row += [f"{r['certified_accuracy'][-1]['accuracy']:.3f}" for r in certified.get(key, [])]
         row.append(evals[key]["verdict"])
         rows.append(row)
     t = transfer["tables"][-1]

@@ -16,9 +16,9 @@ RESULTS = HERE / "results"
 
 
 def trained_model(name: str, defense: str = "none", eps: float | None = None, epochs: int = 2,
-                  model: str = "cnn-small", seed: int = 0, lr: float = 3e-3, options: dict | None = None):
-    """A Fashion-MNIST model trained with advlab, cached under benchmarks/.cache/NAME (`options`: the
-    defense's other options, e.g. {"steps": 7})."""
+                  model: str = "cnn-small", seed: int = 0, lr: float = 3e-3, dataset: str = "fashion-mnist",
+                  model_kwargs: dict | None = None, defense_kwargs: dict | None = None):
+    """A model trained with advlab (Fashion-MNIST unless `dataset`), cached under benchmarks/.cache/NAME."""
     from advlab import load_run
     from advlab.defenses import TrainConfig
     from advlab.defenses.run import train_run
@@ -30,9 +30,10 @@ def trained_model(name: str, defense: str = "none", eps: float | None = None, ep
     with open(CACHE / f"{name}.lock", "w") as lock:  # two benchmarks at once: one trains, the other waits
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / "card.json").exists():
-            kwargs = {**({"eps": eps} if eps is not None else {}), **(options or {})}
-            train_run("fashion-mnist", model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                      defense=defense, defense_kwargs=kwargs, overwrite=True, progress=False, log=print)
+            kwargs = {"eps": eps} if eps is not None else {}
+            train_run(dataset, model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
+                      defense=defense, defense_kwargs={**kwargs, **(defense_kwargs or {})},
+                      model_kwargs=model_kwargs or {}, overwrite=True, progress=False, log=print)
     return load_run(run_dir)
 
 

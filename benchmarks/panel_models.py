@@ -44,11 +44,11 @@ def fgsm_rs():
 
 
 def pgd_at():
-    return trained_model("fm-cnn-pgd", defense="pgd", eps=EPS, epochs=2, options={"steps": 5})[0]
+    return trained_model("fm-cnn-pgd", defense="pgd", eps=EPS, epochs=2, defense_kwargs={"steps": 5})[0]
 
 
 def trades():
-    return trained_model("fm-cnn-trades", defense="trades", eps=EPS, epochs=2, options={"steps": 5})[0]
+    return trained_model("fm-cnn-trades", defense="trades", eps=EPS, epochs=2, defense_kwargs={"steps": 5})[0]
 
 
 def ibp():
@@ -56,7 +56,7 @@ def ibp():
 
 
 def gaussian():
-    return trained_model("fm-cnn-gaussian", defense="gaussian", epochs=2, options={"sigma": 0.25})[0]
+    return trained_model("fm-cnn-gaussian", defense="gaussian", epochs=2, defense_kwargs={"sigma": 0.25})[0]
 
 
 def quantize():

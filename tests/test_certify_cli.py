@@ -186,7 +186,10 @@ def exit_2(capsys, *argv, match: str):
     (["--method", "ibp", "--eps", "0.1", "--n", "0"], "--n: must be"),
     (["--method", "ibp", "--eps", "0.1", "--batch-size", "-1"], "--batch-size: must be"),
     (["--method", "smoothing", "--sigma", "0.25", "--radii", "0,-1"], "--radii: must be"),
-    (["--method", "crown", "--eps", "0.1"], "invalid choice: 'crown'"),
+    (["--method", "beta-crown", "--eps", "0.1"], "invalid choice: 'beta-crown'"),
+    (["--method", "exact", "--eps", "0.1", "--timeout", "0"], "--timeout: must be"),
+    (["--method", "exact", "--eps", "0.1", "--timeout", "nan"], "--timeout: must be"),
+    (["--method", "crown", "--eps", "0.1", "--norm", "l1"], "invalid choice: 'l1'"),
 ])
 def test_bad_options_exit_2_while_parsing(argv, match, run_dir, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -200,6 +203,11 @@ def test_bad_options_exit_2_while_parsing(argv, match, run_dir, capsys, tmp_path
     (["--method", "ibp"], "--method ibp needs --eps"),
     (["--method", "ibp", "--eps", "0.1", "--sigma", "0.2"], "--sigma belongs to --method smoothing"),
     (["--method", "smoothing", "--sigma", "0.2", "--eps", "0.1"], "--eps belongs to --method ibp"),
+    (["--method", "crown"], "--method crown needs --eps"),
+    (["--method", "exact", "--eps", "0.1", "--norm", "l2"], "--method exact certifies --norm linf, not --norm l2"),
+    (["--method", "ibp", "--eps", "0.1", "--norm", "l2"], "--method ibp certifies --norm linf.*crown"),
+    (["--method", "smoothing", "--sigma", "0.2", "--norm", "linf"], "--method smoothing certifies --norm l2"),
+    (["--method", "crown", "--eps", "0.1", "--timeout", "5"], "--timeout belongs to --method exact"),
 ])
 def test_missing_or_mixed_options_exit_2_before_loading(argv, match, run_dir, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -70,6 +70,11 @@ def cli(*args):
     return main(list(args))
 
 
+def _check_crown(model):
+    from advlab.certify import check_crown_supported
+    check_crown_supported(model)
+
+
 def expect_error(fn, message):
     with pytest.raises(AdvlabError, match=message):
         fn()
@@ -177,6 +182,14 @@ def case(row_id, tmp_path, capsys, run_dir):
         "disk-full": lambda: _disk_full(tmp_path, capsys, run_dir),
         "zoo-package-broken": lambda: _zoo_package_broken(tmp_path, capsys),
         "export-no-leaderboard": lambda: _export_no_leaderboard(tmp_path, capsys, run_dir),
+        "certificate-unsupported-layer": lambda: (
+            expect_error(lambda: _check_crown(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(),
+                                                                 torch.nn.Linear(4, 3))),
+                         r"CROWN cannot go through layer 1 \(torch\.nn\.modules\.activation\.Tanh\).*`method='ibp'`"),
+            expect_error(lambda: _check_crown(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())),
+                         r"CROWN cannot go through layer 1 .*GELU.*`method='smoothing'`")),
+        "exact-norm": lambda: expect_exit_2(capsys, "--method exact certifies --norm linf, not --norm l2", "certify",
+                                            "--run", str(run_dir), "--method", "exact", "--eps", "0.1", "--norm", "l2"),
         **_byo_cases(tmp_path, capsys),
     }
     return cases

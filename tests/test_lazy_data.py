@@ -252,7 +252,12 @@ def test_evaluate_a_folder_of_mixed_size_jpegs_in_chunks_from_the_command_line(t
     assert sorted(p.name for p in chunks.iterdir()) == ["00000", "00001", "00002"]
     assert main(["report", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    # The same command again: every chunk is finished, nothing is attacked again.
+    # The same command again: every chunk is finished, nothing is attacked again; --fresh starts over.
+    done = chunks / "00001" / "done.json"
+    stamp = done.stat().st_mtime_ns
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["results"] == rec["results"] and again["passes"] == rec["passes"]
+    assert again["results"] == rec["results"] and again["passes"] == rec["passes"] and done.stat().st_mtime_ns == stamp
+    assert main([*argv, "--fresh"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert fresh["results"] == rec["results"] and done.stat().st_mtime_ns != stamp

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,6 +29,7 @@ from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
 from ..evaluate.adaptive import recommend
+from ..evaluate.chunked import CHUNKS_DIR
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
 from ..models.adaptive import adapt, parse_adaptations
@@ -49,30 +51,34 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  norm: str = "linf", suite: str = "standard", suite_file: str | os.PathLike | None = None,
                  n: int | None = None, seed: int = 0, batch_size: int | None = None,
                  out: str | os.PathLike | None = None, fresh: bool = False, ignore_recorded: bool = False,
-                 checks: bool = True, check_n: int = 200, chunk_size: int | None = None, certify: bool = False,
-                 sigma: float | None = None,
-                 samples: int = 1000, samples0: int = 100, alpha: float = 0.001, command: str | None = None,
-                 started: float | None = None, progress: bool = True, log: Log | None = None,
-                 adaptive: str | Sequence[str] | None = None) -> dict[str, Any] | None:
+                 checks: bool = True, check_n: int = 200, chunk_size: int | None = None,
+                 certify: bool | str = False, sigma: float | None = None,
+                 samples: int = 1000, samples0: int = 100, alpha: float = 0.001, timeout: float | None = None,
+                 command: str | None = None, started: float | None = None, progress: bool = True,
+                 log: Log | None = None, adaptive: str | Sequence[str] | None = None) -> dict[str, Any] | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
-    the record (None on the other processes under torchrun: the first one records). `command`: the command
-    line that reproduces it, for the summary (default: built from these arguments); `started`: when the
-    step began (time.perf_counter()), for its seconds. Data read on demand (an image folder with a preprocessing,
-    imagenet) is evaluated `chunk_size` points at a time (advlab.evaluate.chunked); other data ignores it."""
+    the record (None on the other processes under torchrun: the first one records). `certify`: a method
+    (ibp, crown, alpha-crown, exact, smoothing) for the certified lower bound beside it, or True / "auto"
+    for the norm's default (IBP for linf, smoothing with `sigma` for l2); `timeout`: exact's seconds per
+    point. `command`: the command line that reproduces it, for the summary (default: built from these
+    arguments); `started`: when the step began (time.perf_counter()), for its seconds. Data read on demand
+    (an image folder with a preprocessing, imagenet) is evaluated `chunk_size` points at a time
+    (advlab.evaluate.chunked); other data ignores it."""
     started = time.perf_counter() if started is None else started
     log = log or (lambda message: None)
     given_out = out
     entries = get_suite(suite, suite_file, norm=norm)
     adaptations = parse_adaptations(adaptive)
     model = adapt(subject.model, adaptations, seed=seed) if adaptations else subject.model
-    check_certify(subject, norm, certify, sigma)
+    method = check_certify(subject, norm, certify, sigma, timeout)
     data = subject.data
     x, y = data.test_subset(n)
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
     out = Path(out) if out is not None else names.eval_dir(subject.run_dir, "-".join([suite, *adaptations]), norm)
     state = out / names.STATE_FILE
-    if fresh and state.exists() and distributed.is_main():
-        state.unlink()
+    if fresh and distributed.is_main():
+        state.unlink(missing_ok=True)
+        shutil.rmtree(out / CHUNKS_DIR, ignore_errors=True)  # an evaluation in chunks starts over too
     distributed.barrier()
     # The worst case over everything the run already holds at this threat: those examples go first.
     recorded = [] if ignore_recorded else recorded_sources(subject.run_dir, norm, exclude=[out])
@@ -100,12 +106,13 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     record = _record(subject, suite, norm, ev, found, per_class, time.perf_counter() - started)
     record["adaptive"] = adaptations
     record["recommended_adaptation"] = [a for a in recommend(found, model) if a not in adaptations]
-    if certify:
-        log(f"certifying the same {len(y)} points ({'IBP' if norm == 'linf' else f'smoothing, sigma {sigma:g}'})")
+    if method is not None:
+        log(f"certifying the same {len(y)} points ({method}" + (f", sigma {sigma:g})" if sigma is not None else ")"))
         from ..certify.bracket import certified_rows
-        record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], robust=ev.robust,
-                                           sigma=sigma, samples=samples, samples0=samples0, alpha=alpha, seed=seed,
-                                           state_dir=out / names.CERTIFY_DIR, progress=progress)
+        record["certify"] = certified_rows(subject, rows(x), y, budgets, norm, record["results"], method=method,
+                                           robust=ev.robust, sigma=sigma, samples=samples, samples0=samples0,
+                                           alpha=alpha, seed=seed, state_dir=out / names.CERTIFY_DIR,
+                                           timeout=timeout, progress=progress)
         if record["certify"]["method"] == "smoothing":
             from ..certify.smoothing import noise_hint
             c = record["certify"]
@@ -147,26 +154,54 @@ def _record(subject, suite: str, norm: str, ev, checks: Checks, per_class, secon
     return record
 
 
-def check_certify(subject, norm: str, certify: bool, sigma: float | None) -> None:
-    """Before the evaluation: fail now on what would fail after it."""
-    if not certify:
+CERTIFY_METHODS = ("auto", "ibp", "crown", "alpha-crown", "exact", "smoothing")
+
+
+def check_certify(subject, norm: str, certify: bool | str | None, sigma: float | None,
+                  timeout: float | None = None) -> str | None:
+    """Before the evaluation: fail now on what would fail after it. Returns the certification method (None:
+    no certificate)."""
+    from ..certify.bracket import default_method
+    if certify is False or certify is None:
         if sigma is not None:
             raise AdvlabError("`sigma` is an option of `certify=True` (randomized smoothing for `norm='l2'`); "
                               "add `certify=True`")
-        return
-    if norm == "linf":
-        if sigma is not None:
-            raise AdvlabError("`certify=True` with `norm='linf'` uses interval bound propagation; `sigma` is for "
-                              "`norm='l2'`")
-        from ..certify import check_ibp_supported
-        check_ibp_supported(subject.model)
-    elif norm == "l2":
+        if timeout is not None:
+            raise AdvlabError("`timeout` is an option of `certify='exact'` (seconds per point); add `certify='exact'`")
+        return None
+    auto = certify is True or certify == "auto"
+    if not auto and certify not in CERTIFY_METHODS:
+        raise AdvlabError(f"`certify` must be True or one of {', '.join(CERTIFY_METHODS)}, got {certify!r}")
+    if norm not in ("linf", "l2"):
+        raise AdvlabError(f"`certify=True` has no certificate for `norm={norm!r}`; use `norm='linf'` (IBP, CROWN, "
+                          "exact) or `norm='l2'` (randomized smoothing with `sigma`, CROWN)")
+    method = default_method(norm) if auto else certify
+    if timeout is not None and method != "exact":
+        raise AdvlabError("`timeout` is an option of `certify='exact'` (seconds per point)")
+    if method == "smoothing":
+        if norm != "l2":
+            raise AdvlabError("`certify='smoothing'` certifies l2 radii; use `norm='l2'`, or `certify='crown'` "
+                              "for linf")
         if sigma is None:
             raise AdvlabError("`certify=True` with `norm='l2'` needs `sigma`: randomized smoothing certifies the "
-                              "smoothed classifier, e.g. `sigma=0.25`")
+                              "smoothed classifier, e.g. `sigma=0.25`" +
+                              ("" if not auto else "; or `certify='crown'` certifies the model itself"))
+        return method
+    if sigma is not None:
+        if auto:
+            raise AdvlabError("`certify=True` with `norm='linf'` uses interval bound propagation; `sigma` is for "
+                              "`norm='l2'`")
+        raise AdvlabError(f"`sigma` is an option of `certify='smoothing'`; `certify='{method}'` has no noise")
+    if method in ("ibp", "exact") and norm != "linf":
+        raise AdvlabError(f"`certify='{method}'` certifies linf balls; with `norm='l2'` use `certify='crown'` or "
+                          "`certify='alpha-crown'` (the model itself) or `certify='smoothing'`")
+    if method == "ibp":
+        from ..certify import check_ibp_supported
+        check_ibp_supported(subject.model)
     else:
-        raise AdvlabError(f"`certify=True` has no certificate for `norm={norm!r}`; use `norm='linf'` (IBP) or "
-                          "`norm='l2'` (randomized smoothing with `sigma`)")
+        from ..certify import check_crown_supported
+        check_crown_supported(subject.model, method)
+    return method
 
 
 def adaptive_command(command: str, adaptations: Sequence[str]) -> str:

@@ -7,7 +7,8 @@
     RUN/eval/SUITE-NORM/result.json, curve.csv,           advlab evaluate (advlab.artifacts.evaluate)
                  per_class.csv, adversarial.safetensors, state.safetensors
     RUN/certify/METHOD-NORM-PARAM/result.json,            advlab certify (advlab.artifacts.certify)
-                 curve.csv, points.csv
+                 curve.csv, points.csv, state.safetensors,
+                 counterexamples.safetensors (exact)
     RUN/transfer/ATTACK-from-SOURCE-NORM/                 examples transferred from another model
     DIR/transfer.json                                     a transfer matrix (advlab.artifacts.transfer)
     DIR/distances.json, eps_per_class_NORM.json           advlab analyze distances
@@ -47,6 +48,7 @@ STATE_FILE = "state.safetensors"           # resumable state of an evaluation or
 CURVE_CSV = "curve.csv"
 PER_CLASS_CSV = "per_class.csv"
 POINTS_CSV = "points.csv"
+COUNTEREXAMPLES_FILE = "counterexamples.safetensors"  # exact verification: index, x, x_adv, logits, y
 
 # -- analyses, experiments, reports -----------------------------------------------------------------
 TRANSFER_FILE = "transfer.json"
@@ -104,8 +106,12 @@ def eval_dir(run_dir: str | os.PathLike, suite: str, norm: str) -> Path:
 
 
 def certify_dir(run_dir: str | os.PathLike, method: str, sigma: float | None = None,
-                eps: float | None = None) -> Path:
-    name = f"smoothing-l2-sigma{sigma:g}" if method == "smoothing" else f"ibp-linf-eps{eps:g}"
+                eps: float | None = None, norm: str | None = None) -> Path:
+    """RUN/certify/smoothing-l2-sigmaS, ibp-linf-epsE, crown-l2-epsE, alpha-crown-linf-epsE, exact-linf-epsE."""
+    if method == "smoothing":
+        name = f"smoothing-l2-sigma{sigma:g}"
+    else:
+        name = f"{method}-{norm or 'linf'}-eps{eps:g}"
     return Path(run_dir) / CERTIFY_DIR / name
 
 

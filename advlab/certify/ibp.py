@@ -72,7 +72,8 @@ def _monotone(box: Box, f: Callable[[torch.Tensor], torch.Tensor]) -> Box:
 
 # -- operations: one per layer, each maps a Box to a Box ------------------------------------------
 class Op:
-    path = ""
+    path = ""     # where it sits in the model (net.2, stages.0.1), for error messages
+    layer = ""    # the module type it came from (torch.nn.modules.activation.Tanh), for error messages
 
     def __call__(self, box: Box) -> Box:
         raise NotImplementedError
@@ -113,10 +114,15 @@ class ChannelAffineOp(Op):
 
 
 class MonotoneOp(Op):
-    """A function that is non-decreasing in every input: maps the lower and upper corners."""
+    """A function that is non-decreasing in every input: maps the lower and upper corners.
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor]):
-        self.f = f
+    `kind` says what it is for the bounds that need more than monotonicity (CROWN, exact verification):
+    "relu"; "reshape" (flatten, unflatten: a permutation of the entries); "linear" (another fixed linear
+    map: average pooling); "maxpool" (`module` holds the MaxPool2d); "other" (tanh, sigmoid, leaky ReLU,
+    ...: only IBP goes through)."""
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], kind: str = "other", module: nn.Module | None = None):
+        self.f, self.kind, self.module = f, kind, module
 
     def __call__(self, box: Box) -> Box:
         return _monotone(box, self.f)
@@ -209,17 +215,22 @@ def _leaf(m: nn.Module, path: str) -> list[Op]:
         if m.padding_mode != "zeros":
             raise _unsupported(m, path, f"padding_mode={m.padding_mode!r} (only zero padding)")
         return [ConvOp(m)]
-    if t in (nn.ReLU, nn.Tanh, nn.Sigmoid):
+    if t is nn.ReLU:
+        return [MonotoneOp(m, "relu")]
+    if t in (nn.Tanh, nn.Sigmoid):
         return [MonotoneOp(m)]
     if t is nn.LeakyReLU:
         if m.negative_slope < 0:
             raise _unsupported(m, path, "a negative slope is not monotone")
         return [MonotoneOp(m)]
-    if t in (nn.Flatten, nn.Unflatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool1d,
-             nn.AvgPool1d):
-        if t is nn.MaxPool2d and m.return_indices:
+    if t in (nn.Flatten, nn.Unflatten):
+        return [MonotoneOp(m, "reshape")]
+    if t in (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d):
+        return [MonotoneOp(m, "linear")]
+    if t in (nn.MaxPool2d, nn.MaxPool1d):
+        if m.return_indices:
             raise _unsupported(m, path, "return_indices=True")
-        return [MonotoneOp(m)]
+        return [MonotoneOp(m, "maxpool" if t is nn.MaxPool2d else "other", m)]
     if t in (nn.BatchNorm1d, nn.BatchNorm2d):
         return [_batchnorm(m)]
     if t is nn.Dropout:
@@ -230,7 +241,7 @@ def _leaf(m: nn.Module, path: str) -> list[Op]:
 
 
 def _reshape_to_image(input_shape: tuple[int, ...]) -> Op:
-    return MonotoneOp(lambda t: as_image(t, input_shape))
+    return MonotoneOp(lambda t: as_image(t, input_shape), "reshape")
 
 
 def compile_ops(module: nn.Module, path: str = "") -> list[Op]:
@@ -252,6 +263,8 @@ def compile_ops(module: nn.Module, path: str = "") -> list[Op]:
     for op in ops:
         if not op.path:
             op.path = path
+        if not op.layer:
+            op.layer = f"{type(module).__module__}.{type(module).__qualname__}"
     return ops
 
 
@@ -283,24 +296,24 @@ def _maxout(module: Maxout, sub: Callable[[str], str]) -> list[Op]:
 
 
 def _softmax_regression(module: SoftmaxRegression, sub: Callable[[str], str]) -> list[Op]:
-    return [MonotoneOp(lambda x: x.flatten(1)), LinearOp(module.linear.weight, module.linear.bias)]
+    return [MonotoneOp(lambda x: x.flatten(1), "reshape"), LinearOp(module.linear.weight, module.linear.bias)]
 
 
 def _logistic_regression(module: LogisticRegression, sub: Callable[[str], str]) -> list[Op]:
     w, b = module.linear.weight, module.linear.bias  # logits [0, w.x + b]
-    return [MonotoneOp(lambda x: x.flatten(1)),
+    return [MonotoneOp(lambda x: x.flatten(1), "reshape"),
             LinearOp(torch.cat([torch.zeros_like(w), w]), torch.cat([torch.zeros_like(b), b]))]
 
 
 def _basic_block(m: BasicBlock, sub: Callable[[str], str]) -> list[Op]:
-    main = [ConvOp(m.conv1), *_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu), ConvOp(m.conv2),
+    main = [ConvOp(m.conv1), *_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu, "relu"), ConvOp(m.conv2),
             *_leaf(m.bn2, sub("bn2"))]
-    return [ResidualOp(main, compile_ops(m.shortcut, sub("shortcut")), [MonotoneOp(F.relu)])]
+    return [ResidualOp(main, compile_ops(m.shortcut, sub("shortcut")), [MonotoneOp(F.relu, "relu")])]
 
 
 def _preact_block(m: PreActBlock, sub: Callable[[str], str]) -> list[Op]:
-    pre = [*_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu)]
-    main = [ConvOp(m.conv1), *_leaf(m.bn2, sub("bn2")), MonotoneOp(F.relu),
+    pre = [*_leaf(m.bn1, sub("bn1")), MonotoneOp(F.relu, "relu")]
+    main = [ConvOp(m.conv1), *_leaf(m.bn2, sub("bn2")), MonotoneOp(F.relu, "relu"),
             DropoutOp(m.dropout, lambda m=m: m.training), ConvOp(m.conv2)]
     short = [] if m.shortcut is None else [ConvOp(m.shortcut)]
     return [ResidualOp(main, short, [], pre=pre, shortcut_after_pre=m.shortcut is not None)]
@@ -309,7 +322,7 @@ def _preact_block(m: PreActBlock, sub: Callable[[str], str]) -> list[Op]:
 def _resnet(module: ResNet18 | PreActResNet18 | WideResNet, sub: Callable[[str], str]) -> list[Op]:
     return [_reshape_to_image(module.input_shape), *compile_ops(module.stem, sub("stem")),
             *compile_ops(module.stages, sub("stages")), *compile_ops(module.head, sub("head")),
-            MonotoneOp(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1)),
+            MonotoneOp(lambda h: F.adaptive_avg_pool2d(h, 1).flatten(1), "linear"),
             LinearOp(module.linear.weight, module.linear.bias)]
 
 

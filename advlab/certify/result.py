@@ -17,7 +17,7 @@ DEFAULT_RADII = [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.
 
 @dataclass
 class Certificate:
-    method: str                      # "smoothing" | "ibp"
+    method: str                      # "smoothing" | "ibp" | "crown" | "alpha-crown" | "exact"
     params: dict[str, Any]           # sigma, samples, alpha / eps, norm
     index: torch.Tensor              # (N,) test-set index of each point
     label: torch.Tensor              # (N,)
@@ -25,6 +25,8 @@ class Certificate:
     radius: torch.Tensor             # (N,) certified radius; 0 when not certified
     seconds: float = 0.0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per point: p_lower, counts, margins
+    status: list[str] | None = None  # exact verification: verified | falsified | unknown per point
+    counterexamples: dict[int, torch.Tensor] = field(default_factory=dict)  # test index -> input (exact)
 
     @property
     def n(self) -> int:
@@ -41,7 +43,7 @@ class Certificate:
         """[{radius, accuracy, ci95}]: certified accuracy at each radius with its Clopper-Pearson interval
         (the interval covers sampling the test points, on top of the certificate's own confidence)."""
         if radii is None:
-            radii = [0.0, float(self.params["eps"])] if self.method == "ibp" and "eps" in self.params and \
+            radii = [0.0, float(self.params["eps"])] if "eps" in self.params and \
                 not isinstance(self.params["eps"], list) else list(DEFAULT_RADII)
         out = []
         for r in radii:
@@ -51,9 +53,13 @@ class Certificate:
         return out
 
     def points(self) -> list[dict[str, Any]]:
-        return [{"index": int(i), "label": int(lab), "prediction": int(p), "radius": float(r)}
-                for i, lab, p, r in zip(self.index.tolist(), self.label.tolist(), self.prediction.tolist(),
-                                        self.radius.tolist())]
+        out = [{"index": int(i), "label": int(lab), "prediction": int(p), "radius": float(r)}
+               for i, lab, p, r in zip(self.index.tolist(), self.label.tolist(), self.prediction.tolist(),
+                                       self.radius.tolist())]
+        if self.status is not None:
+            for point, s in zip(out, self.status):
+                point["status"] = s
+        return out
 
     def abstained(self) -> int:
         return int((self.prediction == ABSTAIN).sum())

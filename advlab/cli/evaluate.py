@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
             suite_file=args.suite_file, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,
             fresh=args.fresh, ignore_recorded=args.ignore_recorded, checks=not args.no_checks, check_n=args.check_n,
             chunk_size=args.chunk_size, adaptive=args.adaptive,
-            certify=args.certify, sigma=args.sigma, samples=args.samples, samples0=args.samples0, alpha=args.alpha,
+            certify=args.certify or False, sigma=args.sigma, samples=args.samples, samples0=args.samples0,
+            alpha=args.alpha, timeout=args.timeout,
             command=evaluate_command({k: getattr(args, k) for k in COMMAND_FLAGS},
                                      {k: getattr(args, k) for k in COMMAND_REPEATED}, args.ignore_recorded),
             started=started, progress=not args.no_progress, log=log)

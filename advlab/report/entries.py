@@ -49,10 +49,11 @@ def bracket(name: str, rec: dict[str, Any]) -> dict[str, Any] | None:
             not all(isinstance(r["eps"], (int, float)) for r in rows):  # per-class budgets: table only in evals
         return None
     c = rec["certify"]
-    same = c.get("method") == "ibp"
+    same = c.get("method") in ("ibp", "crown", "alpha-crown", "exact")   # a certificate of the attacked model
     table = [{"eps": r["eps"], "certified": r["certified_accuracy"], "certified_ci": r.get("certified_ci95"),
               "attacked": r["robust_accuracy"], "attacked_ci": r.get("ci95"), "gap": r.get("gap"),
-              "broken": r.get("certified_but_broken")} for r in rows]
+              "broken": r.get("certified_but_broken"), "exact": r.get("robust_accuracy_exact"),
+              "missed": r.get("missed_by_attacks"), "unknown": r.get("unknown")} for r in rows]
     series = {"label": f"{name} · {rec['suite']}", "eps": [float(r["eps"]) for r in rows],
               "attacked": [float(r["robust_accuracy"]) for r in rows],
               "certified": [float(r["certified_accuracy"]) for r in rows], "same_model": same,
@@ -341,8 +342,16 @@ def certified_entry(name: str, rec: dict[str, Any]) -> dict[str, Any]:
                 "abstained")
         label = f"{name} · smoothing sigma {fmt(rec.get('sigma'))}"
     else:
-        what = f"interval bound propagation at Linf eps {fmt(rec.get('eps'))}"
-        label = f"{name} · IBP eps {fmt(rec.get('eps'))}"
+        kind = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN", "exact": "exact"}.get(rec["method"],
+                                                                                                rec["method"])
+        norm = rec.get("norm", "linf")
+        what = f"{kind} at {norm} eps {fmt(rec.get('eps'))}"
+        if rec["method"] == "exact":
+            what += (f": {rec.get('verified')} verified, {rec.get('falsified')} falsified, {rec.get('unknown')} unknown"
+                     f" (timeout {fmt(rec.get('timeout'))} s per point)")
+            if rec.get("robust_accuracy_exact") is not None:
+                what += f"; robust accuracy = {pct(rec['robust_accuracy_exact'], 2)} (exact)"
+        label = f"{name} · {kind} {norm} eps {fmt(rec.get('eps'))}"
     return {"run": name, "label": label, "method": rec["method"], "what": what, "n": rec["n"],
             "norm": rec.get("norm", "l2" if rec["method"] == "smoothing" else "linf"),
             "certifies": rec.get("certifies", ""), "seconds": rec.get("seconds"),
