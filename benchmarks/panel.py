@@ -2,7 +2,7 @@
 
     benchmarks/.env-peers/bin/python benchmarks/panel.py                 # the full panel (python benchmarks/run_all.py makes the venv)
     benchmarks/.env-peers/bin/python benchmarks/panel.py --autoattack-only --models pgd-at,trades   # baselines, in the background
-    python benchmarks/panel.py --quick                                     # digits, 5 small models, no AutoAttack (tests/test_panel.py)
+    python benchmarks/panel.py --quick                                     # digits, 5 small models, `fast` for `standard`, no AutoAttack (tests/test_panel.py)
 
 Per model (benchmarks/panel_models.py; Fashion-MNIST cnn-small variants trained by advlab and cached), on the
 first N test images, one thread: PGD-20, advlab's `fast` and `standard` suites, AutoAttack (`standard`, or
@@ -54,9 +54,13 @@ class Row:
         return f"{self.model}-{self.norm}-{self.eps:g}-{self.n}"
 
 
-FULL = [Row(m, "linf", 0.1, 200) for m in ("standard", "fgsm-rs", "pgd-at", "trades", "ibp", "gaussian",
-                                           "quantize", "threshold", "saturated")] + \
-       [Row("random", "linf", 0.1, 100), Row("standard", "l2", 1.0, 100), Row("trades", "l2", 1.0, 100)]
+# Sized for 2 shared CPU cores (see docs/evaluate.md for the time): AutoAttack costs most where gradient attacks
+# fail or the model is robust (every such point reaches FAB-T's and Square's budgets), so the rows take 30 to 50
+# points (the standard model's 200: its AutoAttack was measured first). --n N sets every row's n.
+FULL = [Row("standard", "linf", 0.1, 200)] + \
+       [Row(m, "linf", 0.1, 50) for m in ("quantize", "saturated", "pgd-at")] + \
+       [Row(m, "linf", 0.1, 30) for m in ("threshold", "random", "fgsm-rs", "gaussian", "ibp", "trades")] + \
+       [Row("standard", "l2", 1.0, 30), Row("trades", "l2", 1.0, 30)]
 QUICK = [Row(m, "linf", 0.1, 100) for m in ("standard", "quantize", "threshold", "saturated", "random")]
 
 
@@ -263,10 +267,38 @@ def run_autoattack(model, x, y, row, version, state_dir: Path | None):
 
 # ---------------------------------------------------------------------------------------------- one model
 
-def evaluate_row(row, entry, data, args, log=print):
+def evaluate_row(row, entry, data, args, log=print, wait=True):
+    """One row; a lock per row, so two panel processes (e.g. one per core) never compute the same row twice
+    (wait=False: Busy when another process holds it)."""
+    if args.no_cache:
+        return _evaluate_row(row, entry, data, args, log)
+    import fcntl
+    PANEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(PANEL_CACHE / f"{row.key}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if args.cached_only or not wait else 0))
+        except BlockingIOError:
+            if args.cached_only:
+                raise NotCached(f"{row.key} is being measured by another process") from None
+            raise Busy(row.key) from None
+        return _evaluate_row(row, entry, data, args, log)
+
+
+class Busy(Exception):
+    """Another panel process is measuring the row."""
+
+
+class NotCached(Exception):
+    """--cached-only: a piece of the row (or its model) is not measured yet."""
+
+
+def _evaluate_row(row, entry, data, args, log=print):
     fn, what, adaptation, randomised = entry
     torch.manual_seed(0)
-    model = fn()
+    try:
+        model = fn()
+    except LookupError as e:  # --cached-only (ADVLAB_BENCH_NO_TRAIN): the model is not trained yet
+        raise NotCached(str(e)) from None
     model.eval()
     x, y = data.test_subset(row.n)
     bounds = data.bounds
@@ -277,21 +309,26 @@ def evaluate_row(row, entry, data, args, log=print):
     def piece(name, compute, advlab_piece=True):
         path = None if cache_dir is None else cache_dir / (f"{name}-{source}.pt" if advlab_piece else f"{name}.pt")
         if path is not None and not path.exists():
+            if args.cached_only:
+                raise NotCached(f"{row.key}: {name}")
             log(f"{row.key}: {name} ...")
         return cached(path, compute)
 
-    out = {"row": row, "what": what, "adaptation": adaptation, "randomised": randomised}
+    out = {"row": row, "what": what, "adaptation": adaptation, "randomised": randomised,
+           "suite": "fast" if args.quick else "standard"}
     with torch.no_grad():
         out["clean"] = (model(x).argmax(1) == y).float().mean().item()
     if not args.autoattack_only:
         out["pgd20"] = piece("pgd20", lambda: run_pgd20(model, x, y, row, bounds))
         out["fast"] = piece("fast", lambda: run_suite(model, x, y, row, bounds, "fast"))
-        out["standard"] = piece("standard", lambda: run_suite(model, x, y, row, bounds, "standard"))
-        reported = out["standard"]["robust"]
+        if not args.quick:  # --quick: `fast` stands in for `standard` (Square's queries are most of its cost)
+            out["standard"] = piece("standard", lambda: run_suite(model, x, y, row, bounds, "standard"))
+        reported = out[out["suite"]]["robust"]
         out["checks"] = piece("checks", lambda: run_checks_row(model, x[:args.check_n], y[:args.check_n], row,
                                                                bounds, reported[:args.check_n]))
         if adaptation is not None:
-            out["adaptive"] = piece(f"adaptive-{adaptation}", lambda: _adaptive(model, x, y, row, bounds, adaptation))
+            out["adaptive"] = piece(f"adaptive-{adaptation}", lambda: _adaptive(model, x, y, row, bounds, adaptation,
+                                                                                out["suite"]))
     if args.autoattack and _has_autoattack():
         version = "rand" if randomised else "standard"
         out["aa"] = piece(f"aa-{version}", lambda: run_autoattack(model, x, y, row, version,
@@ -309,14 +346,14 @@ def evaluate_row(row, entry, data, args, log=print):
     return out
 
 
-def _adaptive(model, x, y, row, bounds, adaptation):
-    """`standard` on the adapted model; for EOT the passes are the rows through the defense itself."""
+def _adaptive(model, x, y, row, bounds, adaptation, suite="standard"):
+    """`suite` on the adapted model; for EOT the passes are the rows through the defense itself."""
     from advlab.models.adaptive import adapt
     from advlab.passes import PassCounter
     if adaptation == "eot":
         inner = PassCounter(model)
-        return run_suite(adapt(inner, "eot", seed=0), x, y, row, bounds, "standard", inner_counter=inner)
-    return run_suite(adapt(model, adaptation), x, y, row, bounds, "standard")
+        return run_suite(adapt(inner, "eot", seed=0), x, y, row, bounds, suite, inner_counter=inner)
+    return run_suite(adapt(model, adaptation), x, y, row, bounds, suite)
 
 
 def _rescore(model, x, y, out):
@@ -381,7 +418,8 @@ def table_rows(out) -> list[list]:
     if "pgd20" in out:
         line("PGD-20", out["pgd20"])
         line("advlab fast", out["fast"], note=_per_attack(out["fast"]))
-        line("advlab standard", out["standard"], note=_per_attack(out["standard"]))
+        if "standard" in out:
+            line("advlab standard", out["standard"], note=_per_attack(out["standard"]))
     if aa:
         version = "rand" if out["randomised"] else "standard"
         stages = ", ".join(f"{s['attack']} {s['robust_accuracy']:.3f}" for s in aa["stages"])
@@ -401,7 +439,7 @@ def table_rows(out) -> list[list]:
     if "adaptive" in out:
         ad = out["adaptive"]
         aa_ad = out.get("aa_adaptive")
-        line(f"advlab standard --adaptive {out['adaptation']}", ad, ref=aa_ad["passes"] if aa_ad else None,
+        line(f"advlab {out['suite']} --adaptive {out['adaptation']}", ad, ref=aa_ad["passes"] if aa_ad else None,
              note=_per_attack(ad))
         if aa_ad is not None and not out["randomised"]:
             stages = ", ".join(f"{s['attack']} {s['robust_accuracy']:.3f}" for s in aa_ad["stages"])
@@ -465,7 +503,7 @@ def verdicts(out) -> list[str]:
     return [f"- {head}: " + "; ".join(parts)]
 
 
-def write_report(outs, args, started) -> str:
+def write_report(outs, args, started, pending=()) -> str:
     rows, lines = [], []
     for out in outs:
         rows += table_rows(out)
@@ -479,19 +517,24 @@ def write_report(outs, args, started) -> str:
             f"{args.check_n} points, given what `standard` left robust; their passes are not in the suite's. "
             "AutoAttack's results are cached per model (benchmarks/.cache/panel); its seconds are from the process "
             f"that measured it. This run: {time.perf_counter() - started:.0f} s.\n\n"
-            + markdown_table(HEADERS, rows) + "\n\n## Targets per row\n\n" + "\n".join(lines) + "\n")
+            + markdown_table(HEADERS, rows) + "\n\n## Targets per row\n\n" + "\n".join(lines) + "\n"
+            + ("" if not pending else "\n**Partial**: not measured yet: " +
+               ", ".join(f"{r.model} ({r.norm} {r.eps:g}, {r.n})" for r in pending) + "\n"))
     return text
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="digits, 5 small models, 100 points, no AutoAttack")
+    parser.add_argument("--quick", action="store_true", help="digits, 5 small models, 100 points, the `fast` suite (adapted too), no AutoAttack")
     parser.add_argument("--models", help="comma-separated panel rows by model name (default: all)")
     parser.add_argument("--norms", default="linf,l2")
     parser.add_argument("--autoattack-only", action="store_true", help="only the AutoAttack baselines (background)")
     parser.add_argument("--no-autoattack", dest="autoattack", action="store_false")
     parser.add_argument("--no-cache", action="store_true", help="compute everything again (--quick never caches)")
     parser.add_argument("--check-n", type=int, default=200)
+    parser.add_argument("--cached-only", action="store_true",
+                        help="compute and train nothing: the table of the rows measured so far, the rest listed")
+    parser.add_argument("--n", type=int, help="every row's number of points (default: each row's own, see FULL)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="where to write the markdown (default: benchmarks/results/panel.md; "
                                                  "--quick: print only)")
@@ -505,21 +548,45 @@ def main(argv=None) -> int:
         data, models, spec = load_dataset("digits"), quick_models(), QUICK
     else:
         data, models, spec = load_dataset("fashion-mnist"), full_models(), FULL
-    wanted = set(args.models.split(",")) if args.models else None
     norms = set(args.norms.split(","))
-    spec = [r for r in spec if (wanted is None or r.model in wanted) and r.norm in norms]
-    outs = []
-    for row in spec:
-        out = evaluate_row(row, models[row.model], data, args)
+    if args.n:
+        spec = [Row(r.model, r.norm, r.eps, args.n) for r in spec]
+    if args.models:  # in the order given (two processes can take the panel from both ends)
+        wanted = args.models.split(",")
+        spec = sorted([r for r in spec if r.model in wanted], key=lambda r: wanted.index(r.model))
+    spec = [r for r in spec if r.norm in norms]
+    out_path = args.out or (None if args.quick else RESULTS / "panel.md")
+    if not args.out and (args.models or args.norms != "linf,l2" or args.n):
+        out_path = None  # a part of the panel is printed, never written over the whole one
+    if args.cached_only:
+        import os
+        os.environ["ADVLAB_BENCH_NO_TRAIN"] = "1"
+    outs, missing = [], []
+    order, busy = list(spec), []  # a row another process holds waits until the rest is done
+    while order:
+        row = order.pop(0)
+        try:
+            out = evaluate_row(row, models[row.model], data, args, wait=row in busy)
+        except Busy:
+            busy.append(row)
+            order.append(row)
+            continue
+        except NotCached as e:
+            print(f"not measured yet: {e}", flush=True)
+            missing.append(row)
+            continue
         outs.append(out)
         if not args.autoattack_only:
             print(markdown_table(HEADERS, table_rows(out)), flush=True)
             print("\n".join(verdicts(out)), flush=True)
+            if out_path is not None and order:  # partial results survive an interrupted run
+                out_path.write_text(write_report(sorted(outs, key=lambda o: spec.index(o["row"])), args, started,
+                                                 pending=[*missing, *order]))
     if args.autoattack_only:
         return 0
-    text = write_report(outs, args, started)
-    out_path = args.out or (None if args.quick else RESULTS / "panel.md")
-    if out_path is not None and not (args.models or args.norms != "linf,l2") or args.out:
+    outs.sort(key=lambda o: spec.index(o["row"]))  # the table in the panel's order
+    text = write_report(outs, args, started, pending=missing)
+    if out_path is not None:
         out_path.write_text(text)
     print(text)
     if args.json:

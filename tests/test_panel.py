@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else None
+# The subprocess imports this checkout's advlab (not whatever the interpreter has installed, e.g. another worktree).
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+       **({"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {})}
 
 
 def test_quick_panel_flags_every_masking_defense_and_its_adaptive_attack_breaks_it(tmp_path):
