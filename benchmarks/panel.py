@@ -456,7 +456,10 @@ def table_rows(out) -> list[list]:
 
 
 def _per_attack(r) -> str:
-    return "; ".join(f"{k} {(v.get('forward', 0) + v.get('backward', 0)):,} passes" for k, v in r["per_attack"].items())
+    """Each attack's passes and how many points it was the first to break."""
+    broke = r.get("broken_by", {})
+    return "; ".join(f"{k} {(v.get('forward', 0) + v.get('backward', 0)):,} passes" +
+                     (f", broke {broke[k]}" if k in broke else "") for k, v in r["per_attack"].items())
 
 
 def verdicts(out) -> list[str]:
@@ -487,8 +490,9 @@ def verdicts(out) -> list[str]:
         fwd = aa["passes"]["forward"] / max(st["passes"]["forward"], 1)
         bwd = aa["passes"]["backward"] / max(st["passes"]["backward"], 1)
         parts.append(f"passes 1/{ratio:.1f} (target 1/10: " + ("holds" if ratio >= 10 else
-                     f"MISSES, {total:,} vs {aa_total / 10:,.0f} allowed") + f"; moonshot fwd 1/{fwd:.1f} of 1/11, "
-                     f"bwd 1/{bwd:.1f} of 1/6: " + ("holds" if fwd >= 11 and bwd >= 6 else "not reached") + ")")
+                     f"MISSES, {total:,} vs {aa_total / 10:,.0f} allowed{_costliest(st)}") +
+                     f"; moonshot fwd 1/{fwd:.1f} of 1/11, bwd 1/{bwd:.1f} of 1/6: " +
+                     ("holds" if fwd >= 11 and bwd >= 6 else "not reached") + ")")
     if out.get("adaptation"):
         c = out["checks"]
         parts.append(f"checks '{c['verdict']}' -> recommend {', '.join(c['recommend']) or 'nothing'} "
@@ -501,6 +505,16 @@ def verdicts(out) -> list[str]:
             parts.append(f"--adaptive {out['adaptation']} {a:.3f} vs AutoAttack on the same adaptation {b:.3f}: "
                          + ("holds" if a <= b else f"MISSES by {100 * (a - b):.1f} points"))
     return [f"- {head}: " + "; ".join(parts)]
+
+
+def _costliest(st) -> str:
+    """', of which STAGE N passes (broke K points)': where a miss of the pass target comes from."""
+    per = {k: v.get("forward", 0) + v.get("backward", 0) for k, v in st["per_attack"].items()}
+    if not per:
+        return ""
+    k = max(per, key=per.get)
+    broke = st.get("broken_by", {}).get(k)
+    return f", of which {k} {per[k]:,}" + (f" (it broke {broke} points)" if broke is not None else "")
 
 
 def write_report(outs, args, started, pending=()) -> str:
