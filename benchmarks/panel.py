@@ -309,11 +309,14 @@ def _evaluate_row(row, entry, data, args, log=print):
     def piece(name, compute, advlab_piece=True):
         path = None if cache_dir is None else cache_dir / (f"{name}-{source}.pt" if advlab_piece else f"{name}.pt")
         if path is not None and not path.exists():
-            if args.cached_only:
+            if args.cached_only or (args.cached_autoattack_only and not advlab_piece):
                 raise NotCached(f"{row.key}: {name}")
             log(f"{row.key}: {name} ...")
         return cached(path, compute)
 
+    if args.cached_autoattack_only and cache_dir is not None and \
+            not (cache_dir / f"aa-{'rand' if randomised else 'standard'}.pt").exists():
+        raise NotCached(f"{row.key}: AutoAttack")
     out = {"row": row, "what": what, "adaptation": adaptation, "randomised": randomised,
            "suite": "fast" if args.quick else "standard"}
     with torch.no_grad():
@@ -548,6 +551,9 @@ def main(argv=None) -> int:
     parser.add_argument("--check-n", type=int, default=200)
     parser.add_argument("--cached-only", action="store_true",
                         help="compute and train nothing: the table of the rows measured so far, the rest listed")
+    parser.add_argument("--cached-autoattack-only", action="store_true",
+                        help="compute advlab's pieces (e.g. after a change to advlab) but no AutoAttack and no "
+                             "training: rows whose AutoAttack is not measured yet are listed")
     parser.add_argument("--n", type=int, help="every row's number of points (default: each row's own, see FULL)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="where to write the markdown (default: benchmarks/results/panel.md; "
@@ -572,7 +578,7 @@ def main(argv=None) -> int:
     out_path = args.out or (None if args.quick else RESULTS / "panel.md")
     if not args.out and (args.models or args.norms != "linf,l2" or args.n):
         out_path = None  # a part of the panel is printed, never written over the whole one
-    if args.cached_only:
+    if args.cached_only or args.cached_autoattack_only:
         import os
         os.environ["ADVLAB_BENCH_NO_TRAIN"] = "1"
     outs, missing = [], []

@@ -49,7 +49,8 @@ class MarginRecorder(nn.Module):
         from advlab.attacks.losses import margin
         out = self.model(x)
         if len(x) == len(self.y):
-            self.margins.append(margin(out.detach(), self.y).half().float())
+            # advlab's `margin` is max_{j != y} z_j - z_y (> 0: broken); the recording keeps z_y - max_{j != y} z_j
+            self.margins.append((-margin(out.detach(), self.y)).half().float())
         return out
 
 
@@ -96,7 +97,7 @@ def replay(margins: torch.Tensor, screen: int | None, share: float, give_up: flo
             drop = alive & ~(best[q - 1] <= share * best[0])
             stop[drop] = torch.minimum(stop[drop], torch.full_like(stop[drop], q))
             active &= ~drop
-        if q in marks:
+        if q in marks and not (screen is not None and bool((broken_at < q).any())):  # a break: give_up off too
             drop = alive & active & hopeless(best[q - 1], last_m, q - last_q, q_total - q, give_up)
             stop[drop] = torch.minimum(stop[drop], torch.full_like(stop[drop], q))
             active &= ~drop
@@ -105,8 +106,8 @@ def replay(margins: torch.Tensor, screen: int | None, share: float, give_up: flo
     return int(stop.sum()), broken
 
 
-RULES = [("full", None, 0.5, None), ("give_up 1, screen 1000 (standard today)", 1000, 0.5, 1.0),
-         ("give_up 1, screen 500", 500, 0.5, 1.0), ("give_up 1, screen 250", 250, 0.5, 1.0),
+RULES = [("full", None, 0.5, None), ("give_up 1, screen 1000 (standard until 2026-12-07)", 1000, 0.5, 1.0),
+         ("give_up 1, screen 500", 500, 0.5, 1.0), ("give_up 1, screen 250 (standard)", 250, 0.5, 1.0),
          ("give_up 1, screen 250, share 0.7", 250, 0.7, 1.0), ("give_up 1, screen 100", 100, 0.5, 1.0),
          ("give_up 2, screen 250", 250, 0.5, 2.0), ("give_up 1, no screen", None, 0.5, 1.0)]
 

@@ -17,7 +17,7 @@ would not bring its margin to zero with the queries left. On a robust model most
 far from the boundary and h=5 saves more than half of the queries; benchmarks/results/evaluate.md has
 what it costs in points found (benchmarks/give_up.py measures it with side-by-side runs).
 
-screen=s (off by default; the `standard` suite uses 1000) makes it the cheap black-box stage that
+screen=s (off by default; the `standard` suite uses 250) makes it the cheap black-box stage that
 escalates only where it has to: after s queries, if the run has broken no point yet, only the points
 whose margin has at least halved since the start keep querying (they are getting close to the
 boundary); once any point has been broken, every point gets the full budget (give_up stops dropping
