@@ -510,6 +510,21 @@ def verdicts(out) -> list[str]:
     return [f"- {head}: " + "; ".join(parts)]
 
 
+def _totals(outs) -> str:
+    """What the rows cost when they were measured (training excluded), for docs/evaluate.md's timing."""
+    wall = {"advlab": 0.0, "AutoAttack": 0.0}
+    cpu = dict(wall)
+    for out in outs:
+        for key in ("pgd20", "fast", "standard", "checks", "adaptive", "aa", "aa_adaptive"):
+            if key in out and not (key == "aa_adaptive" and out[key] is out.get("aa")):
+                who = "AutoAttack" if key.startswith("aa") else "advlab"
+                wall[who] += out[key]["wall"]
+                cpu[who] += out[key]["cpu"]
+    return (f"the rows' pieces took {wall['advlab'] / 60:.0f} min wall ({cpu['advlab'] / 60:.0f} min CPU) for advlab "
+            f"and {wall['AutoAttack'] / 60:.0f} min wall ({cpu['AutoAttack'] / 60:.0f} min CPU) for AutoAttack "
+            "when measured (one thread each, on 2 CPU cores shared with other work; training not included)")
+
+
 def _costliest(st) -> str:
     """', of which STAGE N passes (broke K points)': where a miss of the pass target comes from."""
     per = {k: v.get("forward", 0) + v.get("backward", 0) for k, v in st["per_attack"].items()}
@@ -533,7 +548,7 @@ def write_report(outs, args, started, pending=()) -> str:
             "AutoAttack's passes over the row's. Checks: run_checks on the first "
             f"{args.check_n} points, given what `standard` left robust; their passes are not in the suite's. "
             "AutoAttack's results are cached per model (benchmarks/.cache/panel); its seconds are from the process "
-            f"that measured it. This run: {time.perf_counter() - started:.0f} s.\n\n"
+            f"that measured it. This run: {time.perf_counter() - started:.0f} s; {_totals(outs)}.\n\n"
             + markdown_table(HEADERS, rows) + "\n\n## Targets per row\n\n" + "\n".join(lines) + "\n"
             + ("" if not pending else "\n**Partial**: not measured yet: " +
                ", ".join(f"{r.model} ({r.norm} {r.eps:g}, {r.n})" for r in pending) + "\n"))
