@@ -2,6 +2,8 @@
 
     benchmarks/.env-peers/bin/python benchmarks/panel.py                 # the full panel (python benchmarks/run_all.py makes the venv)
     benchmarks/.env-peers/bin/python benchmarks/panel.py --autoattack-only --models pgd-at,trades   # baselines, in the background
+    benchmarks/.env-peers/bin/python benchmarks/panel.py --models ibp,trades   # a second process, from the other end
+    benchmarks/.env-peers/bin/python benchmarks/panel.py --cached-only        # the table of what is measured so far
     python benchmarks/panel.py --quick                                     # digits, 5 small models, `fast` for `standard`, no AutoAttack (tests/test_panel.py)
 
 Per model (benchmarks/panel_models.py; Fashion-MNIST cnn-small variants trained by advlab and cached), on the
