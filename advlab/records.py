@@ -137,7 +137,10 @@ class EvaluateRecord(TypedDict):
     precision: str                          # what the attacks searched in; every number is fp32
     batch_size_after_oom: NotRequired[dict[str, int]]
     eps_per_class: NotRequired[list[float]]
+    adaptive: NotRequired[list[str]]        # the adaptations evaluated (bpda, rescale, eot; --adaptive); both
+    recommended_adaptation: NotRequired[list[str]]  # always written by evaluate_run: what the failed checks point to
     certify: NotRequired[dict[str, Any]]    # the certified lower bound beside each row (--certify)
+    adaptive_command: NotRequired[str]      # the command that runs the recommended adaptation
     summary: NotRequired[dict[str, Any]]    # the README-ready summary and the command that reproduces it (always
                                             # written; added last, after the certificates)
 

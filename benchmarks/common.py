@@ -29,6 +29,8 @@ def trained_model(name: str, defense: str = "none", eps: float | None = None, ep
     with open(CACHE / f"{name}.lock", "w") as lock:  # two benchmarks at once: one trains, the other waits
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / "card.json").exists():
+            if os.environ.get("ADVLAB_BENCH_NO_TRAIN"):  # panel.py --cached-only: report what exists, train nothing
+                raise LookupError(f"{name} is not trained yet")
             kwargs = {"eps": eps} if eps is not None else {}
             train_run(dataset, model, run_dir, config=TrainConfig(epochs=epochs, lr=lr, seed=seed),
                       defense=defense, defense_kwargs={**kwargs, **(defense_kwargs or {})},

@@ -173,3 +173,23 @@ def test_a_point_that_meets_the_goal_at_a_checkpoint_is_returned_broken():
     broken = model(x_adv).argmax(1) != y
     # Starts above 0 (1/4) or below c (3/5) are broken by the start or the first step.
     assert broken.float().mean() > 0.8, broken.float().mean()
+
+
+@pytest.mark.parametrize("make", [lambda: APGD(steps=100), lambda: APGDT(steps=100, n_target_classes=2)],
+                         ids=["apgd-ce", "apgd-t"])
+def test_a_point_with_a_zero_gradient_leaves_at_once_and_nothing_else_changes(make):
+    # Rounding in front of a linear model: the gradient is exactly zero everywhere, so no step can move a
+    # point from its random start. The frozen rows leave after one step instead of 100, with the same result.
+    from advlab.models import Preprocessed, Quantize
+    model, x, y, _ = logistic(n=100)
+    lo, hi = float(x.min()), float(x.max())
+    defended = Preprocessed(model, Quantize(3, bounds=(lo, hi))).eval()
+    counted = PassCounter(defended)
+    x_adv = make().perturb(counted, x, y, 0.1, bounds=(lo, hi), early_stop=True)
+    x_full = make().perturb(defended, x, y, 0.1, bounds=(lo, hi), early_stop=False)  # no early exit at all
+    assert torch.equal(x_adv, x_full)
+    assert counted.forward_rows <= 3 * len(x) * 3, counted.forward_rows  # a start and a step per run, not 100
+    # a model with gradients is not affected: the same examples with and without the rule's chance to act
+    plain = PassCounter(model)
+    make().perturb(plain, x, y, 0.1, bounds=(lo, hi), early_stop=True)
+    assert plain.forward_rows > 10 * len(x)

@@ -138,3 +138,33 @@ def test_give_up_must_be_a_positive_factor():
     with pytest.raises(AdvlabError, match="give_up"):
         Square(give_up=0)
     assert Square(n_queries=5000).checkpoints() == {250, 500, 1000, 2000, 3000, 4000}
+
+
+def test_with_a_screen_a_break_turns_give_up_off_every_point_gets_the_full_budget():
+    """Square's screen: a break after the gradient attacks is the sign of misleading gradients, so from then on
+    no point is dropped (neither by the screen nor by give_up). Points beyond reach alone are dropped early; the
+    same points beside one that breaks at once (misclassified by far) get all the queries."""
+    model, x, y, z = logistic(n=200)
+    dist = hyperplane_distance(model, z, 1)
+    eps = 0.5 * dist.min().item()  # nothing within reach
+    far = dist.argsort()[-21:-1]  # the 20 farthest but one: `wrong`, the farthest, breaks
+    wrong = dist.argmax()
+    rows = {}
+
+    class Counted(nn.Module):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def forward(self, v):
+            rows[self.key] = rows.get(self.key, 0) + len(v)
+            return model(v)
+
+    attack = Square("linf", n_queries=400, give_up=1.0, screen=200)
+    attack.perturb(Counted("unreachable"), x[far], y[far], eps, early_stop=True)
+    flipped = y.clone()
+    flipped[wrong] = 1 - y[wrong]  # far on the wrong side of the boundary: broken at the first query
+    idx = torch.cat([wrong.view(1), far])
+    attack.perturb(Counted("beside a break"), x[idx], flipped[idx], eps, early_stop=True)
+    assert rows["unreachable"] < 0.5 * 20 * 400, rows
+    assert rows["beside a break"] >= 20 * 399, rows

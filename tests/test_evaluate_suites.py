@@ -117,7 +117,7 @@ def test_suites_by_name_and_norm():
     assert [e.attack for e in fast] == ["apgd-ce", "apgd-t"]
     assert [e.attack for e in standard] == [e.attack for e in aa] == ["apgd-ce", "apgd-t", "square"]
     assert aa[1].options == {} and aa[2].options == {"n_queries": 5000}  # AutoAttack's full budgets
-    assert standard[1].options["ranking"] == "linear" and standard[2].options["screen"] == 1000
+    assert standard[1].options["ranking"] == "linear" and standard[2].options["screen"] == 250
     assert [e.attack for e in get_suite("fast", norm="l1")] == ["pgd"]
     with pytest.raises(ConfigError, match="linf and l2"):
         get_suite("autoattack", norm="l1")

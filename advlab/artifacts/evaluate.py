@@ -8,7 +8,10 @@
 
 The worst case per example counts the examples the run directory already holds (attacks, earlier
 evaluations, transferred examples: advlab.evaluate.recorded) unless `ignore_recorded`; with `certify`,
-the certified lower bound goes beside the attacked upper bound (advlab.certify.bracket).
+the certified lower bound goes beside the attacked upper bound (advlab.certify.bracket). With `adaptive`
+(advlab.models.adaptive: "bpda", "rescale", "eot") the suite and the checks run on the adapted model and
+the results go to RUN/eval/SUITE-ADAPTATIONS-NORM; the record names the adaptations the failed checks
+point to (`recommended_adaptation`) and the command that runs them (`adaptive_command`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from ..data import rows
 from ..device import describe
 from ..errors import AdvlabError
 from ..evaluate import Checks, evaluate_robustness, get_suite, run_checks, verdict
+from ..evaluate.adaptive import recommend
 from ..evaluate.recorded import recorded_sources, save_examples
 from ..io import write_csv, write_json
+from ..models.adaptive import adapt, parse_adaptations
 from .. import rundir
 from ..records import EvaluateRecord
 
@@ -38,7 +43,7 @@ Log = Callable[[str], None]
 
 # The flags of `advlab evaluate` in the order the reproducing command lists them (see evaluate_command).
 COMMAND_FLAGS = ("run", "model", "weights", "model_dir", "mean", "std", "dataset", "data", "data_dir", "classes",
-                 "labels", "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "n", "seed",
+                 "labels", "bounds", "preprocess", "eps", "eps_per_class", "norm", "suite", "suite_file", "adaptive", "n", "seed",
                  "batch_size", "chunk_size", "device", "precision", "graphs", "shares", "out")
 COMMAND_REPEATED = ("model_arg", "dataset_arg")
 # Written by their absolute paths, so the recorded command finds its files from any folder.
@@ -54,7 +59,7 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                  samples: int = 1000, samples0: int = 100, alpha: float = 0.001, timeout: float | None = None,
                  command: str | None = None, started: float | None = None, progress: bool = True,
                  log: Log | None = None, precision: str = "fp32", graphs: bool = False,
-                 shares: int | None = None) -> EvaluateRecord | None:
+                 shares: int | None = None, adaptive: str | Sequence[str] | None = None) -> EvaluateRecord | None:
     """Evaluate the first `n` test points at every budget; write OUT (default RUN/eval/SUITE-NORM) and return
     the record (None on the other processes under torchrun: the first one records). `certify`: a method
     (ibp, crown, alpha-crown, exact, smoothing) for the certified lower bound beside it, or True / "auto"
@@ -69,11 +74,13 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     log = log or (lambda message: None)
     given_out = out
     entries = get_suite(suite, suite_file, norm=norm)
+    adaptations = parse_adaptations(adaptive)
+    model = adapt(subject.model, adaptations, seed=seed) if adaptations else subject.model
     method = check_certify(subject, norm, certify, sigma, timeout)
     data = subject.data
     x, y = data.test_subset(n)
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
-    out = Path(out) if out is not None else rundir.eval_dir(subject.run_dir, suite, norm)
+    out = Path(out) if out is not None else rundir.eval_dir(subject.run_dir, "-".join([suite, *adaptations]), norm)
     state = out / rundir.STATE_FILE
     if fresh and distributed.is_main():
         state.unlink(missing_ok=True)
@@ -84,25 +91,29 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     if recorded:
         log(f"counting the examples already recorded in {subject.run_dir}: "
             f"{', '.join(r.label.removeprefix('recorded ') for r in recorded)}")
-    log(f"evaluating {subject.model_record['spec']} on {len(y)} {data.name} test points ({describe(subject.device)}"
+    identity = {**subject.identity(), **({"adaptive": adaptations} if adaptations else {})}
+    log(f"evaluating {subject.model_record['spec']}{' adapted (' + ', '.join(adaptations) + ')' if adaptations else ''} "
+        f"on {len(y)} {data.name} test points ({describe(subject.device)}"
         f"{f', {distributed.world_size()} processes' if distributed.is_distributed() else ''}): suite {suite} "
         f"({', '.join(s.label for s in entries)}), {norm} eps {describe_budgets(eps, eps_per_class)}")
     if data.lazy:
         from ..evaluate.chunked import DEFAULT_CHUNK_SIZE, evaluate_in_chunks
-        ev = evaluate_in_chunks(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
+        ev = evaluate_in_chunks(model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
                                 seed=seed, batch_size=batch_size, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
-                                state_dir=out, progress=progress, identity=subject.identity(), precision=precision,
+                                state_dir=out, progress=progress, identity=identity, precision=precision,
                                 graphs=graphs, shares=shares)
     else:
-        ev = evaluate_robustness(subject.model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
+        ev = evaluate_robustness(model, x, y, budgets, [*recorded, *entries], norm=norm, bounds=data.bounds,
                                  seed=seed, batch_size=batch_size, state_dir=out, progress=progress,
-                                 identity=subject.identity(), precision=precision, graphs=graphs,
+                                 identity=identity, precision=precision, graphs=graphs,
                                  shares=shares)
     if not distributed.is_main():
         return None
-    found = _checks(subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) if checks \
-        else Checks()
+    found = _checks(model, subject, rows(x[:check_n]), y, budgets, per_class, ev, norm, seed, check_n, log) \
+        if checks else Checks()
     record = _record(subject, suite, norm, ev, found, per_class, time.perf_counter() - started)
+    record["adaptive"] = adaptations
+    record["recommended_adaptation"] = [a for a in recommend(found, model) if a not in adaptations]
     if method is not None:
         log(f"certifying the same {len(y)} points ({method}" + (f", sigma {sigma:g})" if sigma is not None else ")"))
         from ..certify.bracket import certified_rows
@@ -119,7 +130,10 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
                 c["hint"] = hint
     if command is None:
         command = evaluate_command(_own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed,
-                                              batch_size, given_out), ignore_recorded=ignore_recorded)
+                                              batch_size, given_out, adaptations, precision, graphs,
+                                              shares), ignore_recorded=ignore_recorded)
+    if record["recommended_adaptation"]:
+        record["adaptive_command"] = adaptive_command(command, [*adaptations, *record["recommended_adaptation"]])
     record["seconds"] = time.perf_counter() - started  # the whole step: suite, checks and certificates
     record["summary"] = summary(record, command)
     if ev.x_adv is not None:  # evaluated in chunks: each chunk's folder holds its examples
@@ -199,13 +213,29 @@ def check_certify(subject, norm: str, certify: bool | str | None, sigma: float |
     return method
 
 
-def _checks(subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> Checks:
-    """x: the first check_n points (or all, when there are fewer)."""
+def adaptive_command(command: str, adaptations: Sequence[str]) -> str:
+    """The reproducing command with `--adaptive A,B` (replacing any --adaptive it has); its --out, if any, dropped
+    so the adapted evaluation gets its own folder."""
+    parts = shlex.split(command)
+    kept, skip = [], False
+    for part in parts:
+        if skip:
+            skip = False
+            continue
+        if part in ("--adaptive", "--out"):
+            skip = True
+            continue
+        kept.append(part)
+    return " ".join(shlex.quote(p) for p in [*kept, "--adaptive", ",".join(adaptations)])
+
+
+def _checks(model, subject, x, y, budgets, per_class, ev, norm: str, seed: int, check_n: int, log: Log) -> Checks:
+    """x: the first check_n points (or all, when there are fewer); `model`: what the suite attacked."""
     log(f"gradient-masking checks on {min(check_n, len(y))} points ...")
     check_eps = budgets if per_class is None else sorted(set(per_class))
     # The convergence check compares a stronger attack with what this evaluation reported.
     reported = None if per_class is not None else {e: robust[:check_n] for e, robust in zip(ev.eps, ev.robust)}
-    return run_checks(subject.model, x[:check_n], y[:check_n], check_eps, norm=norm, bounds=subject.data.bounds,
+    return run_checks(model, x[:check_n], y[:check_n], check_eps, norm=norm, bounds=subject.data.bounds,
                       seed=seed, reported_robust=reported, progress=log)
 
 
@@ -257,7 +287,8 @@ def evaluate_command(flags: dict[str, Any], repeated: dict[str, Sequence[str]] |
     return " ".join(parts)
 
 
-def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size, out) -> dict[str, Any]:
+def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, batch_size, out,
+               adaptations=(), precision="fp32", graphs=False, shares=None) -> dict[str, Any]:
     """evaluate_command's flags for an evaluation called from Python (the demo, reproduce). `--out`: with a run
     directory, the evaluation's folder the caller gave (None: the default); with an external model, its run
     directory (where `--out` puts it). No `--device`: a Subject holds it resolved, and auto finds it."""
@@ -267,7 +298,8 @@ def _own_flags(subject, eps, eps_per_class, norm, suite, suite_file, n, seed, ba
             "weights": subject.model_record.get("weights") if external else None,
             "model_dir": (subject.card["model"].get("zoo") or {}).get("model_dir") if external else None,
             "eps": None if eps is None else describe_budgets(eps, None), "eps_per_class": eps_per_class,
-            "norm": norm, "suite": suite, "suite_file": suite_file, "n": n, "seed": seed, "batch_size": batch_size,
+            "norm": norm, "suite": suite, "suite_file": suite_file, "adaptive": ",".join(adaptations) or None,
+            "n": n, "seed": seed, "batch_size": batch_size, "precision": precision, "graphs": graphs, "shares": shares,
             "out": str(subject.run_dir) if external else None if out is None else str(out)}
 
 

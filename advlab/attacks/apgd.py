@@ -14,6 +14,10 @@ The algorithm, per example:
   the step size nor the best loss changed since the last checkpoint;
 - the point with the highest loss is kept (and, with early stopping, the first misclassified one).
 
+A point whose gradient is exactly zero, with no momentum and at its best point, can never move again
+(every later step returns it unchanged): with early stopping it leaves at once, which changes no result
+and spares the steps a saturated softmax, input rounding or a step function would waste.
+
 give_up=h (off by default, as in the paper) stops a run on a point at a checkpoint when even h
 times its progress since the previous checkpoint, in the margin z_y - max_{j != y} z_j, would not
 reach the boundary in the steps left (advlab/attacks/give_up.py, the rule Square uses). APGD halves
@@ -264,6 +268,8 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
         if i + 1 in checks:
             interval, last_check = i + 1 - last_check, i + 1
             _checkpoint(attack, r, hist, logits, interval, last_check, early_stop, give_up)
+        if early_stop:
+            r.stalled = r.stalled | _frozen(r)
 
     # Points broken under early stopping were written out when they left; the rest return their best point.
     out_x[r.idx] = torch.where(r.active.view(shape), r.x_best, out_x[r.idx])
@@ -286,6 +292,16 @@ def _start(model, x, y, eps, loss_fn, loss_targets, goal_targets, start):
               reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
               gap_best=gap, gap_then=gap.clone(), stalled=torch.zeros(n, dtype=torch.bool, device=dev))
     return r, loss, logits
+
+
+def _frozen(r: _Rows) -> torch.Tensor:
+    """(R,) rows that can never move again: a gradient of exactly zero (a saturated softmax, rounding or a
+    step in the model), no momentum (x == x_prev) and nothing to go back to (x == x_best). The next z is x,
+    the momentum term is zero and a checkpoint moves x to x_best = x: every step left would return x.
+    Such a row leaves now, with its best point, exactly as it would have after the last step."""
+    flat = lambda t: t.flatten(1)  # noqa: E731
+    return (flat(r.grad).abs().amax(1) == 0) & (flat(r.x) == flat(r.x_prev)).all(1) & \
+        (flat(r.x) == flat(r.x_best)).all(1) & r.active
 
 
 def _retire(r: _Rows, hit, out_x, out_score, shape) -> None:

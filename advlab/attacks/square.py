@@ -17,12 +17,13 @@ would not bring its margin to zero with the queries left. On a robust model most
 far from the boundary and h=5 saves more than half of the queries; benchmarks/results/evaluate.md has
 what it costs in points found (benchmarks/give_up.py measures it with side-by-side runs).
 
-screen=s (off by default; the `standard` suite uses 1000) makes it the cheap black-box stage that
+screen=s (off by default; the `standard` suite uses 250) makes it the cheap black-box stage that
 escalates only where it has to: after s queries, if the run has broken no point yet, only the points
 whose margin has at least halved since the start keep querying (they are getting close to the
-boundary); once any point has been broken, every point gets the full budget. In an evaluation Square
-runs on what the gradient attacks left, so a break there is the sign of misleading gradients; on a
-model whose gradients work, most points stop after s queries.
+boundary); once any point has been broken, every point gets the full budget (give_up stops dropping
+points too: on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
+after about 4,000 queries). In an evaluation Square runs on what the gradient attacks left, so a break
+there is the sign of misleading gradients; on a model whose gradients work, most points stop after s queries.
 
 Inputs that are not (N, C, H, W) images are treated as one row of pixels (N, 1, 1, D), where the
 window becomes a run of consecutive features covering the same share p.
@@ -111,7 +112,8 @@ class Square(Attack):
             if early_stop and q == self.screen and not bool(broke.any()):
                 # Nothing broken so far: only points whose margin has fallen to SCREEN_SHARE of its start go on.
                 active &= best_margin <= SCREEN_SHARE * start_margin
-            if q in checkpoints:
+            if q in checkpoints and not (self.screen is not None and bool(broke.any())):
+                # With a screen, a break is the sign of misleading gradients: give_up stops too (the full budget).
                 stalled = hopeless(best_margin[idx], last_margin[idx], q - last_q, self.n_queries - q, self.give_up)
                 active[idx[stalled]] = False
                 last_q, last_margin = q, best_margin.clone()

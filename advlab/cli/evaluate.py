@@ -28,6 +28,11 @@ def add_parser(subparsers) -> None:
                         "give-up (AutoAttack's strength, a fifth of its passes); autoattack: AutoAttack's protocol "
                         "with full budgets; custom: --suite-file")
     p.add_argument("--suite-file", type=T.existing_file, default=None, help="TOML file with [[attack]] tables (for --suite custom)")
+    p.add_argument("--adaptive", type=T.adaptations, default=None,
+                   help="evaluate the model adapted to see through gradient masking, as the checks recommend: bpda "
+                        "(non-differentiable preprocessing, advlab.models.Preprocessed: straight-through backward), "
+                        "rescale (saturated softmax: logits divided by their std), eot (randomised model: the mean "
+                        "probability over 16 passes); comma-separated; results in eval/SUITE-ADAPTATIONS-NORM")
     add_points(p, "evaluate")
     add_precision(p)
     p.add_argument("--shares", type=T.positive_int, default=None,
@@ -55,12 +60,14 @@ def run(args: argparse.Namespace) -> int:
     get_suite(args.suite, args.suite_file, norm=args.norm)  # a bad suite fails before anything is loaded
     with distributed.setup(resolve_device(args.device)) as device:
         subject = open_subject(args, device)
-        out = Path(args.out) if args.out and args.run else rundir.eval_dir(subject.run_dir, args.suite, args.norm)
+        folder = "-".join([args.suite, *(args.adaptive.split(",") if args.adaptive else [])])
+        out = Path(args.out) if args.out and args.run else rundir.eval_dir(subject.run_dir, folder, args.norm)
         record = evaluate_run(
             subject, eps=args.eps, eps_per_class=args.eps_per_class, norm=args.norm, suite=args.suite,
             suite_file=args.suite_file, n=args.n, seed=args.seed, batch_size=args.batch_size, out=out,
             fresh=args.fresh, ignore_recorded=args.ignore_recorded, checks=not args.no_checks, check_n=args.check_n,
             chunk_size=args.chunk_size, precision=args.precision, graphs=args.graphs, shares=args.shares,
+            adaptive=args.adaptive,
             certify=args.certify or False, sigma=args.sigma, samples=args.samples, samples0=args.samples0,
             alpha=args.alpha, timeout=args.timeout,
             command=evaluate_command(_flags(args), {k: getattr(args, k) for k in COMMAND_REPEATED},
@@ -104,6 +111,11 @@ def _text(record: dict, out: Path) -> str:
             if not c["passed"]:
                 lines.append(f"         {c['explanation']} (see {c['doc']})")
     lines.append(f"verdict: {record['verdict']}")
+    if record.get("adaptive"):
+        lines.append(f"evaluated adapted: {', '.join(record['adaptive'])} (docs/adaptive-attacks.md)")
+    if record.get("adaptive_command"):
+        lines.append(f"adaptive attack: the failed checks point to --adaptive "
+                     f"{','.join(record['recommended_adaptation'])}; run:\n  {record['adaptive_command']}")
     if record["checks"] and checks_dominate(record):
         ratio = record["checks_seconds"] / max(record["suite_seconds"], 1e-9)
         times = f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"

@@ -154,9 +154,21 @@ def preprocessing(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).split(" is ", 1)[-1].replace("not one of", "must be one of", 1)) from None
 
 
+def adaptations(text: str) -> str:
+    """Comma-separated adaptive attacks (bpda, rescale, eot), each once; the canonical text is kept."""
+    from ..models.adaptive import parse_adaptations
+    try:
+        names = parse_adaptations(str(text))
+    except AdvlabError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(" in `adaptive`", "").replace("`adaptive` ", "")) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"needs at least one of bpda, rescale, eot, got {text!r}")
+    return ",".join(names)
+
+
 VALIDATED = (positive_int, non_negative_int, positive_float, non_negative_float, probability, fraction,
              percentile, eps_text, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
-             existing_dir, existing_path, output_dir, output_file, device, preprocessing)
+             existing_dir, existing_path, output_dir, output_file, device, preprocessing, adaptations)
 """Every type above: the parser walk in the tests checks each numeric or path option uses one."""
 
 __all__ = [f.__name__ for f in VALIDATED] + ["VALIDATED"]

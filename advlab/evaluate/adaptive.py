@@ -21,6 +21,7 @@ from torch import nn
 
 from ..attacks import PGD, HighConfidence, transfer
 from ..models import EOT, ConfidenceDetector, Preprocessed, Quantize, Randomized, RandomResizePad
+from ..models.adaptive import has_preprocessing
 from ..threat import Bounds
 from .checks import check_detector, check_gradient_consistency, check_gradients, check_randomness
 
@@ -72,3 +73,24 @@ def broken_defenses(model: nn.Module, x, y, eps: float, bounds: Bounds, randomis
     return [quantisation_study(model, x, y, eps, bounds),
             randomisation_study(randomised_model or model, x, y, eps, bounds),
             detection_study(model, x, y, eps, bounds)]
+
+
+# Failed checks -> the adaptation that answers them (advlab.models.adaptive, `advlab evaluate --adaptive`).
+SHATTERED = ("gradients", "gradient_consistency", "black_box", "unbounded")
+
+
+def recommend(checks, model: nn.Module | None = None) -> list[str]:
+    """The adaptations the failed checks point to, in the order to apply them: "bpda" for zero, NaN or
+    inconsistent gradients and for black-box or unbounded failures (only when the model has a
+    preprocessing layer BPDA can see through, `advlab.models.Preprocessed`), "rescale" for a saturated
+    softmax, "eot" for a randomised model. Empty when nothing failed or nothing applies; a model whose
+    gradients mislead for another reason still has Square, the black-box stage of the `standard` suite."""
+    failed = {c.name for c in checks if not c.passed}
+    out = []
+    if failed & set(SHATTERED) and (model is None or has_preprocessing(model)) and "randomness" not in failed:
+        out.append("bpda")
+    if "saturation" in failed:
+        out.append("rescale")
+    if "randomness" in failed:
+        out.append("eot")
+    return out

@@ -67,6 +67,10 @@ EXPLANATIONS = {
     "gradients": "Input gradients are zero, NaN or vanishing for many points (shattered gradients: "
                  "quantisation, saturated softmax, non-differentiable preprocessing). Gradient attacks then "
                  "fail for reasons unrelated to robustness: use BPDA, the margin loss, or a black-box attack.",
+    "saturation": "The softmax is saturated: on most correctly classified points the cross-entropy and its "
+                  "gradient are exactly zero in floating point although the logits have a gradient (a temperature-"
+                  "scaled or distilled network). Attacks on cross-entropy see nothing there; use the margin or DLR "
+                  "loss, or rescale the logits (--adaptive rescale).",
     "gradient_consistency": "The loss changes along small steps in a way the gradient does not predict: the "
                             "computed gradient is not the gradient of the function (non-differentiable or "
                             "obfuscated preprocessing). Replace it by BPDA with a differentiable approximation.",
@@ -131,6 +135,30 @@ def check_gradients(model, x, y, **_) -> CheckResult:
                                         f"gradients (median norm {norms[~nan].median().item() if (~nan).any() else math.nan:.3g})")
 
 
+# A few confident points of an ordinary network also round to a loss of exactly zero; a saturated
+# softmax does it on (nearly) all of them.
+SATURATION_SHARE = 0.5
+
+
+def check_saturation(model, x, y, **_) -> CheckResult:
+    """Share of the correctly classified points whose cross-entropy gradient is exactly zero while the
+    margin z_y - max_{j != y} z_j has a non-zero gradient: the softmax, not the network, hides the slope."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), attack_mode(model, evaluation=True):
+        logits = model(x)
+        ce = F.cross_entropy(logits, y, reduction="none")
+        g_ce, = torch.autograd.grad(ce.sum(), x, retain_graph=True)
+        other = logits.detach().scatter(1, y[:, None], -torch.inf).argmax(1)
+        gap = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, other[:, None])[:, 0]
+        g_gap, = torch.autograd.grad(gap.sum(), x)
+    correct = logits.detach().argmax(1) == y
+    flat = (g_ce.flatten(1).abs().amax(1) == 0) & (g_gap.flatten(1).abs().amax(1) > 0) & correct
+    share = flat.sum().item() / max(int(correct.sum()), 1)
+    return _result("saturation", share <= SATURATION_SHARE,
+                   f"{100 * share:.1f}% of the {int(correct.sum())} correctly classified points have an exactly zero "
+                   f"cross-entropy gradient but not a zero margin gradient")
+
+
 def check_gradient_consistency(model, x, y, *, step: float, bounds: Bounds, seed: int = 0, **_) -> CheckResult:
     """First-order prediction grad.d*h against the measured loss change along a random direction."""
     loss, grad = _input_grads(model, x, y)
@@ -186,7 +214,7 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence
     mid = eps[len(eps) // 2]
     tolerance = max(2, math.ceil(0.02 * len(y)))  # points: below this, differences are attack noise
     results = [check_probabilities(counted, x[:64]), check_randomness(counted, x[:64]),
-               check_gradients(counted, x, y),
+               check_gradients(counted, x, y), check_saturation(counted, x, y),
                check_gradient_consistency(counted, x[:128], y[:128], step=mid / 20, bounds=bounds, seed=seed)]
     log("checks: FGSM and PGD per epsilon")
     pgd = PGD(norm, steps=20, seed=seed)
