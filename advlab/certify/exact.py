@@ -35,7 +35,6 @@ timeout. Linf only (an L2 ball would make the programs quadratic).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -49,7 +48,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import AdvlabError
-from ..io import load_tensors, read_metadata, save_tensors
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
@@ -58,6 +56,7 @@ from ..threat import Linf, enforce
 from .crown import ALPHA_STEPS, Node, _check_options, _forward, _input_set, _pair, _prepare
 from .ibp import MARGIN_TOLERANCE, Box, ChannelAffineOp, ConvOp, LinearOp, margin_lower_bounds
 from .result import Certificate
+from .state import PointState
 
 STATUSES = ("verified", "falsified", "unknown")
 VERIFIED, FALSIFIED, UNKNOWN = range(3)
@@ -259,44 +258,23 @@ def _recheck(model: nn.Module, x: torch.Tensor, y: int, candidate: torch.Tensor,
     return cand[0] if int(logits.argmax(1)) != y else None
 
 
-class _State:
-    """Decided points by test index: status, margin bound, seconds, the timeout they ran with, counterexamples."""
+class _State(PointState):
+    """Decided points by test index: status, margin bound, seconds, the timeout they ran with; and the
+    counterexamples found."""
 
     def __init__(self, path: Path | None, identity: dict[str, Any]):
-        self.path = path
-        self.identity = json.loads(json.dumps(identity, default=str))
-        self.done: dict[int, tuple[int, float, float, float]] = {}
+        super().__init__(path, identity, {"status": torch.long, "margin": torch.float64, "seconds": torch.float64,
+                                          "timeout": torch.float64}, "verification")
         self.cex: dict[int, torch.Tensor] = {}
-        self.seconds = 0.0
-        if path is not None and path.is_file():
-            meta = json.loads(read_metadata(path)["advlab"])
-            if meta["identity"] == self.identity:
-                t = load_tensors(path)
-                for i, s, m, sec, to in zip(t["index"].tolist(), t["status"].tolist(), t["margin"].tolist(),
-                                            t["seconds"].tolist(), t["timeout"].tolist()):
-                    self.done[i] = (s, m, sec, to)
-                if "cex" in t:
-                    self.cex = {i: c for i, c in zip(t["cex_index"].tolist(), t["cex"])}
-                self.seconds = meta["seconds"]
-                write(f"resuming the verification saved in {path.parent} ({len(self.done)} points done)")
-            else:
-                write(f"{path} belongs to a different verification; starting over")
+        if "cex" in self.tensors:
+            self.cex = {i: c for i, c in zip(self.tensors["cex_index"].tolist(), self.tensors["cex"])}
 
-    def save(self) -> None:
-        if self.path is None:
-            return
-        keys = sorted(self.done)
-        rows = [self.done[k] for k in keys]
-        t = {"index": torch.tensor(keys, dtype=torch.long),
-             "status": torch.tensor([r[0] for r in rows], dtype=torch.long),
-             "margin": torch.tensor([r[1] for r in rows], dtype=torch.float64),
-             "seconds": torch.tensor([r[2] for r in rows], dtype=torch.float64),
-             "timeout": torch.tensor([r[3] for r in rows], dtype=torch.float64)}
+    def save(self, extra: dict[str, torch.Tensor] | None = None) -> None:
         if self.cex:
             ck = sorted(self.cex)
-            t["cex_index"] = torch.tensor(ck, dtype=torch.long)
-            t["cex"] = torch.stack([self.cex[k].float().cpu() for k in ck])
-        save_tensors(self.path, t, {"advlab": json.dumps({"identity": self.identity, "seconds": self.seconds})})
+            extra = {"cex_index": torch.tensor(ck, dtype=torch.long),
+                     "cex": torch.stack([self.cex[k].float().cpu() for k in ck]), **(extra or {})}
+        super().save(extra)
 
 
 def _attack(model, x, y, eps, bounds, seed: int, steps: int, restarts: int) -> torch.Tensor:

@@ -22,7 +22,6 @@ out-of-memory halves the forward chunk (the noise stays the same).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -35,13 +34,13 @@ from torch import nn
 from .. import rng
 from ..errors import AdvlabError
 from ..evaluate.stats import clopper_pearson
-from ..io import load_tensors, read_metadata, save_tensors
 from ..oom import fitting
 from ..predict import model_device
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..rundir import STATE_FILE
 from .result import ABSTAIN, Certificate
+from .state import PointState
 
 STAGE_SELECT, STAGE_ESTIMATE, STAGE_PREDICT = 0, 1, 2
 
@@ -188,7 +187,7 @@ def certify_smoothing(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma:
     device = model_device(model)
     settings = {"method": "smoothing", "sigma": float(sigma), "n0": n0, "n": n, "alpha": float(alpha), "seed": seed,
                 "batch_size": batch_size, **(identity or {})}
-    state = _State(Path(state_dir) / STATE_FILE if state_dir is not None else None, settings)
+    state = _state(Path(state_dir) / STATE_FILE if state_dir is not None else None, settings)
     todo = [i for i in range(len(y)) if int(index[i]) not in state.done]
     sampler = _Sampler(model, float(sigma), batch_size, device)
     group = max(1, min(64, batch_size // n0))  # points per state save (their n0 rows fill one batch)
@@ -210,7 +209,7 @@ def certify_smoothing(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma:
                 pred = int(top[j]) if p_lower >= 0.5 else ABSTAIN
                 state.done[i] = (pred, radius_from_p(p_lower, sigma), p_lower, int(n_top[j]))
             state.seconds = time.perf_counter() - started
-            state.rows += sampler.rows
+            state.meta["rows"] += sampler.rows
             sampler.rows = 0
             state.save()
             bar.update(len(rows))
@@ -226,7 +225,7 @@ def certify_smoothing(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma:
     pred = torch.tensor([r[0] for r in rows], dtype=torch.long)
     radius = torch.tensor([r[1] for r in rows], dtype=torch.float64)
     params = {"sigma": float(sigma), "norm": "l2", "samples": n, "samples0": n0, "alpha": float(alpha),
-              "forward_rows": state.rows}
+              "forward_rows": state.meta["rows"]}
     if sampler.chunk < batch_size:
         params["batch_size_after_oom"] = sampler.chunk
     extra = {"p_lower": torch.tensor([r[2] for r in rows], dtype=torch.float64),
@@ -262,36 +261,7 @@ def predict_smoothing(model: nn.Module, x: torch.Tensor, sigma: float, *, n: int
     return torch.tensor(out, dtype=torch.long)
 
 
-class _State:
-    """Finished points (by test index) and the time spent, saved after every group of points."""
-
-    def __init__(self, path: Path | None, identity: dict[str, Any]):
-        self.path = path
-        self.identity = json.loads(json.dumps(identity, default=str))
-        self.done: dict[int, tuple[int, float, float, int]] = {}
-        self.seconds = 0.0
-        self.rows = 0
-        if path is not None and path.is_file():
-            meta = json.loads(read_metadata(path)["advlab"])
-            if meta["identity"] == self.identity:
-                t = load_tensors(path)
-                for i, p, r, pl, c in zip(t["index"].tolist(), t["prediction"].tolist(), t["radius"].tolist(),
-                                          t["p_lower"].tolist(), t["count_top"].tolist()):
-                    self.done[i] = (p, r, pl, c)
-                self.seconds, self.rows = meta["seconds"], meta.get("rows", 0)
-                write(f"resuming the certification saved in {path.parent} ({len(self.done)} points done)")
-            else:
-                write(f"{path} belongs to a different certification; starting over")
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        keys = sorted(self.done)
-        rows = [self.done[k] for k in keys]
-        tensors = {"index": torch.tensor(keys, dtype=torch.long),
-                   "prediction": torch.tensor([r[0] for r in rows], dtype=torch.long),
-                   "radius": torch.tensor([r[1] for r in rows], dtype=torch.float64),
-                   "p_lower": torch.tensor([r[2] for r in rows], dtype=torch.float64),
-                   "count_top": torch.tensor([r[3] for r in rows], dtype=torch.long)}
-        meta = {"identity": self.identity, "seconds": self.seconds, "rows": self.rows}
-        save_tensors(self.path, tensors, {"advlab": json.dumps(meta)})
+def _state(path: Path | None, identity: dict[str, Any]) -> PointState:
+    """Finished points: (prediction, radius, p_lower, count_top) by test index; forward rows in the metadata."""
+    return PointState(path, identity, {"prediction": torch.long, "radius": torch.float64, "p_lower": torch.float64,
+                                       "count_top": torch.long}, "certification", extra_meta={"rows": 0})
