@@ -68,14 +68,15 @@ def test_ranking_must_be_known():
         APGDT(ranking="oracle")
 
 
-def test_square_screen_drops_only_points_that_cannot_halve_their_margin():
+def test_square_screen_drops_only_points_that_could_not_reach_the_boundary_at_their_pace():
     model, x, y, z = logistic(n=300)
     dist = hyperplane_distance(model, z, 1)
     eps = dist.median().item() / 2
     screen, budget = 50, 600
     # Beyond 3 eps the margin cannot halve from wherever the start lands (it is at least |z| - eps ||w||_1
-    # > (|z| + eps ||w||_1) / 2): with nothing broken these points stop at the screen, and they are
-    # unbreakable, so stopping them changes nothing.
+    # > (|z| + eps ||w||_1) / 2), and the screen asks for more: a fall per doubling of the queries (log2 50
+    # so far) that reaches zero in the doublings left (log2 12), i.e. to under 39% of the start. With
+    # nothing broken these points stop at the screen, and they are unbreakable, so stopping them changes nothing.
     far = dist > 3 * eps
     counted = PassCounter(model)
     out = Square("linf", n_queries=budget, screen=screen).perturb(counted, x[far], y[far], eps, early_stop=True)
@@ -232,3 +233,49 @@ def test_a_recorded_file_that_cannot_be_read_breaks_nothing(tmp_path, capsys):
     ev = evaluate_robustness(model, x, y, [eps], [entry], progress=False)
     assert ev.robust_accuracy()[0] == ev.clean_accuracy()
     assert "skipping the recorded examples" in capsys.readouterr().err
+
+
+def test_near_restarts_rerun_only_the_unbroken_points_that_end_near_the_boundary():
+    """On a linear model APGD-CE's Linf optimum is exact, so a point just beyond eps ends with a margin of
+    (dist - eps) / dist of its clean one: near (< NEAR_SHARE) from 1 to 1/(1 - NEAR_SHARE) times eps."""
+    from advlab.attacks import APGD
+    from advlab.attacks.apgd import NEAR_SHARE
+    model, x, y, z = logistic(n=2000)
+    dist = hyperplane_distance(model, z, 1)
+    eps = dist.median().item()
+    near = (dist > 1.01 * eps) & (dist < 0.99 * eps / (1 - NEAR_SHARE))
+    far = dist > 1.2 * eps
+    assert near.sum() >= 5 and far.sum() >= 5
+
+    def cost(rows, restarts):
+        counted = PassCounter(model)
+        out = APGD("linf", steps=10, near_restarts=restarts).perturb(counted, x[rows], y[rows], eps, early_stop=True)
+        assert (model(out).argmax(1) == y[rows]).all()  # unbreakable, whatever the restarts
+        return counted.counts()
+
+    n_near, n_far = int(near.sum()), int(far.sum())
+    once, twice, thrice = cost(near, 0), cost(near, 1), cost(near, 2)
+    run = twice["backward"] - once["backward"]
+    assert run > 0 and thrice["backward"] - once["backward"] == 2 * run  # two more full runs on every near point
+    # and the check: clean and best, one forward pass each
+    assert thrice["forward"] - once["forward"] == 2 * (thrice["forward"] - twice["forward"]) + 2 * n_near
+    once, thrice = cost(far, 0), cost(far, 2)
+    assert thrice == {"forward": once["forward"] + 2 * n_far, "backward": once["backward"]}  # the check only
+
+
+def test_near_restarts_must_be_a_count():
+    from advlab.attacks import APGD
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(AdvlabError, match="near_restarts"):
+            APGD(near_restarts=bad)
+
+
+def test_square_screen_projects_the_margin_per_doubling_of_the_queries():
+    from advlab.attacks.give_up import hopeless_per_doubling
+    start, total = torch.tensor([10.0, 10.0, 10.0]), 4096
+    # After 64 queries (6 doublings from the first), 6 doublings remain to 4096: at its rate so far a
+    # margin reaches zero exactly when it has fallen to half of its start.
+    now = torch.tensor([4.9, 5.0, 5.1])
+    assert hopeless_per_doubling(now, start, 1, 64, total, 1.0).tolist() == [False, False, True]
+    assert hopeless_per_doubling(now, start, 1, 64, total, 2.0).tolist() == [False, False, False]
+    assert hopeless_per_doubling(torch.tensor([10.0]), torch.tensor([10.0]), 1, 64, total, 5.0).tolist() == [True]
