@@ -51,6 +51,8 @@ class Row:
     norm: str
     eps: float
     n: int
+    dataset: str = "fashion-mnist"
+    exact: bool = False  # exact verification decides every point: the row's ground truth
 
     @property
     def key(self) -> str:
@@ -63,7 +65,8 @@ class Row:
 FULL = [Row("standard", "linf", 0.1, 200)] + \
        [Row(m, "linf", 0.1, 50) for m in ("quantize", "saturated", "pgd-at")] + \
        [Row(m, "linf", 0.1, 30) for m in ("threshold", "random", "fgsm-rs", "gaussian", "ibp", "trades")] + \
-       [Row("standard", "l2", 1.0, 30), Row("trades", "l2", 1.0, 30)]
+       [Row("standard", "l2", 1.0, 30), Row("trades", "l2", 1.0, 30)] + \
+       [Row(m, "linf", 0.02, 100, "digits", exact=True) for m in ("digits-mlp", "digits-mlp-x1000")]
 QUICK = [Row(m, "linf", 0.1, 100) for m in ("standard", "quantize", "threshold", "saturated", "random")]
 
 
@@ -146,6 +149,16 @@ def advlab_digest() -> str:
     return h.hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=None)
+def certify_digest() -> str:
+    """The source of exact verification (advlab/certify): keys the ground-truth rows' exact piece."""
+    import advlab
+    h = hashlib.sha256()
+    for f in sorted((Path(advlab.__file__).parent / "certify").rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cached(path: Path | None, compute):
     """compute() unless `path` holds its result (torch.save of plain tensors, numbers and strings)."""
     if path is not None and path.exists():
@@ -200,6 +213,16 @@ def run_checks_row(model, x, y, row, bounds, reported):
     return {"verdict": verdict(checks), "failed": [c.name for c in checks if not c.passed],
             "details": {c.name: c.detail for c in checks}, "recommend": recommend(checks, model),
             "passes": checks.passes, "wall": wall, "cpu": cpu}
+
+
+def run_exact(model, x, y, row, bounds, timeout=30.0):
+    """Exact verification (advlab.certify.verify_exact): each point verified, falsified or unknown."""
+    from advlab.certify import verify_exact
+    ex, wall, cpu = _measure(lambda: verify_exact(model, x, y, row.eps, bounds=bounds, timeout=timeout,
+                                                  progress=False))
+    return {"verified": torch.tensor([st == "verified" for st in ex.status]),
+            "falsified": torch.tensor([st == "falsified" for st in ex.status]),
+            "unknown": ex.status.count("unknown"), "wall": wall, "cpu": cpu}
 
 
 class _StageLog(logging.Handler):
@@ -335,6 +358,9 @@ def _evaluate_row(row, entry, data, args, log=print):
         reported = out[out["suite"]]["robust"]
         out["checks"] = piece("checks", lambda: run_checks_row(model, x[:args.check_n], y[:args.check_n], row,
                                                                bounds, reported[:args.check_n]))
+        if row.exact:
+            out["exact"] = piece(f"exact-{certify_digest()}", lambda: run_exact(model, x, y, row, bounds),
+                                 advlab_piece=False)
         if adaptation is not None:
             out["adaptive"] = piece(f"adaptive-{adaptation}", lambda: _adaptive(model, x, y, row, bounds, adaptation,
                                                                                 out["suite"]))
@@ -439,6 +465,12 @@ def table_rows(out) -> list[list]:
             rows.append([name, threat, "worst case of both", _acc(a & b), "", "", "", "", "",
                          f"only advlab standard breaks {int((~a & b).sum())}, only AutoAttack breaks "
                          f"{int((a & ~b).sum())}"])
+    if "exact" in out:
+        ex = out["exact"]
+        rows.append([name, threat, "exact verification", _acc(~ex["falsified"]), "", "", "", f"{ex['wall']:.1f}",
+                     f"{ex['cpu']:.1f}", f"verified {int(ex['verified'].sum())}, falsified {int(ex['falsified'].sum())}, "
+                     f"unknown {ex['unknown']}: robust accuracy is at most the falsified points' complement, at "
+                     "least the verified share"])
     if "checks" in out:
         c = out["checks"]
         rec = ", ".join(c["recommend"]) or "none"
@@ -502,6 +534,14 @@ def verdicts(out) -> list[str]:
                      f"MISSES, {total:,} vs {aa_total / 10:,.0f} allowed{_costliest(st)}") +
                      f"; moonshot fwd 1/{fwd:.1f} of 1/11, bwd 1/{bwd:.1f} of 1/6: " +
                      ("holds" if fwd >= 11 and bwd >= 6 else "not reached") + ")")
+    if "exact" in out:
+        ex = out["exact"]
+        missed = int((st["robust"] & ex["falsified"]).sum())
+        wrong = int((~st["robust"] & ex["verified"]).sum())
+        parts.append(f"against exact verification ({int(ex['falsified'].sum())} breakable, {ex['unknown']} "
+                     f"undecided): advlab standard missed {missed}, AutoAttack missed "
+                     f"{int((aa['robust'] & ex['falsified']).sum())}, contradictions {wrong}: " +
+                     ("holds" if missed == 0 and wrong == 0 and ex["unknown"] == 0 else "MISSES"))
     if out.get("adaptation"):
         c = out["checks"]
         parts.append(f"checks '{c['verdict']}' -> recommend {', '.join(c['recommend']) or 'nothing'} "
@@ -547,7 +587,7 @@ def write_report(outs, args, started, pending=()) -> str:
         rows += table_rows(out)
         lines += verdicts(out)
     text = (f"# The panel: advlab's suites vs AutoAttack on {len(outs)} rows ({time.strftime('%Y-%m-%d')})\n\n"
-            f"Written by `benchmarks/panel.py{' --quick' if args.quick else ''}`. {'digits' if args.quick else 'Fashion-MNIST'}, "
+            f"Written by `benchmarks/panel.py{' --quick' if args.quick else ''}`. {'digits' if args.quick else 'Fashion-MNIST (the ground-truth rows: digits)'}, "
             f"first n test images, torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {BATCH}. "
             "Passes are image rows through the model's forward and backward (advlab.passes.PassCounter around the "
             "model for every evaluation; for EOT the rows through the randomised defense itself). `vs AutoAttack`: "
@@ -590,7 +630,8 @@ def main(argv=None) -> int:
         args.no_cache, args.autoattack = True, False
         data, models, spec = load_dataset("digits"), quick_models(), QUICK
     else:
-        data, models, spec = load_dataset("fashion-mnist"), full_models(), FULL
+        data, models, spec = None, full_models(), FULL
+    dataset = functools.lru_cache(maxsize=None)(load_dataset)  # the rows' datasets, each loaded once
     norms = set(args.norms.split(","))
     if args.n:
         spec = [Row(r.model, r.norm, r.eps, args.n) for r in spec]
@@ -609,7 +650,8 @@ def main(argv=None) -> int:
     while order:
         row = order.pop(0)
         try:
-            out = evaluate_row(row, models[row.model], data, args, wait=row in busy)
+            out = evaluate_row(row, models[row.model], data if args.quick else dataset(row.dataset), args,
+                               wait=row in busy)
         except Busy:
             busy.append(row)
             order.append(row)

@@ -164,6 +164,19 @@ def _cached(name: str, model: nn.Module, train) -> nn.Module:
     return model.eval()
 
 
+def digits_mlp():
+    """benchmarks/verify.py's digits MLP (two hidden layers of 256, 15 epochs): exact verification decides
+    every one of its first 100 test points at Linf 0.02 (benchmarks/results/verify.md)."""
+    return trained_model("verify-digits-mlp", model="mlp", epochs=15, dataset="digits")[0]
+
+
+def digits_mlp_x1000():
+    """The same MLP with its last layer x1000 (verify.py's): the same decisions, so the same exact answer, and a
+    saturated softmax."""
+    from verify import scaled_logits
+    return scaled_logits(digits_mlp(), SATURATION).eval()
+
+
 # name in the panel -> (function, what it is, the adaptation that sees through it or None, randomised)
 PANEL = {
     "standard": (standard, "cnn-small, 2 epochs", None, False),
@@ -177,4 +190,7 @@ PANEL = {
                   False),
     "saturated": (saturated, "standard cnn-small, logits x1000 (saturated softmax)", "rescale", False),
     "random": (random, "random resize-and-pad at inference, cnn-small trained on it 1 epoch", "eot", True),
+    # Ground truth: exact verification decides every point, so the attacks' misses are known, not estimated.
+    "digits-mlp": (digits_mlp, "digits MLP 256-256, 15 epochs (benchmarks/verify.py)", None, False),
+    "digits-mlp-x1000": (digits_mlp_x1000, "the digits MLP, logits x1000 (saturated softmax)", None, False),
 }

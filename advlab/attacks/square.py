@@ -19,8 +19,9 @@ what it costs in points found (benchmarks/give_up.py measures it with side-by-si
 
 screen=s (off by default; the `standard` suite uses 250) makes it the cheap black-box stage that
 escalates only where it has to: after s queries, if the run has broken no point yet, only the points
-whose margin has at least halved since the start keep querying (they are getting close to the
-boundary); once any point has been broken, every point gets the full budget (give_up stops dropping
+whose margin, falling per doubling of the queries as it did so far, would reach zero in the doublings
+left keep querying (give_up.hopeless_per_doubling; Square slows about as fast as its queries double);
+once any point has been broken, every point gets the full budget (give_up stops dropping
 points too: on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
 after about 4,000 queries). In an evaluation Square runs on what the gradient attacks left, so a break
 there is the sign of misleading gradients; on a model whose gradients work, most points stop after s queries.
