@@ -8,8 +8,6 @@ falling at `factor` times its rate since the previous checkpoint. Both attacks s
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import AdvlabError
@@ -25,13 +23,3 @@ def hopeless(margin_now: torch.Tensor, margin_then: torch.Tensor, spent: int, le
     could not bring to zero in the `left` units that remain."""
     rate = (margin_then - margin_now).clamp_min(0) / spent
     return margin_now > factor * rate * left
-
-
-def hopeless_per_doubling(margin_now: torch.Tensor, margin_then: torch.Tensor, spent_then: int, spent_now: int,
-                          total: int, factor: float) -> torch.Tensor:
-    """(N,) bool: margins that `factor` x their progress per doubling of the budget spent (from `spent_then` to
-    `spent_now` units) could not bring to zero in the doublings left to `total`. Square's progress slows about
-    as fast as its queries double (its windows shrink on that schedule), so this reads a point's trend more
-    truly than the straight line of `hopeless`, which a fast start makes look promising for thousands of queries."""
-    rate = (margin_then - margin_now).clamp_min(0) / math.log2(spent_now / spent_then)
-    return margin_now > factor * rate * math.log2(total / spent_now)

@@ -19,9 +19,8 @@ what it costs in points found (benchmarks/give_up.py measures it with side-by-si
 
 screen=s (off by default; the `standard` suite uses 250) makes it the cheap black-box stage that
 escalates only where it has to: after s queries, if the run has broken no point yet, only the points
-whose margin, falling per doubling of the queries as it did so far, would reach zero in the doublings
-left keep querying (give_up.hopeless_per_doubling; Square slows about as fast as its queries double);
-once any point has been broken, every point gets the full budget (give_up stops dropping
+whose margin has at least halved since the start keep querying (they are getting close to the
+boundary); once any point has been broken, every point gets the full budget (give_up stops dropping
 points too: on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
 after about 4,000 queries). In an evaluation Square runs on what the gradient attacks left, so a break
 there is the sign of misleading gradients; on a model whose gradients work, most points stop after s queries.
@@ -40,8 +39,10 @@ from ..errors import AdvlabError
 from ..threat import clip_to_bounds
 from .base import Attack
 from .budget import finite_eps
-from .give_up import check_give_up, hopeless, hopeless_per_doubling
+from .give_up import check_give_up, hopeless
 from .losses import margin
+
+SCREEN_SHARE = 0.5  # screen: a point goes on when its margin is at most this share of its margin at the start
 
 # (share of the schedule in 1/10000, divisor of p_init) from the paper's code.
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128),
@@ -109,9 +110,8 @@ class Square(Attack):
         start_margin, broke = best_margin.clone(), hit.clone()
         for q in range(1, self.n_queries):
             if early_stop and q == self.screen and not bool(broke.any()):
-                # Nothing broken so far: only points whose margin, falling as it did per doubling of the queries
-                # so far, would reach zero in the doublings left go on.
-                active &= ~hopeless_per_doubling(best_margin, start_margin, 1, q, self.n_queries, 1.0)
+                # Nothing broken so far: only points whose margin has fallen to SCREEN_SHARE of its start go on.
+                active &= best_margin <= SCREEN_SHARE * start_margin
             if q in checkpoints and not (self.screen is not None and bool(broke.any())):
                 # With a screen, a break is the sign of misleading gradients: give_up stops too (the full budget).
                 stalled = hopeless(best_margin[idx], last_margin[idx], q - last_q, self.n_queries - q, self.give_up)
