@@ -142,6 +142,11 @@ def main() -> None:
                                                                      targets=targets))
     line("pgd unbounded", build_attack("pgd", steps=5)(model, x, y, [0.1], bounds=None))
     line("deepfool eps 1 scalar", build_attack("deepfool", steps=10, norm="l2")(model, x, y, 1.0, bounds=bounds))
+    # An attack outside the registry: PGD in an embedding ball (advlab.metric).
+    from advlab.metric.embedding_threat import EmbeddingPGD
+    torch.manual_seed(1)
+    embedding = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8))
+    line("embedding-pgd", EmbeddingPGD(embedding, steps=5, batch_size=20)(model, x, y, [0.0, 0.1, 0.6], bounds=bounds))
     # Out of "device memory" above 14 rows: the batch is halved (48 -> 24 -> 12) and the fit kept.
     small = SmallMemory(model, 14)
     line("pgd oom", build_attack("pgd", steps=5, batch_size=48)(small, x, y, [0.05, 0.15], bounds=bounds))

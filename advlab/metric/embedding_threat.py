@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.base import Attack, attack_mode
+from ..attacks.base import Attack
+from ..predict import attack_mode
 from ..attacks.budget import box_diameter
 from ..attacks.goals import Misclassify
 from ..attacks.engine import restarted_ascent
