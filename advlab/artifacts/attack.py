@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from ..config import parse_eps_list
+from ..parsing import parse_eps_list
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
