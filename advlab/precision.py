@@ -133,13 +133,13 @@ def verified_search(attack, model: nn.Module, search, idx: torch.Tensor, y: torc
     if precision == "fp32":
         return new, logits
     tgt = targets[idx] if targets is not None else None
-    unconfirmed = ~attack._goal_met(logits, y[idx], tgt)
+    unconfirmed = ~attack.goal.met(logits, y[idx], tgt)
     if not unconfirmed.any():
         return new, logits
     pos = unconfirmed.nonzero().flatten()
     if not attack.minimal:  # a minimal-norm attack must reach its goal: any miss was the search's fault
         with torch.no_grad():
-            claimed = attack._goal_met(low(new[pos]), y[idx[pos]], tgt[pos] if tgt is not None else None)
+            claimed = attack.goal.met(low(new[pos]), y[idx[pos]], tgt[pos] if tgt is not None else None)
         if not claimed.any():
             return new, logits
         pos = pos[claimed]  # the low-precision search said "broken", fp32 says not: search these in fp32

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "advlab"
 
 # Low to high. The longest matching prefix decides a module's layer.
 LAYERS = {
-    "advlab.version": 0, "advlab.errors": 0, "advlab.config": 0, "advlab.io": 0, "advlab.rng": 0,
+    "advlab.version": 0, "advlab.errors": 0, "advlab.parsing": 0, "advlab.io": 0, "advlab.rng": 0,
     "advlab.progress": 0, "advlab.heap": 0, "advlab.device": 0, "advlab.passes": 0, "advlab.oom": 0,
     "advlab.profiling": 0, "advlab.predict": 0, "advlab.distributed": 0, "advlab.threat": 0,
     "advlab.precision": 0, "advlab.graphs": 0,

@@ -18,7 +18,7 @@ JUNK = ["0", "-1", "nan", "inf", "1e308", "", "text", "/no/such/file.npz", "0.5"
 
 # Options whose value is free text by design, and where it is checked instead.
 FREE_TEXT = {
-    "--model-arg": "KEY=VALUE, checked by the model's own signature (advlab.config.parse_key_values)",
+    "--model-arg": "KEY=VALUE, checked by the model's own signature (advlab.parsing.parse_key_values)",
     "--dataset-arg": "KEY=VALUE, checked by the dataset loader's signature",
     "--defense-arg": "KEY=VALUE, checked by the defense's options",
     "--attack-arg": "KEY=VALUE, checked by the attack's options",
@@ -98,3 +98,13 @@ def test_a_refused_value_is_one_line_exit_2_and_writes_nothing(path, option, val
         assert len(lines) == 1 and "Traceback" not in err, (value, err)
         assert option in lines[0], (value, err)
         assert os.listdir(tmp_path) == [], (value, os.listdir(tmp_path))
+
+
+def test_the_recorded_evaluate_command_names_only_flags_of_the_evaluate_parser():
+    """artifacts/evaluate.py lists the settings a reproducing command records (it may not import cli/) and
+    spells each --NAME-WITH-DASHES: each must be an option of `advlab evaluate` under that name."""
+    from advlab.artifacts.evaluate import COMMAND_FLAGS, COMMAND_REPEATED
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["evaluate"]
+    flags = {a.dest: a.option_strings for a in sub._actions}
+    for key in (*COMMAND_FLAGS, *COMMAND_REPEATED):
+        assert key in flags and f"--{key.replace('_', '-')}" in flags[key], key

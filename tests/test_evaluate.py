@@ -67,19 +67,19 @@ def test_resume_after_interruption_gives_the_same_numbers(model_and_data, tmp_pa
     full = evaluate_robustness(model, x, y, [0.03, 0.08], suite, **kwargs)
 
     calls = {"n": 0}
-    from advlab.attacks.base import Attack
-    original = Attack.__call__
+    from advlab.evaluate import robust
+    original = robust.run_attack  # the harness, which the evaluation calls once per batch
 
-    def interrupting(self, *a, **k):
+    def interrupting(*a, **k):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, *a, **k)
+        return original(*a, **k)
 
-    monkeypatch.setattr(Attack, "__call__", interrupting)
+    monkeypatch.setattr(robust, "run_attack", interrupting)
     with pytest.raises(KeyboardInterrupt):
         evaluate_robustness(model, x, y, [0.03, 0.08], suite, state_dir=tmp_path, **kwargs)
-    monkeypatch.setattr(Attack, "__call__", original)
+    monkeypatch.setattr(robust, "run_attack", original)
     resumed = evaluate_robustness(model, x, y, [0.03, 0.08], suite, state_dir=tmp_path, **kwargs)
     assert torch.equal(full.broken_by, resumed.broken_by)
     assert torch.equal(full.x_adv, resumed.x_adv)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from advlab.attacks import build_attack
 from advlab.cli import main
-from advlab.config import parse_eps_list, parse_key_values
+from advlab.parsing import parse_eps_list, parse_key_values
 from advlab.errors import AdvlabError
 from advlab.evaluate import load_suite_file
 

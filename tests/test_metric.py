@@ -173,9 +173,9 @@ def test_enforce_reverts_points_that_break_the_constraint():
     d = attack.embedding_distance(x, far)
     eps = d + 1e-5  # inside, with room for the absolute slack of 1e-6
     eps[::2] = d[::2] / 2  # these break the constraint: back to x
-    out = attack._enforce(x, far, eps, (0.0, 1.0))
+    out = attack.threat.enforce(x, far, eps, (0.0, 1.0))
     assert torch.equal(out[::2], x[::2]) and torch.equal(out[1::2], far[1::2])
-    assert torch.equal(attack._enforce(x, far, torch.zeros(6), (0.0, 1.0)), x)
+    assert torch.equal(attack.threat.enforce(x, far, torch.zeros(6), (0.0, 1.0)), x)
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from advlab.attacks import FGSM, PGD, Square
+from advlab.attacks import FGSM, PGD, Square, run_attack
 from advlab.evaluate import SuiteEntry, evaluate_robustness, get_suite
 from advlab.predict import predict_logits
 
@@ -120,9 +120,11 @@ def test_out_of_memory_halves_the_batch_and_says_so_once(capsys):
     # no random start: the chunks compute exactly what one batch would have
     assert result.robust_accuracy() == reference.robust_accuracy()
     assert torch.equal(result.x_adv, reference.x_adv)
-    # the attack keeps the size that fitted: a second call does not run out again
-    attack(small, x, y, [0.1], bounds=(0.0, 1.0))
+    # the attack is left as it was; a caller that goes on passes the size that fitted back to the harness
+    assert set(vars(attack)) == set(vars(PGD(steps=5, batch_size=96, random_start=False))) and attack.batch_size == 96
+    again = run_attack(attack, small, x, y, [0.1], bounds=(0.0, 1.0), fitted=result.info["batch_size_after_oom"])
     assert "out of device memory" not in capsys.readouterr().err
+    assert torch.equal(again.x_adv, result.x_adv) and again.info["batch_size_after_oom"] == 24
 
 
 def test_out_of_memory_in_an_evaluation_is_recorded(capsys):
@@ -155,7 +157,7 @@ def test_a_cpu_allocation_failure_is_not_mistaken_for_device_memory():
 def test_counting_wrappers_leave_the_models_mode_as_they_found_it(mode, recwarn):
     """The counters wrap the model in a new Module, which starts in train mode: restoring "its" mode
     after a prediction must not switch the user's model into train mode (dropout, batch norm)."""
-    from advlab.attacks.base import AdvlabWarning
+    from advlab.attacks import AdvlabWarning
     x, y = _data()
     net = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Linear(16, 4))
     getattr(net, mode)()

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..config import parse_number
+from ..parsing import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError
 from ..io import write_json
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from ..config import parse_eps_list
+from ..parsing import parse_eps_list
 from ..data import rows
 from ..errors import AdvlabError
 from ..io import save_tensors, write_json
@@ -86,7 +86,7 @@ def attack_run(subject, attack, *, eps: str | Sequence[float] | None = None,
     x = rows(x, progress)  # images read on demand are decoded now: an attack holds its n points
     budgets, per_class = resolve_budgets(y, data.num_classes, getattr(getattr(attack, "norm", None), "name", None),
                                          eps, eps_per_class)
-    log(f"{attack.name} ({getattr(attack, 'threat_name', None) or 'spatial'}) on {len(y)} {data.name} test points, "
+    log(f"{attack.name} ({attack.threat.name}) on {len(y)} {data.name} test points, "
         f"eps {describe_budgets(eps, eps_per_class)}")
     result = attack(subject.model, x, y, budgets, bounds=data.bounds, progress=progress)
     record = _record(subject, attack, result, per_class, embedding)

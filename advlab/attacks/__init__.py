@@ -1,7 +1,10 @@
 """Attacks: hyperparameter holders called as attack(model, x, y, eps=[...], bounds=...)."""
 
 from .apgd import APGD, APGDT
-from .base import Attack, AdvlabWarning, attack_mode, check_inputs, input_gradient
+from ..predict import attack_mode
+from .base import Attack
+from .engine import input_gradient
+from .harness import AdvlabWarning, check_inputs, run_attack
 from .cw import CW
 from .deepfool import DeepFool
 from .fooling import Fooling, fooling_images
@@ -17,4 +20,4 @@ from .transfer import TransferResult, transfer
 __all__ = ["APGD", "APGDT", "ATTACKS", "AdvlabWarning", "Attack", "AttackResult", "BIM", "CW", "DeepFool", "FGSM",
            "Fooling", "HighConfidence", "LOSSES", "MIFGSM", "PGD", "Spatial", "Square", "TransferResult",
            "attack_mode", "build_attack", "ce", "check_inputs", "dlr", "fooling_images", "input_gradient", "margin",
-           "transfer"]
+           "run_attack", "transfer"]

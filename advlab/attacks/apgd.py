@@ -44,9 +44,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..errors import AdvlabError
-from .base import Attack, input_gradient
+from .base import Attack
 from .budget import finite_eps
-from .engine import BestOfRuns, shrink_rows, sync_free_default
+from .engine import BestOfRuns, input_gradient, shrink_rows, sync_free_default
 from .give_up import check_give_up, hopeless
 from .losses import get_loss, margin
 
@@ -275,7 +275,7 @@ def run_apgd(attack: APGD, model, x, y, eps, loss_fn, loss_targets, goal_targets
     give_up = attack.give_up if early_stop else None
 
     for i in range(steps + 1):
-        hit = attack._goal_met(logits, r.y, r.goal_targets) & r.active
+        hit = attack.goal.met(logits, r.y, r.goal_targets) & r.active
         found[r.idx] = found[r.idx] | hit
         if early_stop:
             _retire(r, hit, out_x, out_score, shape)
@@ -376,7 +376,7 @@ def _checkpoint(attack, r: _Rows, hist, logits, interval: int, last_check: int, 
     r.step = torch.where(reduce, r.step / 2, r.step)
     # A point that meets the goal right now keeps its iterate: the check at the top of the
     # next step reads these logits, and with early stopping it returns this iterate.
-    back = reduce & ~attack._goal_met(logits, r.y, r.goal_targets) if early_stop else reduce
+    back = reduce & ~attack.goal.met(logits, r.y, r.goal_targets) if early_stop else reduce
     r.x = torch.where(back.view(shape), r.x_best, r.x)
     r.grad = torch.where(back.view(shape), r.grad_best, r.grad)
     if give_up is not None:

@@ -1,10 +1,11 @@
 """An attack's budgets: the epsilons it is given, and finite working budgets.
 
-The path of a budget: text ("0.05,8/255", from the command line or TOML) -> floats, checked once by
-`advlab.config.parse_eps_list` (the CLI's `--eps` type, `cli.types.eps_text`, runs that check at parse
-time and keeps the text for the records) -> `per_example_budgets`, which turns what a Python caller
-passes as `eps` (a number, a list of numbers, per-example tensors) into one (N,) tensor per epsilon,
-checked; `describe_eps` gives them back as the caller wrote them.
+The path of a budget: text ("0.05,8/255", from the command line or TOML) -> floats, validated by one
+function, `advlab.parsing.parse_eps_list` (the CLI's types `cli.types.eps_values` return them at parse
+time; `eps_text`, for `attack` and `evaluate`'s --eps, keeps the text for the records and the artifacts
+step turns it into floats) -> per-example tensors inside the harness: `per_example_budgets` turns what a
+Python caller passes as `eps` (a number, a list of numbers, per-example tensors) into one (N,) tensor per
+epsilon, checked; `describe_eps` gives them back as the caller wrote them.
 
 Finite working budgets for attacks whose step sizes or proposals scale with epsilon: APGD's first
 step is 2 * eps and Square writes +-eps into the input, so an infinite epsilon (the "unbounded

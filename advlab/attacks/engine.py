@@ -192,3 +192,13 @@ def shrink_rows(active: torch.Tensor, step: int, sync_free: bool) -> torch.Tenso
 
 def _take(keep, *tensors):
     return tuple(t[keep] if t is not None else None for t in tensors)
+
+
+def input_gradient(model, loss_fn, x: torch.Tensor, y: torch.Tensor, targets=None):
+    """(loss per example (N,), logits (N, K), d sum(loss) / dx) in one forward and backward pass."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits, y, targets)
+        grad = gradient_of_sum(loss, x)
+    return loss.detach(), logits.detach(), grad

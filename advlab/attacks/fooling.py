@@ -32,7 +32,8 @@ from .. import rng
 from ..errors import AdvlabError
 from ..predict import model_device, predict_logits
 from ..threat import Bounds, LpBall, Norm, clip_to_bounds, get_norm
-from .base import Attack, attack_mode
+from ..predict import attack_mode
+from .base import Attack
 from .engine import ascend
 from .goals import Rubbish
 from .result import AttackResult

@@ -12,7 +12,7 @@ from ..records import AttackRow
 
 @dataclass
 class BatchOutput:
-    """What the base class gets back from one batch (Attack._attack_batch), on the CPU: every budget at once."""
+    """What the harness gets back from one batch (harness._attack_batch), on the CPU: every budget at once."""
     x_adv: torch.Tensor                          # (E, n, ...)
     logits: torch.Tensor                         # (E, n, K)
     clean_logits: torch.Tensor                   # (n, K)

@@ -3,8 +3,8 @@
 
 The threat model is a transformation range, not an Lp ball: rotations within +/- max_rotation
 degrees, shifts within +/- max_shift pixels in x and y. An rotated image is far from the original
-in every Lp norm: the threat is `SpatialRange`, and Spatial replaces the base class's per-batch
-cascade with one grid search per batch that serves every budget (the sub-grids are nested).
+in every Lp norm: the threat is `SpatialRange`, and instead of the harness's per-batch cascade Spatial
+runs one grid search per batch that serves every budget (the sub-grids are nested).
 
     result = Spatial(max_rotation=30, max_shift=3)(model, x, y, eps=[0.5, 1.0], bounds=(0, 1))
 
@@ -46,6 +46,7 @@ class SpatialRange(Threat):
 class Spatial(Attack):
     name = "spatial"
     needs_gradients = False
+    searches_every_budget = True  # the sub-grids are nested: one grid search per batch serves every budget
 
     def __init__(self, *, max_rotation: float = 30.0, max_shift: float = 3.0, rotations: int = 31, shifts: int = 7,
                  loss="ce", fill: float | None = None, targeted: bool = False, batch_size: int | None = None, seed: int = 0):
@@ -95,7 +96,7 @@ class Spatial(Attack):
         raise AdvlabError("the spatial attack searches a grid of transformations for every budget at once; "
                           "call it: Spatial(...)(model, x, y, eps=[...])")
 
-    def _attack_batch(self, model, x, y, targets, budgets, order, bounds, key):
+    def _search_every_budget(self, model, x, y, targets, budgets, bounds):
         angle, shift, size = (t.to(x.device) for t in self.grid())
         x_adv, logits, clean, angles, shifts = self._batch(model, x, y, targets, budgets, angle, shift, size,
                                                            bounds, self._fill(bounds))

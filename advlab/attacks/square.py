@@ -92,7 +92,7 @@ class Square(Attack):
 
         def score(z, yy, tt):  # (N,) margin to minimise, and whether the goal is met
             logits = model(z.reshape(len(z), *shape[1:]))
-            return -margin(logits, yy, tt), self._goal_met(logits, yy, tt)
+            return -margin(logits, yy, tt), self.goal.met(logits, yy, tt)
 
         x4 = x.reshape(n, c, h, w)
         e4 = eps.view(-1, 1, 1, 1).to(x.dtype)

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 from .. import rundir
-from ..config import parse_eps_list, parse_key_values, parse_number
+from ..parsing import parse_key_values, parse_number
 from ..data import DATASET_NAMES, load_dataset
 from ..device import resolve_device
 from ..errors import AdvlabError
@@ -146,7 +146,7 @@ def run_distances(args: argparse.Namespace) -> int:
 def _perceptibility(sub) -> None:
     p = add_subcommand(sub, "perceptibility")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
-    p.add_argument("--eps", type=T.eps_text, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
+    p.add_argument("--eps", type=T.eps_values, default="0,0.05,0.1,0.2,0.3", help="Linf budgets in raw input units")
     p.add_argument("--pairs", default=None,
                    help="class pairs SOURCE:TARGET, comma-separated (default: 0:K/2, 1:K/2+1, 2:..., 3:...)")
     finish(p, run_perceptibility, "output directory (default runs/analyze/perceptibility-DATASET)",
@@ -158,7 +158,7 @@ def run_perceptibility(args: argparse.Namespace) -> int:
     from ..artifacts.analysis import perceptibility_run
     resolve_device(args.device)  # checked for uniformity; nothing here runs a model
     out = Path(args.out or f"runs/analyze/perceptibility-{args.dataset}")
-    record = perceptibility_run(args.dataset, out, eps=parse_eps_list(args.eps), pairs=_pairs(args.pairs),
+    record = perceptibility_run(args.dataset, out, eps=args.eps, pairs=_pairs(args.pairs),
                                 seed=args.seed, data_dir=args.data_dir)
     lines = [f"{args.dataset}: clip(x0 + eps * sign(x1)) for eps in {record['eps']}"]
     for r in record["pairs"]:
@@ -280,7 +280,7 @@ def run_theory(args: argparse.Namespace) -> int:
 # -- blobs --------------------------------------------------------------------------------------
 def _blobs(sub) -> None:
     p = add_subcommand(sub, "blobs")
-    p.add_argument("--eps", type=T.eps_text, default="0,0.2,0.5", help="Linf budgets")
+    p.add_argument("--eps", type=T.eps_values, default="0,0.2,0.5", help="Linf budgets")
     p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="blobs option (n, dim, separation, sigma, test_fraction, seed; seed defaults to --seed)")
     p.add_argument("--loss", choices=["ce", "margin"], default="ce", help="FGSM loss")
@@ -293,7 +293,7 @@ def run_blobs(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a missing GPU fails before any work
     kwargs = {"seed": args.seed, **parse_key_values(args.dataset_arg, "--dataset-arg")}
     out = Path(args.out or "runs/analyze/blobs")
-    record = blobs_picture(parse_eps_list(args.eps), dataset_kwargs=kwargs, loss=args.loss,
+    record = blobs_picture(args.eps, dataset_kwargs=kwargs, loss=args.loss,
                            weight_decay=args.weight_decay, out=out, device=device)
     m = record["model"]
     text = (f"logistic regression on blobs: w = [{', '.join(f'{v:.3f}' for v in m['w'][:4])}], b = {m['b']:.3f}, "
@@ -305,10 +305,6 @@ def run_blobs(args: argparse.Namespace) -> int:
 
 
 # -- embedding ----------------------------------------------------------------------------------
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    return None if text is None else parse_eps_list(text)
-
-
 def _embedding(sub) -> None:
     p = add_subcommand(sub, "embedding")
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
@@ -343,18 +339,17 @@ def _embedding(sub) -> None:
     g.add_argument("--n", type=T.positive_int, default=300, help="attack the first N test points")
     g.add_argument("--steps", type=T.positive_int, default=20, help="PGD steps (both threat models)")
     g.add_argument("--pixel-norm", default="linf", choices=["linf", "l2", "l1"])
-    g.add_argument("--pixel-eps", type=T.eps_text, default=None, help="pixel budgets (default: a grid for the norm)")
-    g.add_argument("--embedding-eps", type=T.eps_text, default=None,
+    g.add_argument("--pixel-eps", type=T.eps_values, default=None, help="pixel budgets (default: a grid for the norm)")
+    g.add_argument("--embedding-eps", type=T.eps_values, default=None,
                    help="embedding budgets (default: fractions of the mean between-class embedding distance)")
-    g.add_argument("--targets", type=T.eps_text, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
+    g.add_argument("--targets", type=T.rates, default="0.25,0.5,0.75", help="success rates at which to match the two attacks")
     finish(p, run_embedding, "output directory (default runs/analyze/embedding-DATASET)")
 
 
 def run_embedding(args: argparse.Namespace) -> int:
     from ..metric.analyze import analyze_embedding
     device = resolve_device(args.device)  # a missing GPU fails before any work
-    pixel_eps, embedding_eps = _floats(args.pixel_eps, "--pixel-eps"), _floats(args.embedding_eps, "--embedding-eps")
-    targets = parse_eps_list(args.targets)
+    pixel_eps, embedding_eps, targets = args.pixel_eps, args.embedding_eps, args.targets
     for flag, value in (("--epochs", args.epochs), ("--dim", args.dim), ("--k", args.k), ("--steps", args.steps),
                         ("--batch-size", args.batch_size), ("--classifier-epochs", args.classifier_epochs)):
         if value < 1:

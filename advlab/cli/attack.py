@@ -6,7 +6,7 @@ import argparse
 
 from ..attacks import ATTACKS, build_attack
 from ..attacks.registry import attack_parameters
-from ..config import parse_key_values, parse_number
+from ..parsing import parse_key_values, parse_number
 from ..errors import AdvlabError
 from .common import add_budget, add_points, add_precision, add_subcommand, emit, finish_subject, log, open_subject
 from . import types as T

@@ -190,7 +190,7 @@ def add_subject(parser: argparse.ArgumentParser) -> None:
 def open_subject(args: argparse.Namespace, device=None):
     """The Subject the --run/--model/--data/--device flags describe (advlab.subject); `device`, when
     given, is --device already resolved (under torchrun: this rank's)."""
-    from ..config import parse_key_values
+    from ..parsing import parse_key_values
     from ..subject import open_subject as _open
 
     classes, bounds = None, "auto"
@@ -214,7 +214,7 @@ def open_subject(args: argparse.Namespace, device=None):
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
-    from ..config import parse_number
+    from ..parsing import parse_number
     if text is None:
         return None
     values = [parse_number(t, flag) for t in text.split(",") if t.strip()]

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import parse_key_values
+    from ..parsing import parse_key_values
     from ..device import resolve_device
     from ..reproduce import reproduce, table
 

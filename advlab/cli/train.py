@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .. import distributed
-from ..config import parse_key_values, parse_number
+from ..parsing import parse_key_values, parse_number
 from ..data import DATASET_NAMES
 from ..defenses.registry import DEFENSES
 from ..defenses.run import train_run

@@ -2,7 +2,7 @@
 
 A bad value is refused while the command line is parsed, before any data is loaded, in one line that
 names the option (argparse prefixes "argument --batch-size: "). The checks are the library's own
-(`advlab.config.parse_number`, `parse_eps_list`), so a value means the same from the CLI and from a
+(`advlab.parsing.parse_number`, `parse_eps_list`), so a value means the same from the CLI and from a
 config file. `tests/test_cli_types.py` walks every parser and tries every typed option with junk.
 """
 
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import parse_eps_list, parse_number
+from ..parsing import parse_eps_list, parse_number
 from ..errors import AdvlabError
 
 
@@ -61,15 +61,29 @@ percentile = _bounded("percentile", _number, lambda v: 0 <= v <= 100, "a percent
                       "In [0, 100].")
 
 
-def eps_text(text: str) -> str:
-    """Comma-separated budgets >= 0 (0.05,0.1 or 8/255); kept as text for the records, checked now."""
+def eps_values(text: str) -> list[float]:
+    """Comma-separated budgets >= 0 (0.05,0.1 or 8/255) as floats, checked once, here."""
     try:
-        parse_eps_list(text, "budget")
+        return parse_eps_list(text, "budget")
     except AdvlabError as e:
         # "`budget` needs at least one epsilon, e.g. `budget=0.05,0.1`": argparse names the option itself
         raise argparse.ArgumentTypeError(str(e).replace("`budget`: ", "").replace("`budget` ", "")
                                          .replace("`budget=", "").replace("`", "")) from None
+
+
+def eps_text(text: str) -> str:
+    """Comma-separated budgets >= 0, checked now (`eps_values`) and kept as the user wrote them (8/255 stays
+    8/255 in the log, the recorded command and an export): `advlab attack` and `evaluate`'s --eps."""
+    eps_values(text)
     return text
+
+
+def rates(text: str) -> list[float]:
+    """Comma-separated rates in [0, 1] (success rates, say) as floats."""
+    values = [_number(t) for t in str(text).split(",") if t.strip()]
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated rates in [0, 1] such as 0.25,0.5, got {text!r}")
+    return values
 
 
 def _items(text: str, check: Callable[[str], Any], what: str) -> str:
@@ -167,7 +181,7 @@ def adaptations(text: str) -> str:
 
 
 VALIDATED = (positive_int, non_negative_int, positive_float, non_negative_float, probability, fraction,
-             percentile, eps_text, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
+             percentile, eps_values, eps_text, rates, number_list, radii, positive_int_list, non_negative_int_list, existing_file,
              existing_dir, existing_path, output_dir, output_file, device, preprocessing, adaptations)
 """Every type above: the parser walk in the tests checks each numeric or path option uses one."""
 

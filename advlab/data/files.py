@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..config import parse_number
+from ..parsing import parse_number
 from ..errors import AdvlabError, ConfigError, CorruptFileError, DataNotFoundError
 from ..io import load_tensors, read_metadata
 from .datasets import Dataset, lazy_dataset

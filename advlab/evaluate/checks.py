@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from .. import rng
 from ..attacks import FGSM, PGD, build_attack
-from ..attacks.base import attack_mode
+from ..predict import attack_mode
 from ..errors import AdvlabError
 from ..passes import PassCounter
 from ..predict import model_device

@@ -24,18 +24,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .. import rundir
+from ..attacks.base import Attack
+from ..attacks.result import BatchOutput
 from ..errors import AdvlabError
 from ..io import load_tensors, read_json, read_metadata, read_record, save_tensors, write_json
 from ..predict import model_device
 from ..progress import write
-from ..threat import Bounds, LpBall
+from ..threat import LpBall
 from .stats import clopper_pearson, per_class_accuracy
 from .suites import SuiteEntry
 
@@ -64,9 +66,9 @@ def _threat_of(record: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class RecordedEntry(SuiteEntry):
-    """One recorded file as a suite entry: built into a `RecordedExamples` 'attack'."""
+    """One recorded file as a suite entry: built into a `RecordedExamples`, an attack that proposes what the file holds."""
 
-    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":  # type: ignore[override]  # duck-types Attack
+    def build(self, norm: str, seed: int = 0) -> "RecordedExamples":
         return RecordedExamples(Path(self.options["path"]), norm)
 
 
@@ -121,27 +123,19 @@ class _Examples:
         return torch.where(ok, rows, torch.full_like(rows, -1))
 
 
-@dataclass
-class RecordedResult:
-    """What the evaluation reads from an attack's result: one budget."""
-
-    correct: list[torch.Tensor]
-    x_adv: list[torch.Tensor]
-    logits: list[torch.Tensor]
-    passes: dict[str, int] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)  # as AttackResult.info (nothing to report here)
-
-
-class RecordedExamples:
-    """The 'attack' of a recorded file: for each point, the file's examples that fit its budget and
-    fooled the model when recorded, projected into the ball and scored again; the first that still
-    fools the model breaks the point. Costs one forward pass per candidate, no gradients."""
+class RecordedExamples(Attack):
+    """A recorded file as a source of proposals, run by the harness like any attack: for each point and
+    budget, the file's examples that fit its ball and fooled the model when recorded, projected into the
+    ball and scored again; the first that still fools the model breaks the point (else it keeps its
+    clean input). Costs one forward pass per candidate, no gradients."""
 
     name = "recorded"
     needs_gradients = False
+    searches_every_budget = True  # every budget picks from the same recorded candidates
 
     def __init__(self, path: Path, norm: str):
-        self.path, self.threat = path, LpBall(norm)
+        super().__init__(norm)
+        self.path = path
         self._examples: _Examples | None = None
         self._unreadable = False
 
@@ -157,39 +151,44 @@ class RecordedExamples:
         return self._examples
 
     @torch.no_grad()
-    def __call__(self, model, x, y, eps, bounds: Bounds = None, **_) -> RecordedResult:
-        eps = torch.as_tensor(eps[0], dtype=torch.float32).expand(len(x)).cpu()
+    def _search_every_budget(self, model, x, y, targets, budgets, bounds) -> BatchOutput:
+        clean = model(x).float().cpu()
+        x, y = x.cpu(), y.cpu()
+        rows = self.examples.match(x, y) if self.examples is not None else torch.full((len(x),), -1)
+        found = [self._first_break(model, x, y, rows, e.cpu(), bounds) for e in budgets]
+        x_adv = torch.stack([xe for xe, _ in found])
+        logits = torch.stack([torch.where(hit[:, None], lg, clean) if lg is not None else clean
+                              for (_, (hit, lg)) in found])
+        distances = torch.stack([self.threat.distance(x, xe) for xe in x_adv])
+        return BatchOutput(x_adv, logits, clean, distances)
+
+    def _first_break(self, model, x, y, rows, eps, bounds):
+        """At budget eps (n,): the examples ((n, ...), the clean input where nothing breaks the point) and
+        (which rows broke, their logits or None)."""
         rec = self.examples
-        correct = torch.ones(len(x), dtype=torch.bool)
-        x_adv = x.detach().cpu().clone()
+        broken = torch.zeros(len(x), dtype=torch.bool)
+        x_adv = x.clone()
         logits: torch.Tensor | None = None
-        if rec is None:
-            return RecordedResult([correct], [x_adv], [torch.zeros(len(x), 1)])
-        rows = rec.match(x, y)
-        device = model_device(model)
-        for k in range(len(rec.x_adv)):  # every recorded budget: an example from a larger one may fit too
-            todo = (rows >= 0) & correct
+        for k in range(len(rec.x_adv) if rec is not None else 0):  # every recorded budget: a larger one's may fit
+            todo = (rows >= 0) & ~broken
             if not todo.any():
                 break
             i = todo.nonzero().flatten()
             j = rows[i]
             cand = rec.x_adv[k, j].to(x.dtype)
-            fits = rec.fooled[k, j] & within(self.threat.distance(x[i].cpu(), cand), eps[i])
+            fits = rec.fooled[k, j] & within(self.threat.distance(x[i], cand), eps[i])
             if not fits.any():
                 continue
             i, cand = i[fits], cand[fits]
-            cand = self.threat.enforce(x[i].cpu(), cand, eps[i], bounds)
-            out = model(cand.to(device)).float().cpu()
+            cand = self.threat.enforce(x[i], cand, eps[i], bounds)
+            out = model(cand.to(model_device(model))).float().cpu()
             if logits is None:
                 logits = torch.zeros(len(x), out.shape[1])
-            broken = out.argmax(1) != y.cpu()[i]
-            hit = i[broken]
-            correct[hit] = False
-            x_adv[hit] = cand[broken]
-            logits[hit] = out[broken]
-        if logits is None:
-            logits = torch.zeros(len(x), 1)
-        return RecordedResult([correct], [x_adv], [logits])
+            hit = self.goal.met(out, y[i], None)
+            broken[i[hit]] = True
+            x_adv[i[hit]] = cand[hit]
+            logits[i[hit]] = out[hit]
+        return x_adv, (broken, logits)
 
 
 # -- what an evaluation leaves for the next one and for the report --------------------------------------------

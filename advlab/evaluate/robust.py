@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import distributed, rng
-from ..attacks.base import Attack, attack_mode, check_inputs
+from ..attacks.base import Attack
+from ..attacks.harness import check_inputs, run_attack
 from ..attacks.budget import describe_eps, per_example_budgets
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
@@ -29,7 +30,7 @@ from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
 from ..precision import check_device, check_precision, with_precision
 from ..device import default_batch_size
-from ..predict import model_device, predict_logits
+from ..predict import attack_mode, model_device, predict_logits
 from ..progress import progress as progress_bar
 from ..progress import write
 from ..records import EvaluateRow
@@ -226,8 +227,9 @@ class _Cascade:
         idx = subset[rows]
         attack = self.attacks[a]
         t0, before = time.perf_counter(), self.counter.counts()
-        r = attack(self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds,
-                   seed=rng.derive_seed(self.seed, e, a, b))
+        # The harness at one budget; it starts from the batch size that fitted the device's memory before.
+        r = run_attack(attack, self.counter, self.x[idx], self.y[idx], [self.budgets[e][idx]], bounds=self.bounds,
+                       seed=rng.derive_seed(self.seed, e, a, b), fitted=state.oom.get(label))
         if r.info.get("batch_size_after_oom"):  # the attack ran out of device memory: the batch size that fitted
             state.oom[label] = r.info["batch_size_after_oom"]
         state.attack_seconds[label] = state.attack_seconds.get(label, 0.0) + time.perf_counter() - t0

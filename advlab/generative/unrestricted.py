@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from .. import rng
 from ..errors import AdvlabError
-from ..predict import model_device, predict_logits
+from ..predict import attack_mode, model_device, predict_logits
 from ..progress import progress as progress_bar
 from .acgan import ACGAN
 
@@ -190,19 +190,9 @@ class UnrestrictedAttack:
 
     def _batch(self, gan: ACGAN, model: nn.Module, source, target, z0, offset: int) -> dict[str, torch.Tensor]:
         g, aux = gan.generator, gan.aux_classifier()
-        modes = [(net, net.training) for net in (g, gan.discriminator, model)]
-        grads = [(p, p.requires_grad) for net in (g, gan.discriminator, model) for p in net.parameters()]
-        try:
-            for net, _ in modes:
-                net.eval()
-            for p, _ in grads:
-                p.requires_grad_(False)
+        with attack_mode(g, evaluation=True), attack_mode(gan.discriminator, evaluation=True), \
+                attack_mode(model, evaluation=True):
             return self._optimise(g, aux, model, source, target, z0, offset)
-        finally:
-            for net, was in modes:
-                net.train(was)
-            for p, was in grads:
-                p.requires_grad_(was)
 
     def _optimise(self, g, aux, model, source, target, z0, offset):
         """One batch on the generator's device; returns CPU tensors."""

@@ -16,7 +16,7 @@ it if it is feasible, or `bisection_steps` below it if not. The search only ever
 whose embedding distance it has computed, with a relative slack of `tolerance` and an absolute one
 of ATOL = 1e-6, so that recomputing the distance in another batch (other float rounding) still passes.
 
-Whatever the optimiser did, `_enforce` (called by the Attack base class on every returned example)
+Whatever the optimiser did, `EmbeddingBall.enforce` (called by the harness on every returned example)
 clips to the bounds and the pixel ball, recomputes the embedding distance and reverts every point
 that breaks the constraint to x. eps_e = 0 returns x itself.
 """
@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.base import Attack, attack_mode
+from ..attacks.base import Attack
+from ..predict import attack_mode
 from ..attacks.budget import box_diameter
 from ..attacks.goals import Misclassify
 from ..attacks.engine import restarted_ascent

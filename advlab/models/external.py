@@ -329,29 +329,15 @@ def _signature(fn: Callable[..., Any]) -> str:
 
 
 # -- checks ---------------------------------------------------------------------------------------
-@torch.no_grad()
 def check_classifier(model: nn.Module, x: torch.Tensor, num_classes: int, what: str) -> None:
     """The model takes a few of the data's inputs and returns logits for its classes; else a clear error."""
-    from ..predict import model_device
-    sample = x[:4].to(model_device(model))
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(sample)
-    except Exception as e:  # the user's code: any failure here is a mismatch of model and data
-        raise AdvlabError(f"{what} cannot take the data's inputs of shape {tuple(x.shape[1:])}: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(sample):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise AdvlabError(f"{what} must return logits of shape (N, K); it returned {shape} for {len(sample)} inputs")
+    from ..predict import looks_like_probabilities, model_output
+    out = model_output(model, x, what, rows=4)
     if out.shape[1] != num_classes:
         raise AdvlabError(f"{what} returns {out.shape[1]} logits per input but the data has {num_classes} classes; "
                           "check `model_args` (num_classes=...) or `classes`")
     if not torch.isfinite(out).all():
         raise AdvlabError(f"{what} returns NaN or inf on clean inputs; check the weights and `mean`/`std`")
-    if num_classes > 1 and (out >= 0).all() and (out <= 1).all() and \
-            torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-4):
+    if looks_like_probabilities(out):
         raise AdvlabError(f"{what} returns probabilities (non-negative, rows sum to 1), not logits: remove the final "
                           "softmax, since attacks and losses on probabilities give wrong (too robust) numbers")

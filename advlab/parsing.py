@@ -1,4 +1,4 @@
-"""Parsing numbers, epsilon lists and key=value options from the command line and TOML.
+"""Parsing text into values: numbers, epsilon lists and key=value options, from the command line and TOML.
 
 Fractions such as 8/255 are parsed exactly with `fractions.Fraction`, never `eval`ed.
 """
