@@ -127,7 +127,7 @@ class RecordedExamples(Attack):
     """A recorded file as a source of proposals, run by the harness like any attack: for each point and
     budget, the file's examples that fit its ball and fooled the model when recorded, projected into the
     ball and scored again; the first that still fools the model breaks the point (else it keeps its
-    clean input). Costs one forward pass per candidate, no gradients."""
+    clean input). Costs one forward pass per candidate (and the harness's clean pass per point), no gradients."""
 
     name = "recorded"
     needs_gradients = False
