@@ -46,7 +46,9 @@ def remaining(name, adaptation):
         from advlab.models.adaptive import adapt
         model = adapt(model, adaptation)
     x, y = load_dataset("fashion-mnist").test_subset(N)
-    gradient_stages = [e for e in get_suite("standard") if e.attack != "square"]
+    # APGD-CE and APGD-T as `standard` runs them; not its BPDA stage (the question is Square's after a break,
+    # where it works alone, as on a masked model without a layer to see through)
+    gradient_stages = [e for e in get_suite("standard") if e.label in ("apgd-ce", "apgd-t")]
     ev = evaluate_robustness(model, x, y, [EPS], gradient_stages, norm="linf", bounds=(0, 1), progress=False)
     idx = ev.robust[0].nonzero().flatten()
     return model, x[idx], y[idx], idx

@@ -115,9 +115,12 @@ def test_standard_suite_finds_the_exact_answer_and_spends_little_on_what_it_cann
 def test_suites_by_name_and_norm():
     fast, standard, aa = get_suite("fast"), get_suite("standard"), get_suite("autoattack")
     assert [e.attack for e in fast] == ["apgd-ce", "apgd-t"]
-    assert [e.attack for e in standard] == [e.attack for e in aa] == ["apgd-ce", "apgd-t", "square"]
+    assert [e.attack for e in aa] == ["apgd-ce", "apgd-t", "square"]
+    # standard: AutoAttack's attacks, and APGD-CE through BPDA where the model has a layer to see through
+    assert [e.attack for e in standard] == ["apgd-ce", "apgd-t", "apgd-ce", "square"]
+    assert [e.needs for e in standard] == [None, None, "preprocessing", None] and standard[2].options == {"bpda": True}
     assert aa[1].options == {} and aa[2].options == {"n_queries": 5000}  # AutoAttack's full budgets
-    assert standard[1].options["ranking"] == "linear" and standard[2].options["screen"] == 250
+    assert standard[1].options["ranking"] == "linear" and standard[3].options["screen"] == 250
     assert [e.attack for e in get_suite("fast", norm="l1")] == ["pgd"]
     with pytest.raises(ConfigError, match="linf and l2"):
         get_suite("autoattack", norm="l1")
@@ -268,3 +271,59 @@ def test_near_restarts_must_be_a_count():
         with pytest.raises(AdvlabError, match="near_restarts"):
             APGD(near_restarts=bad)
 
+
+
+def quantised_linear(n=200, d=30, seed=0):
+    """(model, x, y): a linear model behind 4-level input quantisation (zero gradient everywhere), labels =
+    its own predictions, inputs in [0, 1] away from the rounding thresholds (every point starts correct)."""
+    from advlab.models import Preprocessed, Quantize
+    g = torch.Generator().manual_seed(seed)
+    with seeded(seed):
+        inner = nn.Linear(d, 3).eval()
+    model = Preprocessed(inner, Quantize(4, bounds=(0.0, 1.0))).eval()
+    x = torch.randint(0, 4, (n, d), generator=g).float() / 3
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_bpda_stage_breaks_what_the_zero_gradient_hides_and_leaves_the_model_as_it_was():
+    from advlab.attacks import APGD
+    from advlab.models import Preprocessed
+    model, x, y = quantised_linear()
+    eps = 0.2  # past the rounding threshold (1/6 from each level): every input coordinate can move one level
+    naive = APGD("linf", steps=20)(model, x, y, [eps], bounds=(0, 1))
+    through = APGD("linf", steps=20, bpda=True)(model, x, y, [eps], bounds=(0, 1))
+    assert through.attack == "apgd-ce-bpda"
+    # The gradient is zero: the naive attack breaks only what its random start happens to (5 of 200 here);
+    # straight-through gradients find what the quantisation hides (196).
+    assert (~through.correct[0]).sum() >= 10 * max(int((~naive.correct[0]).sum()), 1)
+    with torch.no_grad():  # scored on the model itself (the harness), inside the ball
+        assert torch.equal(~through.correct[0], model(through.x_adv[0]).argmax(1) != y)
+    assert ((through.x_adv[0] - x).abs().amax(1) <= eps + 1e-6).all()
+    assert isinstance(model, Preprocessed) and not any(type(m).__name__ == "BPDA" for m in model.modules())
+    wrapped = nn.Sequential(model)  # in place inside a container, restored afterwards
+    APGD("linf", steps=5, bpda=True)(wrapped, x[:10], y[:10], [eps], bounds=(0, 1))
+    assert wrapped[0] is model
+    with pytest.raises(AdvlabError, match="preprocessing"):
+        APGD("linf", bpda=True)(nn.Linear(30, 3), x[:4], y[:4], [eps], bounds=(0, 1))
+
+
+def test_standard_runs_the_bpda_stage_only_where_the_model_has_a_layer_to_see_through():
+    model, x, y = quantised_linear(n=60)
+    ev = evaluate_robustness(model, x, y, [0.2], get_suite("standard"), bounds=(0, 1), progress=False)
+    assert "apgd-ce-bpda" in ev.attacks and ev.broken_by_attack()[0].get("apgd-ce-bpda", 0) >= 5
+    plain, xp, yp, _ = logistic(n=40)[0], *logistic(n=40)[1:]
+    ev = evaluate_robustness(plain, xp, yp, [0.1], get_suite("standard"), progress=False)
+    assert "apgd-ce-bpda" not in ev.attacks
+
+
+def test_suite_file_needs_preprocessing(tmp_path):
+    from advlab.evaluate.suites import load_suite_file
+    good = tmp_path / "s.toml"
+    good.write_text('[[attack]]\nname = "apgd-ce"\nbpda = true\nneeds = "preprocessing"\n')
+    assert load_suite_file(good)[0].needs == "preprocessing"
+    bad = tmp_path / "b.toml"
+    bad.write_text('[[attack]]\nname = "apgd-ce"\nneeds = "gpu"\n')
+    with pytest.raises(ConfigError, match="needs"):
+        load_suite_file(bad)

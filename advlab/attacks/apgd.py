@@ -31,6 +31,11 @@ panel's Gaussian-noise and L2 models one such point fell to 5 of 12 random start
 AutoAttack's 9 targets or FAB-T broke it where one start of advlab's had not (benchmarks/results/panel.md).
 Far points cost one forward pass each for the check.
 
+bpda=True searches through the BPDA twins of the model's `Preprocessed` layers (advlab.models.adaptive:
+the same forward values, a backward through the preprocessing's approximation, straight-through by
+default), swapped in for the search only; the examples are scored on the model as given. The `standard`
+suite adds such a stage ("apgd-ce-bpda") when the model has a preprocessing layer to see through.
+
 APGD-T is an untargeted attack (it wins when the label changes) that runs the targeted DLR loss
 against each of the n_target_classes most likely wrong classes of the clean input in turn, each
 run only on the points the earlier runs did not break. Points leave the batch as soon as they are
@@ -44,6 +49,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..errors import AdvlabError
+from ..models.adaptive import bpda_gradients
 from .base import Attack
 from .budget import finite_eps
 from .engine import BestOfRuns, input_gradient, shrink_rows, sync_free_default
@@ -58,8 +64,8 @@ class APGD(Attack):
     needs_finite_eps = True
 
     def __init__(self, norm="linf", *, steps: int = 100, restarts: int = 1, loss="ce", rho: float = 0.75,
-                 momentum: float = 0.75, give_up: float | None = None, near_restarts: int = 0, targeted: bool = False,
-                 batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
+                 momentum: float = 0.75, give_up: float | None = None, near_restarts: int = 0, bpda: bool = False,
+                 targeted: bool = False, batch_size: int | None = None, seed: int = 0, sync_free: bool | None = None):
         super().__init__(norm, targeted=targeted, batch_size=batch_size, seed=seed)
         self.sync_free = sync_free  # None: masks instead of a shrinking batch on accelerators (engine.py)
         if self.norm.name not in ("linf", "l2"):
@@ -73,12 +79,23 @@ class APGD(Attack):
             raise AdvlabError(f"near_restarts is a number of extra runs >= 0, got {near_restarts!r}")
         self.steps, self.restarts, self.rho, self.momentum, self.give_up = steps, restarts, rho, momentum, give_up
         self.near_restarts = near_restarts
+        if not isinstance(bpda, bool):
+            raise AdvlabError(f"bpda is True or False, got {bpda!r}")
+        self.bpda = bpda
         self.loss = loss
         self._loss_fn = get_loss(loss)
         if isinstance(loss, str):
             self.name = f"apgd-{loss}"
+        if bpda:
+            self.name = f"{self.name}-bpda"
 
     def _perturb(self, model, x, y, eps, targets, bounds, generator, early_stop):
+        if self.bpda:  # search with the BPDA twins; the harness scores the examples on `model` itself
+            with bpda_gradients(model) as twin:
+                return self._search(twin, x, y, eps, targets, bounds, generator, early_stop)
+        return self._search(model, x, y, eps, targets, bounds, generator, early_stop)
+
+    def _search(self, model, x, y, eps, targets, bounds, generator, early_stop):
         eps = finite_eps(eps, x, self.norm, bounds, self.name)
         runs = BestOfRuns(x)
         for _ in range(self.restarts):

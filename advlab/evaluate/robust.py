@@ -130,6 +130,9 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     check_inputs(x, y, bounds)
     if not suite:
         raise AdvlabError("the attack suite is empty")
+    suite = [entry for entry in suite if entry.applies_to(model)]  # e.g. a BPDA stage only where BPDA applies
+    if not suite:
+        raise AdvlabError("no stage of the suite applies to this model (each needs a preprocessing layer)")
     batch_size = _check_batch_size(batch_size, model)
     budgets = per_example_budgets(eps, len(x))
     eps_values = describe_eps(eps)

@@ -18,11 +18,17 @@ model given is not changed) that every gradient attack, and so every evaluation 
 
 `adapt(model, "bpda,rescale")` applies several, in the order given. What each costs: BPDA and
 rescale none (one pass per row, as before); EOT S passes per row.
+
+`bpda_gradients(model)` is BPDA for the length of a `with` block, in place: an attack searches with
+the BPDA twins (APGD(bpda=True), the `standard` suite's BPDA stage) while the model it was given, and
+every wrapper around it (pass counters, padding), stays the one that scores the examples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Sequence
 
 import torch
@@ -87,12 +93,41 @@ def has_preprocessing(model: nn.Module) -> bool:
     return any(isinstance(m, Preprocessed) for m in model.modules())
 
 
+@contextlib.contextmanager
+def bpda_gradients(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every Preprocessed layer of `model` is its BPDA twin (same forward values, a backward
+    through the preprocessing's approximation); yields the model to call (the twin itself when `model` is a
+    Preprocessed). Restored afterwards, even on an error. Refuses a model with nothing to see through."""
+    if isinstance(model, Preprocessed):  # no parent to swap it in: the twin is the model to call
+        if not has_preprocessing(model.model):
+            yield _twin(model)
+            return
+        with bpda_gradients(model.model) as inner:
+            yield BPDA(inner, model.preprocess, getattr(model.preprocess, "backward_approximation", None))
+        return
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, Preprocessed)]
+    if not swaps:
+        raise AdvlabError("bpda found no preprocessing layer to see through: wrap the non-differentiable step "
+                          "in advlab.models.Preprocessed(model, preprocess), or use a black-box attack (square)")
+    try:
+        for parent, name, child in swaps:  # collected first: the twins share the inner models, nested ones too
+            parent._modules[name] = _twin(child)
+        yield model
+    finally:
+        for parent, name, child in reversed(swaps):
+            parent._modules[name] = child
+
+
+def _twin(layer: Preprocessed) -> BPDA:
+    return BPDA(layer.model, layer.preprocess, getattr(layer.preprocess, "backward_approximation", None))
+
+
 def _bpda(module: nn.Module) -> tuple[nn.Module, bool]:
     """A copy of the module tree with every Preprocessed replaced by its BPDA twin; (tree, any replaced)."""
     if isinstance(module, Preprocessed):
         inner, _ = _bpda(module.model)
-        approximation = getattr(module.preprocess, "backward_approximation", None)
-        return BPDA(inner, module.preprocess, approximation), True
+        return BPDA(inner, module.preprocess, getattr(module.preprocess, "backward_approximation", None)), True
     found, children = False, {}
     for name, child in module.named_children():
         new, hit = _bpda(child)
