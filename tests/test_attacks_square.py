@@ -168,3 +168,34 @@ def test_with_a_screen_a_break_turns_give_up_off_every_point_gets_the_full_budge
     attack.perturb(Counted("beside a break"), x[idx], flipped[idx], eps, early_stop=True)
     assert rows["unreachable"] < 0.5 * 20 * 400, rows
     assert rows["beside a break"] >= 20 * 399, rows
+
+
+def test_with_a_screen_the_points_it_stopped_come_back_after_a_later_break():
+    """A break after the screen (the sign of misleading gradients) brings back the points the screen stopped,
+    for the queries left. Here a wrapper makes one point breakable only after 100 calls, long after the screen
+    (50 queries) has stopped the far, unbreakable points."""
+    model, x, y, z = logistic(n=300)
+    dist = hyperplane_distance(model, z, 1)
+    eps = dist.median().item() / 2
+    far = (dist > 3 * eps).nonzero().flatten()[:20]  # their margin cannot halve: stopped at the screen
+    late = ((dist > 1.05 * eps) & (dist < 1.2 * eps)).nonzero().flatten()[:1]  # its margin falls most of the way
+    assert len(far) == 20 and len(late) == 1
+    idx = torch.cat([late, far])
+    rows, calls = {"n": 0}, {"n": 0}
+
+    class LateBreak(nn.Module):  # after 100 calls, anything in the late point's ball is classified wrong
+        def forward(self, v):
+            calls["n"] += 1
+            rows["n"] += len(v)
+            out = model(v)
+            if calls["n"] > 100:
+                near = (v - x[late]).abs().amax(1) <= eps + 1e-6
+                out = torch.where(near[:, None], out.flip(1), out)
+            return out
+
+    budget, screen = 400, 50
+    out = Square("linf", n_queries=budget, screen=screen).perturb(LateBreak(), x[idx], y[idx], eps, early_stop=True)
+    with torch.no_grad():
+        assert model(out[:1]).argmax(1) == y[late]  # broken only through the wrapper (found after call 100)
+    # The far points: `screen` queries, then (after the break near call 100) about budget - 100 more each.
+    assert rows["n"] > 20 * (screen + budget - 120), rows

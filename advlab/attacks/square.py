@@ -20,8 +20,10 @@ what it costs in points found (benchmarks/give_up.py measures it with side-by-si
 screen=s (off by default; the `standard` suite uses 250) makes it the cheap black-box stage that
 escalates only where it has to: after s queries, if the run has broken no point yet, only the points
 whose margin has at least halved since the start keep querying (they are getting close to the
-boundary); once any point has been broken, every point gets the full budget (give_up stops dropping
-points too: on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
+boundary); once any point has been broken, every point gets the full budget: the points the screen
+or give_up had stopped come back for the queries left, and give_up stops dropping points (on the panel's
+BPDA-adapted thresholded model Square broke its first point after the screen had stopped three that it
+breaks later; and on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
 after about 4,000 queries). In an evaluation Square runs on what the gradient attacks left, so a break
 there is the sign of misleading gradients; on a model whose gradients work, most points stop after s queries.
 
@@ -108,14 +110,18 @@ class Square(Attack):
         checkpoints = self.checkpoints() if early_stop and self.give_up is not None else set()
         last_q, last_margin = 0, best_margin.clone()
         start_margin, broke = best_margin.clone(), hit.clone()
+        dropped = torch.zeros(n, dtype=torch.bool, device=x.device)  # stopped by the screen or give_up, unbroken
         for q in range(1, self.n_queries):
             if early_stop and q == self.screen and not bool(broke.any()):
                 # Nothing broken so far: only points whose margin has fallen to SCREEN_SHARE of its start go on.
-                active &= best_margin <= SCREEN_SHARE * start_margin
+                keep = best_margin <= SCREEN_SHARE * start_margin
+                dropped |= active & ~keep
+                active &= keep
             if q in checkpoints and not (self.screen is not None and bool(broke.any())):
                 # With a screen, a break is the sign of misleading gradients: give_up stops too (the full budget).
                 stalled = hopeless(best_margin[idx], last_margin[idx], q - last_q, self.n_queries - q, self.give_up)
                 active[idx[stalled]] = False
+                dropped[idx[stalled]] = True
                 last_q, last_margin = q, best_margin.clone()
             idx = idx[active[idx]] if early_stop else idx
             if len(idx) == 0:
@@ -134,6 +140,11 @@ class Square(Attack):
             if early_stop:
                 active[idx[hit & better]] = False
                 broke[idx[hit & better]] = True
+                if self.screen is not None and bool((hit & better).any()) and bool(dropped.any()):
+                    # The first break under a screen: the points it or give_up stopped come back for the queries left.
+                    active |= dropped
+                    dropped.zero_()
+                    idx = active.nonzero().flatten()
         return best.reshape(shape)
 
 
