@@ -327,3 +327,11 @@ def test_suite_file_needs_preprocessing(tmp_path):
     bad.write_text('[[attack]]\nname = "apgd-ce"\nneeds = "gpu"\n')
     with pytest.raises(ConfigError, match="needs"):
         load_suite_file(bad)
+
+
+def test_a_suite_with_no_stage_for_the_model_is_refused():
+    from advlab.evaluate.suites import SuiteEntry
+    plain, x, y, _ = logistic(n=10)
+    only_bpda = [SuiteEntry("apgd-ce-bpda", "apgd-ce", {"bpda": True}, needs="preprocessing")]
+    with pytest.raises(AdvlabError, match="no stage of the suite applies"):
+        evaluate_robustness(plain, x, y, [0.1], only_bpda, progress=False)
