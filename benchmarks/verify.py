@@ -5,6 +5,7 @@ PGD-20, advlab's `fast` and `standard` suites and AutoAttack, and the breakable 
     benchmarks/.env-peers/bin/python benchmarks/verify.py         (adds AutoAttack: pyautoattack, `make bench` env)
     python benchmarks/verify.py --only digits-mlp --n 40 --timeout 5        (a quick look)
     python benchmarks/verify.py --strategies                      (branch and bound against the MILP)
+    python benchmarks/verify.py --only demo-cnn,demo-cnn-pgd --batch-size 4    (the CNNs: alpha-CROWN's memory)
     (appends a dated section to benchmarks/results/verify.md)
 
 Models (trained once, cached in benchmarks/.cache; Linf, first N test images, seed 0):
@@ -84,7 +85,7 @@ def autoattack_robust(model, x, y, eps):
         return model(x_adv).argmax(1) == y
 
 
-def one_row(name, model, data, eps, n, timeout, log):
+def one_row(name, model, data, eps, n, timeout, log, batch_size=None):
     from advlab.attacks import PGD
     from advlab.certify import certify_crown, certify_ibp, verify_exact
     from advlab.evaluate import evaluate_robustness, get_suite
@@ -99,11 +100,13 @@ def one_row(name, model, data, eps, n, timeout, log):
         if method == "ibp":
             c, s = timed(lambda: certify_ibp(model, x, y, eps, bounds=bounds, progress=False))
         else:
-            c, s = timed(lambda: certify_crown(model, x, y, eps, bounds=bounds, method=method, progress=False))
+            c, s = timed(lambda: certify_crown(model, x, y, eps, bounds=bounds, method=method, progress=False,
+                                               **({"batch_size": batch_size} if batch_size else {})))
         cert[method] = c.certified(eps)
         row[method], row[f"{method} s/pt"] = c.accuracy_at(eps), s / len(y)
         log(f"  {name} eps {eps:g}: {method} {row[method]:.3f} ({s / len(y):.2f} s/pt)")
-    ex, s = timed(lambda: verify_exact(model, x, y, eps, bounds=bounds, timeout=timeout, progress=False))
+    ex, s = timed(lambda: verify_exact(model, x, y, eps, bounds=bounds, timeout=timeout, progress=False,
+                                       **({"batch_size": batch_size} if batch_size else {})))
     status = ex.status
     verified = torch.tensor([st == "verified" for st in status])
     falsified = torch.tensor([st == "falsified" for st in status])
@@ -183,6 +186,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="test images per model (default: its own, 30 to 100)")
     parser.add_argument("--timeout", type=float, default=10.0, help="exact verification: seconds per point")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="points per CROWN and exact-verification batch (default: theirs, 64 and 32; alpha-CROWN on "
+                             "a CNN needs about 4: docs/certify.md)")
     parser.add_argument("--strategies", action="store_true", help="only compare branch and bound with the MILP")
     parser.add_argument("--strategy-n", type=int, default=60)
     args = parser.parse_args()
@@ -217,7 +223,7 @@ def main() -> None:
                 model = scaled_logits(model, 1000.0)
             model.eval()
             for eps in eps_list:
-                rows.append(one_row(name, model, data, eps, args.n or n, args.timeout, log))
+                rows.append(one_row(name, model, data, eps, args.n or n, args.timeout, log, args.batch_size))
                 print(tables(rows), flush=True)
                 save([tables(rows)], False)
         save([tables(rows)], True)
