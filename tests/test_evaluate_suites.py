@@ -335,3 +335,43 @@ def test_a_suite_with_no_stage_for_the_model_is_refused():
     only_bpda = [SuiteEntry("apgd-ce-bpda", "apgd-ce", {"bpda": True}, needs="preprocessing")]
     with pytest.raises(AdvlabError, match="no stage of the suite applies"):
         evaluate_robustness(plain, x, y, [0.1], only_bpda, progress=False)
+
+
+def test_bpda_sees_through_nested_preprocessing_inside_wrappers():
+    """Preprocessed(Preprocessed(net, a), b) inside a pass counter: both layers' twins, innermost first, so the
+    gradient is the straight-through one (not zero), and the model is the same afterwards."""
+    from advlab.models import Preprocessed, Quantize
+    from advlab.models.adaptive import bpda_gradients
+    model, x, y = quantised_linear(n=50)
+    nested = Preprocessed(Preprocessed(model.model, Quantize(4, bounds=(0.0, 1.0))), Quantize(4, bounds=(0.0, 1.0)))
+    counted = PassCounter(nested)
+    row = x[:5].clone().requires_grad_(True)
+    with bpda_gradients(counted) as twin:
+        grad, = torch.autograd.grad(twin(row).sum(), row)
+    assert grad.abs().sum() > 0
+    assert counted.model is nested and isinstance(nested.model, Preprocessed)  # restored, both levels
+    with torch.no_grad():  # quantising twice is quantising once: the same model
+        assert torch.equal(nested(x[:5]), model(x[:5]))
+    assert counted.backward_rows >= 5  # the search's passes go through the counter
+
+
+def test_bpda_stage_left_out_where_the_straight_through_gradient_cannot_flow():
+    """A preprocessing layer that changes the input's shape, without a backward_approximation: the identity
+    backward cannot run, so the stage that needs it is left out instead of failing halfway."""
+    from advlab.evaluate.suites import SuiteEntry
+    from advlab.models import Preprocessed
+    with seeded(0):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    model = Preprocessed(net, nn.AvgPool2d(2)).eval()
+    x = torch.rand(12, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    suite = [SuiteEntry("apgd-ce", "apgd-ce", {"steps": 5}),
+             SuiteEntry("apgd-ce-bpda", "apgd-ce", {"steps": 5, "bpda": True}, needs="preprocessing")]
+    ev = evaluate_robustness(model, x, y, [0.1], suite, bounds=(0, 1), progress=False)
+    assert ev.attacks == ["apgd-ce"]
+    # Without `needs`, a BPDA stage on a model it cannot run on is refused before any work.
+    plain, xp, yp, _ = logistic(n=10)
+    with pytest.raises(AdvlabError, match="searches through BPDA"):
+        evaluate_robustness(plain, xp, yp, [0.1], [suite[0], SuiteEntry("b", "apgd-ce", {"bpda": True})],
+                            progress=False)

@@ -76,13 +76,13 @@ def evaluate_run(subject, *, eps: str | Sequence[float] | None = None, eps_per_c
     entries = get_suite(suite, suite_file, norm=norm)
     adaptations = parse_adaptations(adaptive)
     model = adapt(subject.model, adaptations, seed=seed) if adaptations else subject.model
-    entries = [e for e in entries if e.applies_to(model)]  # what evaluate_robustness will run (e.g. no BPDA stage)
-    if not entries:
-        raise AdvlabError(f"no stage of the suite {suite!r} applies to this model: each needs a preprocessing layer "
-                          "(advlab.models.Preprocessed) that BPDA can see through")
     method = check_certify(subject, norm, certify, sigma, timeout)
     data = subject.data
     x, y = data.test_subset(n)
+    entries = [e for e in entries if e.applies_to(model, x)]  # what evaluate_robustness will run (e.g. no BPDA stage)
+    if not entries:
+        raise AdvlabError(f"no stage of the suite {suite!r} applies to this model: each needs a preprocessing layer "
+                          "(advlab.models.Preprocessed) that BPDA can see through")
     budgets, per_class = resolve_budgets(y, data.num_classes, norm, eps, eps_per_class)
     out = Path(out) if out is not None else rundir.eval_dir(subject.run_dir, "-".join([suite, *adaptations]), norm)
     state = out / rundir.STATE_FILE

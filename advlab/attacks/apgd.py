@@ -29,7 +29,8 @@ unbroken within NEAR_SHARE (5%) of the boundary, measured against its clean marg
 from fresh random starts, until one breaks it. Such a point is a coin flip, not a robust one: on the
 panel's Gaussian-noise and L2 models one such point fell to 5 of 12 random starts of APGD-CE and
 AutoAttack's 9 targets or FAB-T broke it where one start of advlab's had not (benchmarks/results/panel.md).
-Far points cost one forward pass each for the check.
+Every unbroken point costs two forward passes for the check (its clean and its best point). Only with
+early stopping (as in evaluations): `perturb` without it runs every point the same.
 
 bpda=True searches through the BPDA twins of the model's `Preprocessed` layers (advlab.models.adaptive:
 the same forward values, a backward through the preprocessing's approximation, straight-through by

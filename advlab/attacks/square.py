@@ -11,7 +11,7 @@ rescaled to n_queries). Each example draws its own window and signs from the see
 only points that are still robust are queried (with early_stop), so each costs at most n_queries
 forward passes.
 
-give_up=h (off by default; the `standard` evaluation suite uses 5) stops querying a point at 5, 10,
+give_up=h (off by default; the `standard` evaluation suite uses 1) stops querying a point at 5, 10,
 20, 40, 60 or 80% of the budget when even h times its progress since the last of those checkpoints
 would not bring its margin to zero with the queries left. On a robust model most points plateau
 far from the boundary and h=5 saves more than half of the queries; benchmarks/results/evaluate.md has
@@ -22,8 +22,8 @@ escalates only where it has to: after s queries, if the run has broken no point 
 whose margin has at least halved since the start keep querying (they are getting close to the
 boundary); once any point has been broken, every point gets the full budget: the points the screen
 or give_up had stopped come back for the queries left, and give_up stops dropping points (on the panel's
-BPDA-adapted thresholded model Square broke its first point after the screen had stopped three that it
-breaks later; and on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
+thresholded model, after the `standard` suite's BPDA stage, Square broke its first point after the screen had
+stopped three that it breaks once they come back; and on the panel's quantised model give_up dropped a slow point that AutoAttack's Square broke
 after about 4,000 queries). In an evaluation Square runs on what the gradient attacks left, so a break
 there is the sign of misleading gradients; on a model whose gradients work, most points stop after s queries.
 

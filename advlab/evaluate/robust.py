@@ -26,6 +26,7 @@ from ..attacks.budget import describe_eps, per_example_budgets
 from ..attacks.cascade import eps_order, still_broken
 from ..errors import AdvlabError
 from ..io import load_tensors, read_metadata, save_tensors
+from ..models.adaptive import sees_through
 from ..heap import release_freed_memory
 from ..passes import PassCounter, add_counts
 from ..precision import check_device, check_precision, with_precision
@@ -130,9 +131,15 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     check_inputs(x, y, bounds)
     if not suite:
         raise AdvlabError("the attack suite is empty")
-    suite = [entry for entry in suite if entry.applies_to(model)]  # e.g. a BPDA stage only where BPDA applies
+    suite = [entry for entry in suite if entry.applies_to(model, x)]  # e.g. a BPDA stage only where BPDA applies
     if not suite:
-        raise AdvlabError("no stage of the suite applies to this model (each needs a preprocessing layer)")
+        raise AdvlabError("no stage of the suite applies to this model (each needs a preprocessing layer that "
+                          "BPDA can see through)")
+    for entry in suite:  # an attack asked for BPDA without `needs`: refused now, not after the stages before it
+        if entry.options.get("bpda") and not sees_through(model, x):
+            raise AdvlabError(f"stage {entry.label!r} searches through BPDA, but this model has no preprocessing "
+                              "layer BPDA can see through (advlab.models.Preprocessed, shape-preserving or with a "
+                              "backward_approximation); give it needs = \"preprocessing\" or leave it out")
     batch_size = _check_batch_size(batch_size, model)
     budgets = per_example_budgets(eps, len(x))
     eps_values = describe_eps(eps)

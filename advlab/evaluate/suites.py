@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..attacks import build_attack
 from ..attacks.base import Attack
 from ..errors import ConfigError
-from ..models.adaptive import has_preprocessing
+from ..models.adaptive import sees_through
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,8 +40,9 @@ class SuiteEntry:
     def build(self, norm: str, seed: int = 0) -> Attack:
         return build_attack(self.attack, norm=norm, seed=seed, **self.options)
 
-    def applies_to(self, model: nn.Module) -> bool:
-        return self.needs is None or has_preprocessing(model)
+    def applies_to(self, model: nn.Module, x: torch.Tensor) -> bool:
+        """Whether the stage runs on this model (inputs like x): always, unless it needs what BPDA sees through."""
+        return self.needs is None or sees_through(model, x)
 
 
 SUITES: dict[str, list[SuiteEntry]] = {
@@ -63,12 +65,12 @@ SUITES: dict[str, list[SuiteEntry]] = {
     #   could not reach the boundary in the steps left (give_up, A3's discarding);
     # - Square, the black-box stage that catches masked gradients, escalates only where it has to:
     #   after 250 queries, unless Square has broken a point the gradient attacks missed, only points whose
-    #   margin, falling at its pace per doubling of the queries so far, would reach zero in the doublings
-    #   left go on (screen=250); after a break every point gets all 5000 queries, give_up off; until then a
-    #   point stops once its margin, falling at its recent rate, could not reach zero in the queries left
-    #   (give_up=1 at 5, 10, 20, 40, 60 and 80% of the budget). On the panel Square broke nothing after the
-    #   gradient attacks on the ordinary models, and on the quantised model (Square alone) it broke its first
-    #   points within 100 queries (benchmarks/results/panel.md, square_screen.md).
+    #   margin has halved go on (screen=250); until then a point also stops once its margin, falling at its
+    #   recent rate, could not reach zero in the queries left (give_up=1 at 5, 10, 20, 40, 60 and 80% of the
+    #   budget); after a break the points the screen or give_up stopped come back and every point gets all
+    #   5000 queries. On the panel Square broke nothing after the gradient attacks on the ordinary models, and
+    #   on the quantised model (Square alone) it broke its first points within 100 queries
+    #   (benchmarks/results/panel.md, square_screen.md).
     # - on a model with a preprocessing layer (advlab.models.Preprocessed: quantisation, JPEG-like rounding, a
     #   threshold), APGD-CE again through its BPDA twin (straight-through gradients; examples scored on the model):
     #   such a layer usually zeroes the gradient, and the model says where it is, so the evaluation uses it

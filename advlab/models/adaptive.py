@@ -111,12 +111,31 @@ def bpda_gradients(model: nn.Module) -> Iterator[nn.Module]:
         raise AdvlabError("bpda found no preprocessing layer to see through: wrap the non-differentiable step "
                           "in advlab.models.Preprocessed(model, preprocess), or use a black-box attack (square)")
     try:
-        for parent, name, child in swaps:  # collected first: the twins share the inner models, nested ones too
+        # Innermost first (swaps are in pre-order): the twin of Preprocessed(Preprocessed(net, a), b) must wrap
+        # the inner layer's twin, not the inner layer.
+        for parent, name, child in reversed(swaps):
             parent._modules[name] = _twin(child)
         yield model
     finally:
-        for parent, name, child in reversed(swaps):
+        for parent, name, child in swaps:
             parent._modules[name] = child
+
+
+def sees_through(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether BPDA can run on this model and input: a Preprocessed layer, and an input gradient through its
+    twins for one row (the straight-through backward needs a preprocessing that keeps the input's shape,
+    unless it defines `backward_approximation`)."""
+    if not has_preprocessing(model):
+        return False
+    first = x[:1] if isinstance(x, torch.Tensor) else x[:1].load()  # a lazy image folder: decode one row
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), first.device)
+    row = first.detach().to(device).requires_grad_(True)
+    try:
+        with bpda_gradients(model) as twin, torch.enable_grad():
+            torch.autograd.grad(twin(row).sum(), row)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _twin(layer: Preprocessed) -> BPDA:
