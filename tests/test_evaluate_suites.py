@@ -305,8 +305,12 @@ def test_bpda_stage_breaks_what_the_zero_gradient_hides_and_leaves_the_model_as_
     wrapped = nn.Sequential(model)  # in place inside a container, restored afterwards
     APGD("linf", steps=5, bpda=True)(wrapped, x[:10], y[:10], [eps], bounds=(0, 1))
     assert wrapped[0] is model
+    with seeded(0):
+        plain = nn.Linear(30, 3)
+    with torch.no_grad():
+        own = plain(x[:4]).argmax(1)  # its own predictions: every point is attacked, none is wrong already
     with pytest.raises(AdvlabError, match="preprocessing"):
-        APGD("linf", bpda=True)(nn.Linear(30, 3), x[:4], y[:4], [eps], bounds=(0, 1))
+        APGD("linf", bpda=True)(plain, x[:4], own, [eps], bounds=(0, 1))
 
 
 def test_standard_runs_the_bpda_stage_only_where_the_model_has_a_layer_to_see_through():
