@@ -372,7 +372,8 @@ def test_bpda_stage_left_out_where_the_straight_through_gradient_cannot_flow():
         y = model(x).argmax(1)
     suite = [SuiteEntry("apgd-ce", "apgd-ce", {"steps": 5}),
              SuiteEntry("apgd-ce-bpda", "apgd-ce", {"steps": 5, "bpda": True}, needs="preprocessing")]
-    ev = evaluate_robustness(model, x, y, [0.1], suite, bounds=(0, 1), progress=False)
+    with pytest.warns(UserWarning, match="BPDA cannot see through"):
+        ev = evaluate_robustness(model, x, y, [0.1], suite, bounds=(0, 1), progress=False)
     assert ev.attacks == ["apgd-ce"]
     # Without `needs`, a BPDA stage on a model it cannot run on is refused before any work.
     plain, xp, yp, _ = logistic(n=10)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterator
 from typing import Sequence
 
@@ -133,7 +134,10 @@ def sees_through(model: nn.Module, x: torch.Tensor) -> bool:
     try:
         with bpda_gradients(model) as twin, torch.enable_grad():
             torch.autograd.grad(twin(row).sum(), row)
-    except RuntimeError:
+    except RuntimeError as e:
+        warnings.warn(f"BPDA cannot see through this model's preprocessing ({str(e).splitlines()[0]}); stages that "
+                      "need it are left out. A preprocessing layer that changes the input's shape needs a "
+                      "`backward_approximation`", UserWarning, stacklevel=3)
         return False
     return True
 
