@@ -63,6 +63,10 @@ SUITES: dict[str, list[SuiteEntry]] = {
     #   the 9 largest logits: on the FGSM-RS Fashion-MNIST CNN the top 2 held every point any of the 9
     #   targets broke (the top 4 logits were needed); a target stops on a point once 3x its progress
     #   could not reach the boundary in the steps left (give_up, A3's discarding);
+    # - on a model with a preprocessing layer (advlab.models.Preprocessed: quantisation, JPEG-like rounding, a
+    #   threshold), APGD-CE again through its BPDA twin (straight-through gradients; examples scored on the model):
+    #   such a layer usually zeroes the gradient, and the model says where it is, so the evaluation uses it
+    #   rather than leaving the work to Square (the panel's quantised model: 1/3.3 of AutoAttack's passes before);
     # - Square, the black-box stage that catches masked gradients, escalates only where it has to:
     #   after 250 queries, unless Square has broken a point the gradient attacks missed, only points whose
     #   margin has halved go on (screen=250); until then a point also stops once its margin, falling at its
@@ -71,10 +75,6 @@ SUITES: dict[str, list[SuiteEntry]] = {
     #   5000 queries. On the panel Square broke nothing after the gradient attacks on the ordinary models, and
     #   on the quantised model (Square alone) it broke its first points within 100 queries
     #   (benchmarks/results/panel.md, square_screen.md).
-    # - on a model with a preprocessing layer (advlab.models.Preprocessed: quantisation, JPEG-like rounding, a
-    #   threshold), APGD-CE again through its BPDA twin (straight-through gradients; examples scored on the model):
-    #   such a layer usually zeroes the gradient, and the model says where it is, so the evaluation uses it
-    #   rather than leaving the work to Square (the panel's quantised model: 1/3.3 of AutoAttack's passes before);
     # FAB-T is left out: it broke nothing after APGD-T on the panel's Linf models (AutoAttack's own log); at L2
     # the one point it broke on the standard CNN was such a coin flip, which near_restarts now takes.
     "standard": [
