@@ -287,3 +287,21 @@ def test_the_report_says_exact_where_every_point_is_decided(mlp_run, capsys):
     assert main(["report", str(mlp_run)]) == 0
     html = (mlp_run / "report.html").read_text()
     assert f"robust accuracy = {100 * row['robust_accuracy_exact']:.2f}% (exact" in html
+
+
+def test_branch_and_bound_splits_convolution_neurons_and_agrees_with_the_milp():
+    """Branch and bound on a CNN splits ReLUs after a convolution (node shape C, H, W): the split multipliers
+    are flat per node and must take the node's shape (this crashed on the digits CNN at eps 0.05). Its answers
+    match the MILP's wherever both decide."""
+    from advlab.rng import seeded
+    with seeded(3):  # a network where branch and bound splits convolution neurons at eps 0.05
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8), nn.ReLU(),
+                            nn.Linear(8, 3)).eval()
+    x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    bab = verify_exact(net, x, y, 0.05, bounds=(0, 1), timeout=5, progress=False)
+    milp = verify_exact(net, x, y, 0.05, bounds=(0, 1), timeout=5, progress=False, strategy="milp")
+    decided = [(a, b) for a, b in zip(bab.status, milp.status) if "unknown" not in (a, b)]
+    assert len(decided) >= 30 and all(a == b for a, b in decided)
+    assert {"verified", "falsified"} <= set(bab.status)

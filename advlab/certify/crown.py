@@ -421,7 +421,8 @@ class Bounder:
             lam_i = lams.pop(i)
             node = self.nodes[i]
             if i in betas:
-                lam_i = lam_i - betas[i].clamp(min=0) * self.splits[i].view(1, self.n, *node.shape).to(lam_i)
+                # betas (S or 1, N, numel) and splits (N, numel) are flat; lam_i has the node's shape (conv: C, H, W)
+                lam_i = lam_i - (betas[i].clamp(min=0) * self.splits[i].to(lam_i)).view(-1, self.n, *node.shape)
             if record and node.kind == "relu":
                 _, _, _, icpt = _relu_relaxation(*self.boxes[node.inputs[0]])
                 self.scores[node.inputs[0]] = (-lam_i.clamp(max=0) * icpt).sum(0).flatten(1).detach()
