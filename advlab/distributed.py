@@ -81,6 +81,9 @@ def setup(device: torch.device | None = None, backend: str | None = None,
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield device
+        # Every rank done before any tears down: a rank that left while the other was still inside gloo's
+        # teardown once aborted ("terminate called without an active exception", tests/test_distributed.py).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
